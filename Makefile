@@ -1,0 +1,51 @@
+# xai_bench: every target creates or reuses the local virtual environment itself.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.xai_bench-installed
+PYTEST_ARGS ?=
+# this machine's pip config lists local index folders that may not exist: drop that noise
+PIP_NOISE := is ignored: it is neither
+export PIP_ROOT_USER_ACTION := ignore
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test test-fast lint format bench clean clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "installing torch + torchvision (the registry's default pair) and xai_bench[dev] into $(VENV)"
+	set -o pipefail; $(PY) -m pip install -q torch torchvision 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	set -o pipefail; $(PY) -m pip install -q -e '.[dev]' 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	@$(PY) -c "import torch, torchvision, timm, pytorch_lightning, hydra, wandb, albumentations" \
+		|| { echo "error: the environment in $(VENV) is broken (see above); run 'make clean-venv install'"; exit 1; }
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job on the built-in synthetic dataset: a tiny ViT, W&B offline, a few minutes on a CPU.
+demo: install
+	$(PY) -m xai_bench.train
+
+# The whole test suite (slow tests included: real training runs, DDP, sweeps).
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check xai_bench tests scripts
+
+format: install
+	$(PY) -m ruff check --fix xai_bench tests scripts
+
+bench: install
+	$(PY) scripts/bench_train.py
+
+clean:
+	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache wandb multirun
+	find . -name __pycache__ -not -path "./$(VENV)/*" -exec rm -rf {} +
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,110 @@
+"""End-to-end training runs through the CLI, as a user types them (tiny settings)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import run_cli
+
+from xai_bench.tracking.wandb_offline import offline_run_dirs, read_offline_run
+
+pytestmark = pytest.mark.slow
+
+TINY = ["debug=tiny", "dataset.num_train=128", "dataset.num_val=64", "dataset.num_test=64"]
+
+
+def _train(tmp_path: Path, *overrides: str, run_dir: str = "run", timeout: float = 600):
+    out = tmp_path / run_dir
+    proc = run_cli(["xai_bench.train", *TINY, f"hydra.run.dir={out}", *overrides], cwd=tmp_path, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny run with both loggers: W&B offline and CSV (the CSV cross-checks best_epoch)."""
+    tmp = tmp_path_factory.mktemp("train")
+    out, _ = _train(tmp, "trainer.max_epochs=3", "trainer.limit_val_batches=1.0", "logger=wandb", "+logger@logger.csv=csv")
+    return out
+
+
+def test_run_folder_contract(tiny_run: Path) -> None:
+    cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert cfg["dataset"]["name"] == "synthetic" and cfg["trainer"]["max_epochs"] == 3
+    assert "${" not in (tiny_run / "config.yaml").read_text()  # resolved
+    assert len(cfg["meta"]["git"]["commit"]) in (40, len("unknown"))
+    assert (tiny_run / "checkpoints" / "best.ckpt").is_file()
+    assert (tiny_run / "checkpoints" / "last.ckpt").is_file()
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert set(metrics[split]) >= {"loss", "acc", "balanced_acc", "f1_macro", "auroc"}
+        assert 0.0 <= metrics[split]["acc"] <= 1.0
+    assert metrics["epochs_trained"] == 3
+    assert metrics["best_checkpoint"].endswith("best.ckpt")
+
+
+def test_best_epoch_is_the_lowest_validation_loss(tiny_run: Path) -> None:
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    rows = list(csv.DictReader((tiny_run / "csv" / "metrics.csv").open()))
+    val = [(int(r["epoch"]), float(r["val/loss"])) for r in rows if r.get("val/loss")]
+    val = val[:3]  # the fit's epochs; the final validate() of best.ckpt logs one more row
+    best = min(val, key=lambda ev: ev[1])
+    assert metrics["best_epoch"] == best[0] + 1  # counted from 1, as in the study's grid
+    ckpt = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == best[0]
+    assert metrics["val"]["loss"] == pytest.approx(best[1], rel=1e-4)
+
+
+def test_wandb_offline_run_is_readable(tiny_run: Path) -> None:
+    runs = offline_run_dirs(tiny_run)
+    assert len(runs) == 1 and runs[0].is_relative_to(tiny_run / "wandb")
+    run = read_offline_run(runs[0])
+    assert run.name == "synthetic-random-adamw-s42"
+    assert run.group == "synthetic-random" and run.job_type == "train"
+    assert {"synthetic", "random", "adamw", "vit_tiny_patch16_224"} <= set(run.tags)
+    assert len(run.metric("train/loss_step")) >= 3
+    assert len(run.metric("val/acc")) >= 3 and len(run.metric("val/loss")) >= 3
+    assert run.metric("test/acc")
+    assert run.config["dataset"]["name"] == "synthetic"
+    assert run.config["meta"]["git"]["commit"]
+    assert run.summary["best_epoch"] == json.loads((tiny_run / "metrics.json").read_text())["best_epoch"]
+
+
+def test_resume_from_last_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
+    last = tiny_run / "checkpoints" / "last.ckpt"
+    out, proc = _train(tmp_path, f"ckpt_path={last}", "trainer.max_epochs=4", "logger=none")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == 4
+    assert "Restoring states from the checkpoint" in proc.stdout + proc.stderr
+    # the best epoch of the first three survived the resume (callback state is checkpointed)
+    assert metrics["best_epoch"] is not None and 1 <= metrics["best_epoch"] <= 4
+
+
+def test_local_multirun_gives_separate_folders_and_wandb_runs(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["xai_bench.train", "-m", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())
+    assert [p.name for p in jobs] == ["0_synthetic-random-adamw-s0", "1_synthetic-random-adamw-s1"]
+    runs = [read_offline_run(d) for d in offline_run_dirs(sweep)]
+    assert len(runs) == 2 and runs[0].run_id != runs[1].run_id
+    assert sorted(r.name for r in runs) == ["synthetic-random-adamw-s0", "synthetic-random-adamw-s1"]
+    for job, run in zip(jobs, sorted(runs, key=lambda r: r.name)):
+        assert offline_run_dirs(job)[0].name.endswith(run.run_id)  # each job's run in its own folder
+        assert run.metric("test/acc")  # each run finished with its own test metrics
+
+
+def test_ddp_two_cpu_processes_log_once(tmp_path: Path) -> None:
+    out, proc = _train(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", timeout=900)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    runs = offline_run_dirs(out)
+    assert len(runs) == 1, runs
+    run = read_offline_run(runs[0])
+    assert run.metric("val/acc") and run.metric("test/acc")
+    assert (out / "checkpoints" / "best.ckpt").is_file()

@@ -1,0 +1,138 @@
+"""The training LightningModule: one network, cross-entropy, the study's classification metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassF1Score,
+)
+
+from xai_bench.utils.errors import ConfigError
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Accuracy, balanced accuracy (mean per-class recall), macro F1 and macro AUROC."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+            "auroc": MulticlassAUROC(num_classes, average="macro"),
+        },
+        prefix=prefix,
+    )
+
+
+class ClassifierModule(pl.LightningModule):
+    """Trains any image classifier on batches of {"image", "label", ...} dicts.
+
+    The network, optimizer and schedule are injected (Hydra builds them), so the same module
+    trains ViTs and CNNs with every grid row. Metrics are torchmetrics objects: they accumulate
+    over the epoch and sync across DDP ranks.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        num_classes: int = 2,
+        class_weights: Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ConfigError(
+                f"module.class_weights has {len(class_weights)} entries but the dataset has "
+                f"{num_classes} classes."
+            )
+        self.save_hyperparameters(
+            {
+                "num_classes": num_classes,
+                "class_weights": None if class_weights is None else [float(w) for w in class_weights],
+                "label_smoothing": float(label_smoothing),
+                "compile": bool(compile),
+            }
+        )
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_metrics = classification_metrics(num_classes, "val/")
+        self.test_metrics = classification_metrics(num_classes, "test/")
+        self._compile = compile
+
+    def configure_model(self) -> None:
+        if self._compile and not getattr(self, "_compiled", False):
+            self.net = torch.compile(self.net)
+            self._compiled = True
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def _shared_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch["image"])
+        loss = self.criterion(logits.float(), batch["label"])
+        return loss, logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, logits = self._shared_step(batch)
+        self.train_acc(logits.detach(), batch["label"])
+        batch_size = batch["label"].shape[0]
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> None:
+        loss, logits = self._shared_step(batch)
+        probs = logits.float().softmax(dim=-1)
+        metrics.update(probs, batch["label"])
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch["label"].shape[0], sync_dist=True)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=False)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def on_train_epoch_start(self) -> None:
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        interval = getattr(self.scheduler_factory, "keywords", {}).get("interval", "epoch")
+        total = (
+            self.trainer.max_epochs
+            if interval == "epoch"
+            else int(self.trainer.estimated_stepping_batches)
+        )
+        if total is None or total < 1:
+            raise ConfigError(
+                "the cosine schedule needs a finite trainer.max_epochs (T_max = max epochs)."
+            )
+        scheduler = self.scheduler_factory(optimizer=optimizer, total=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

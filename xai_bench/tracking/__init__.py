@@ -1,0 +1,12 @@
+"""Run folders, config snapshots and experiment-tracker glue."""
+
+from xai_bench.tracking.run_folder import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    resolved_config,
+    run_metadata,
+    write_config,
+    write_metrics,
+)
+
+__all__ = ["CONFIG_FILE", "METRICS_FILE", "resolved_config", "run_metadata", "write_config", "write_metrics"]

@@ -1,0 +1,113 @@
+"""Train a classifier: `python -m xai_bench.train dataset=kvasir init=dino`.
+
+Thin entry point: Hydra composes the config (conf/train.yaml), `train` builds the parts from it
+and fills the run folder (see xai_bench.tracking.run_folder for the contract).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from xai_bench.models import load_checkpoint_safely
+from xai_bench.tracking import resolved_config, write_config, write_metrics
+from xai_bench.utils.class_weights import resolve_class_weights
+from xai_bench.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from xai_bench.utils.task import run_entry, task_wrapper
+
+log = logging.getLogger(__name__)
+
+
+def _best_checkpoint(trainer: pl.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "best_model_path", "") if callback is not None else ""
+    return path or None
+
+
+def _best_epoch(trainer: pl.Trainer) -> int | None:
+    from xai_bench.modules import BestEpochTracker
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, BestEpochTracker):
+            return callback.best_epoch
+    return None
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then evaluate the best checkpoint on validation and test; returns metrics.json."""
+    pl.seed_everything(cfg.seed, workers=True)
+
+    # Cheap checks first: a missing dataset or weights file fails before anything is built.
+    datamodule = hydra.utils.instantiate(cfg.dataset)
+    if hasattr(datamodule, "check"):
+        datamodule.check()
+    if cfg.get("ckpt_path"):
+        load_checkpoint_safely(cfg.ckpt_path)  # refuses pickled objects before Lightning sees it
+    net = hydra.utils.instantiate(cfg.model)
+
+    class_weights = resolve_class_weights(cfg.module.get("class_weights"), datamodule, cfg.dataset.num_classes)
+    module = hydra.utils.instantiate(
+        cfg.module,
+        net=net,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        class_weights=class_weights,
+    )
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    config = resolved_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    if trainer.is_global_zero:
+        write_config(config, output_dir)
+        log.info("run folder: %s", output_dir)
+    study_row = cfg.get("study_row")
+    if study_row and study_row.optimizer != cfg.optimizer.name:
+        log.warning(
+            "the study trained %s x %s with %s; this run uses optimizer=%s",
+            cfg.dataset.name, cfg.init.name, study_row.optimizer, cfg.optimizer.name,
+        )
+    for logger in loggers:
+        logger.log_hyperparams(config)
+
+    if cfg.get("train"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+
+    best = _best_checkpoint(trainer)
+    metrics: dict[str, Any] = {
+        "best_epoch": _best_epoch(trainer),
+        "best_checkpoint": best,
+        "epochs_trained": trainer.current_epoch,
+        "world_size": trainer.world_size,
+        "study_saved_epoch": study_row.saved_epoch if study_row else None,
+    }
+    if cfg.get("test"):
+        ckpt = best if best else None
+        val = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
+        test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
+        metrics["val"] = {k.removeprefix("val/"): v for k, v in val[0].items()} if val else {}
+        metrics["test"] = {k.removeprefix("test/"): v for k, v in test[0].items()} if test else {}
+    if trainer.is_global_zero:
+        write_metrics(metrics, output_dir)
+        for logger in loggers:
+            summary = {"best_epoch": metrics["best_epoch"]} if metrics["best_epoch"] is not None else {}
+            if summary:
+                logger.log_metrics(summary)
+        log.info("metrics: %s", output_dir / "metrics.json")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    run_entry(train, cfg)
+
+
+if __name__ == "__main__":
+    main()

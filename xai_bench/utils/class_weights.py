@@ -1,0 +1,29 @@
+"""Class weights for the cross-entropy: given, or 'balanced' from the training labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from xai_bench.utils.errors import ConfigError
+
+
+def balanced_weights(labels: Sequence[int] | np.ndarray, num_classes: int) -> list[float]:
+    """n_samples / (n_classes * count_c), scikit-learn's 'balanced' rule."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(float)
+    if (counts == 0).any():
+        missing = [i for i, c in enumerate(counts) if c == 0]
+        raise ConfigError(f"class_weights=balanced: classes {missing} have no training images.")
+    return (counts.sum() / (num_classes * counts)).tolist()
+
+
+def resolve_class_weights(spec: Any, datamodule: Any, num_classes: int) -> list[float] | None:
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        if spec != "balanced":
+            raise ConfigError(f"module.class_weights must be null, 'balanced' or a list; got {spec!r}.")
+        return balanced_weights(datamodule.train_labels(), num_classes)
+    return [float(w) for w in spec]
