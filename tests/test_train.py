@@ -94,7 +94,7 @@ def test_local_multirun_gives_separate_folders_and_wandb_runs(tmp_path: Path) ->
     runs = [read_offline_run(d) for d in offline_run_dirs(sweep)]
     assert len(runs) == 2 and runs[0].run_id != runs[1].run_id
     assert sorted(r.name for r in runs) == ["synthetic-random-adamw-s0", "synthetic-random-adamw-s1"]
-    for job, run in zip(jobs, sorted(runs, key=lambda r: r.name)):
+    for job, run in zip(jobs, sorted(runs, key=lambda r: r.name), strict=True):
         assert offline_run_dirs(job)[0].name.endswith(run.run_id)  # each job's run in its own folder
         assert run.metric("test/acc")  # each run finished with its own test metrics
 

@@ -18,6 +18,7 @@ from xai_bench.models import load_checkpoint_safely
 from xai_bench.tracking import resolved_config, write_config, write_metrics
 from xai_bench.utils.class_weights import resolve_class_weights
 from xai_bench.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from xai_bench.utils.rich_config import print_config_tree
 from xai_bench.utils.task import run_entry, task_wrapper
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ def _best_epoch(trainer: pl.Trainer) -> int | None:
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on validation and test; returns metrics.json."""
+    if cfg.get("print_config", True):
+        print_config_tree(cfg)
     pl.seed_everything(cfg.seed, workers=True)
 
     # Cheap checks first: a missing dataset or weights file fails before anything is built.

@@ -45,8 +45,9 @@ def task_wrapper(task: Callable[[DictConfig], R]) -> Callable[[DictConfig], R]:
                     (Path(output_dir) / "error.txt").write_text("".join(traceback.format_exception(err)))
                 except Exception:  # noqa: BLE001 - never hide the original error
                     pass
-            if isinstance(err, XaiBenchError):
-                log.error("%s", err)
+            cause = user_error(err)
+            if cause is not None:
+                log.error("%s", cause)
             raise
         finally:
             finish_wandb(exit_code)
@@ -54,10 +55,25 @@ def task_wrapper(task: Callable[[DictConfig], R]) -> Callable[[DictConfig], R]:
     return wrapped
 
 
+def user_error(err: BaseException) -> XaiBenchError | None:
+    """The XaiBenchError behind `err`, if any: Hydra's instantiate wraps errors of a _target_."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, XaiBenchError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def run_entry(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run a task from a Hydra main; a user-fixable error exits with its message and status 2."""
     try:
         return task(cfg)
-    except XaiBenchError as err:
-        print(f"\nerror: {err}", file=sys.stderr)
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        print(f"\nerror: {cause}", file=sys.stderr)
         sys.exit(2)
