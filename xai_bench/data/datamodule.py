@@ -1,0 +1,308 @@
+"""LightningDataModules: the built-in synthetic set and any dataset in the canonical layout.
+
+Both give the same dict batches (see xai_bench.data.datasets), expose `name`, `num_classes`,
+`class_names`, `img_size`, and add `roi_dataloader()` (test images with a ROI mask, for the
+localisation metrics) and `train_labels()` (for class weights before training starts).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
+
+from xai_bench.data.datasets import (
+    SPLITS,
+    ImageTableDataset,
+    LabelTable,
+    SyntheticDataset,
+    read_label_table,
+)
+from xai_bench.data.synthetic import SyntheticSamples, generate_synthetic, parse_shortcut
+from xai_bench.data.transforms import resolve_transforms
+from xai_bench.utils.errors import ConfigError, DatasetNotFoundError
+
+__all__ = ["ImageTableDataModule", "SyntheticDataModule", "split_seed"]
+
+_STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
+    "fit": ("train", "val"),
+    "validate": ("val",),
+    "test": ("test",),
+    "predict": ("test",),
+    None: SPLITS,
+}
+
+
+def split_seed(data_seed: int, split: str) -> int:
+    """A distinct, well-mixed generator seed per split, so train/val/test never share images."""
+    state = np.random.SeedSequence([int(data_seed), SPLITS.index(split)]).generate_state(1)
+    return int(state[0])
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Give every worker its own augmentation stream.
+
+    Albumentations keeps its own generator inside each Compose; forked workers would otherwise
+    all copy one state and apply identical augmentations. `info.seed` comes from the loader's
+    seeded generator, so the streams are reproducible and change every epoch.
+    """
+    info = get_worker_info()
+    if info is None:
+        return
+    seed = info.seed % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    dataset = info.dataset
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    transform = getattr(dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def _check_positive(**values: Any) -> None:
+    for key, value in values.items():
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"dataset.{key} must be a positive integer; got {value!r}.")
+
+
+class _ClassificationDataModule(pl.LightningDataModule):
+    """Loader plumbing shared by the datamodules: seeded shuffling, worker seeding, ROI loader."""
+
+    def __init__(
+        self,
+        name: str,
+        num_classes: int,
+        img_size: int,
+        class_names: Sequence[str] | None,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+        transforms: Mapping[str, Any] | None,
+        shuffle_seed: int | None,
+    ) -> None:
+        super().__init__()
+        _check_positive(num_classes=num_classes, img_size=img_size, batch_size=batch_size)
+        if not isinstance(num_workers, int | np.integer) or num_workers < 0:
+            raise ConfigError(f"dataset.num_workers must be an integer >= 0; got {num_workers!r}.")
+        names = tuple(str(c) for c in class_names) if class_names is not None else None
+        if names is None:
+            names = tuple(f"class_{i}" for i in range(num_classes))
+        if len(names) != num_classes:
+            raise ConfigError(
+                f"dataset.class_names has {len(names)} names {list(names)} but num_classes={num_classes}."
+            )
+        self.name = str(name)
+        self.num_classes = int(num_classes)
+        self.img_size = int(img_size)
+        self.class_names = names
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.shuffle_seed = shuffle_seed
+        self.train_transform, self.eval_transform = resolve_transforms(transforms, self.img_size)
+        self.datasets: dict[str, Dataset] = {}
+
+    # subclasses build self.datasets[split]
+    def _build(self, split: str) -> Dataset:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Cheap validation before anything expensive is built; raises a user-facing error."""
+
+    def setup(self, stage: str | None = None) -> None:
+        self.check()
+        for split in _STAGE_SPLITS.get(stage, SPLITS):
+            if split not in self.datasets:
+                self.datasets[split] = self._build(split)
+
+    def _dataset(self, split: str) -> Dataset:
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        return self.datasets[split]
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        generator = None
+        if shuffle:
+            seed = self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()
+            generator = torch.Generator().manual_seed(int(seed))
+            transform = getattr(dataset, "transform", None)
+            if self.num_workers == 0 and hasattr(transform, "set_random_seed"):
+                transform.set_random_seed(int(seed) % 2**32)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=_seed_worker if self.num_workers > 0 else None,
+            drop_last=False,
+        )
+
+    @property
+    def train_dataset(self) -> Dataset:
+        return self._dataset("train")
+
+    @property
+    def val_dataset(self) -> Dataset:
+        return self._dataset("val")
+
+    @property
+    def test_dataset(self) -> Dataset:
+        return self._dataset("test")
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled by a generator seeded from `shuffle_seed`, else from torch's seed."""
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def roi_dataloader(self) -> DataLoader:
+        """Test images that have a ROI mask, in test order; "index" is the test-split row."""
+        dataset = self.test_dataset
+        rows = np.flatnonzero(dataset.has_mask)  # type: ignore[attr-defined]
+        if rows.size == 0:
+            raise DatasetNotFoundError(
+                f"Dataset '{self.name}': no test image has a ROI mask (masks/<image stem>.png), so "
+                "localisation cannot be evaluated."
+            )
+        return self._loader(Subset(dataset, rows.tolist()), shuffle=False)
+
+    def train_labels(self) -> np.ndarray:
+        """Training labels, for class weights; available before `setup`."""
+        return np.asarray(self.train_dataset.labels)  # type: ignore[attr-defined]
+
+
+class SyntheticDataModule(_ClassificationDataModule):
+    """The procedural lesion dataset (xai_bench.data.synthetic), generated in `setup`.
+
+    The data depend only on `data_seed` (never the training seed), so a seed sweep trains on
+    the same images. Generated splits are cached on the module.
+    """
+
+    def __init__(
+        self,
+        name: str = "synthetic",
+        num_classes: int = 2,
+        img_size: int = 64,
+        class_names: Sequence[str] = ("normal", "lesion"),
+        num_train: int = 2000,
+        num_val: int = 500,
+        num_test: int = 500,
+        data_seed: int = 1234,
+        positive_fraction: float = 0.5,
+        shortcut: Mapping[str, Any] | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        transforms: Mapping[str, Any] | None = None,
+        shuffle_seed: int | None = None,
+    ) -> None:
+        if num_classes != 2:
+            raise ConfigError(f"the synthetic dataset is binary (normal vs lesion): num_classes must be 2, got {num_classes}.")
+        _check_positive(num_train=num_train, num_val=num_val, num_test=num_test)
+        if isinstance(img_size, int) and img_size < 16:
+            raise ConfigError(f"dataset.img_size must be >= 16 px for the synthetic dataset; got {img_size}.")
+        if not isinstance(data_seed, int | np.integer) or data_seed < 0:
+            raise ConfigError(f"dataset.data_seed must be an integer >= 0; got {data_seed!r}.")
+        if not 0.0 <= float(positive_fraction) <= 1.0:
+            raise ConfigError(f"dataset.positive_fraction must lie in [0, 1]; got {positive_fraction}.")
+        super().__init__(
+            name, num_classes, img_size, class_names, batch_size, num_workers, pin_memory, transforms, shuffle_seed
+        )
+        parse_shortcut(shortcut, self.img_size)  # fail at construction, not in setup
+        self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
+        self.data_seed = int(data_seed)
+        self.positive_fraction = float(positive_fraction)
+        self.shortcut = dict(shortcut) if shortcut is not None else None
+        self.samples: dict[str, SyntheticSamples] = {}
+
+    def generate(self, split: str) -> SyntheticSamples:
+        """The split's samples (generated once, then cached)."""
+        if split not in self.samples:
+            self.samples[split] = generate_synthetic(
+                self.sizes[split],
+                self.img_size,
+                split_seed(self.data_seed, split),
+                positive_fraction=self.positive_fraction,
+                shortcut=self.shortcut,
+            )
+        return self.samples[split]
+
+    def _build(self, split: str) -> Dataset:
+        transform = self.train_transform if split == "train" else self.eval_transform
+        return SyntheticDataset(self.generate(split), transform)
+
+    def train_labels(self) -> np.ndarray:
+        return self.generate("train").labels
+
+
+class ImageTableDataModule(_ClassificationDataModule):
+    """A real dataset prepared in the canonical layout: <root>/labels.csv (+ masks/)."""
+
+    def __init__(
+        self,
+        name: str,
+        root: str | os.PathLike[str],
+        num_classes: int,
+        img_size: int,
+        class_names: Sequence[str] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        transforms: Mapping[str, Any] | None = None,
+        prepare_hint: str = "",
+        shuffle_seed: int | None = None,
+    ) -> None:
+        super().__init__(
+            name, num_classes, img_size, class_names, batch_size, num_workers, pin_memory, transforms, shuffle_seed
+        )
+        self.root = Path(root)
+        self.prepare_hint = str(prepare_hint or "").strip()
+        self.table: LabelTable | None = None
+
+    def not_found_message(self) -> str:
+        hint = f" {self.prepare_hint}" if self.prepare_hint else ""
+        return (
+            f"Dataset '{self.name}' not found: {os.path.abspath(self.root)} does not exist (or has no "
+            f"labels.csv).{hint} Then point paths.data_dir at the folder that contains '{self.name}/', "
+            f"e.g. python -m xai_bench.train dataset={self.name} paths.data_dir=/data"
+        )
+
+    def check(self) -> None:
+        """Fail fast, before a model is built: the folder, then the whole table (read once)."""
+        if self.table is not None:
+            return
+        if not (self.root / "labels.csv").is_file():
+            raise DatasetNotFoundError(self.not_found_message())
+        self.table = read_label_table(self.root, self.num_classes)
+
+    def _build(self, split: str) -> Dataset:
+        assert self.table is not None
+        if self.table.rows(split).size == 0:
+            raise DatasetNotFoundError(
+                f"Dataset '{self.name}': {self.root / 'labels.csv'} has no rows with split={split}."
+            )
+        transform = self.train_transform if split == "train" else self.eval_transform
+        return ImageTableDataset(self.root, split, transform, self.class_names, table=self.table)
+
+    def train_labels(self) -> np.ndarray:
+        self.check()
+        assert self.table is not None
+        return self.table.labels[self.table.rows("train")]

@@ -1,0 +1,352 @@
+"""Torch datasets that yield one dict per image, ROI mask included.
+
+Every dataset returns the same keys, so training, evaluation and the localisation metrics
+never special-case a dataset:
+
+    image     float32 (3, H, W), normalised by the transform
+    label     int64 ()
+    mask      uint8 (H, W), 1 = inside the ROI, all zero when the image has none
+    has_mask  bool ()
+    box       int64 (4,) x0, y0, x1, y1 (exclusive) of the transformed mask; -1 when empty
+    index     int64 (), the row of the sample in its split
+
+The canonical prepared layout of a real dataset (what `ImageTableDataset` reads):
+
+    <root>/labels.csv        columns: image (path relative to root), label (int),
+                             split (train|val|test), group (optional, e.g. patient id)
+    <root>/masks/<stem>.png  optional ROI mask of image <stem>, any nonzero pixel = inside;
+                             masks/<image path with .png suffix> (mirroring the image's
+                             sub-folders) is looked up first, for datasets whose stems repeat.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from PIL import Image
+from torch.utils.data import Dataset
+
+from xai_bench.data.synthetic import SyntheticSamples, masks_to_boxes
+from xai_bench.data.transforms import imagenet_normalize
+from xai_bench.utils.errors import ConfigError, DatasetNotFoundError, XaiBenchError
+
+__all__ = ["SPLITS", "ImageTableDataset", "LabelTable", "SyntheticDataset", "read_label_table"]
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+REQUIRED_COLUMNS: tuple[str, ...] = ("image", "label", "split")
+_MAX_LISTED = 5
+
+Transform = Callable[..., dict[str, Any]]
+
+
+@functools.cache
+def _normalize_only() -> A.Compose:
+    """The fallback pipeline: no resize, so any image size passes through unchanged."""
+    return A.Compose([imagenet_normalize(), ToTensorV2()])
+
+
+def _apply_transform(
+    transform: Transform | None, image: np.ndarray, mask: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run image and mask through one transform; -> (float (3, H, W), uint8 mask (H, W[, C]))."""
+    if transform is None:
+        transform = _normalize_only()
+    out = transform(image=image, mask=mask)
+    img, msk = out["image"], out["mask"]
+    if isinstance(img, np.ndarray):  # the pipeline did not end with ToTensorV2
+        img = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1) if img.ndim == 3 else img[None]))
+    if img.dtype == torch.uint8:  # no Normalize in the pipeline: at least give the model floats
+        img = img.float().div_(255.0)
+    msk = torch.as_tensor(np.asarray(msk)) if isinstance(msk, np.ndarray) else msk
+    return img.float(), (msk > 0).to(torch.uint8)
+
+
+def _sample(
+    image: torch.Tensor, mask: torch.Tensor, label: int, has_mask: bool, index: int
+) -> dict[str, torch.Tensor]:
+    box = masks_to_boxes(mask.numpy()[None])[0]
+    return {
+        "image": image,
+        "label": torch.tensor(label, dtype=torch.int64),
+        "mask": mask,
+        "has_mask": torch.tensor(has_mask, dtype=torch.bool),
+        "box": torch.from_numpy(box),
+        "index": torch.tensor(index, dtype=torch.int64),
+    }
+
+
+class SyntheticDataset(Dataset):
+    """Wraps generated samples; boxes are recomputed after the transform so flips stay correct.
+
+    With `return_shortcut_mask`, samples also carry "shortcut_mask" (uint8 (H, W)), the planted
+    marker's pixels transformed like the lesion mask, for checking whether a map finds it.
+    """
+
+    def __init__(
+        self,
+        samples: SyntheticSamples,
+        transform: Transform | None = None,
+        return_shortcut_mask: bool = False,
+    ) -> None:
+        self.samples = samples
+        self.transform = transform
+        self.return_shortcut_mask = return_shortcut_mask
+        self.has_mask = samples.masks.reshape(len(samples), -1).any(axis=1)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.samples.labels
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        s = self.samples
+        mask = s.masks[index]
+        if self.return_shortcut_mask:
+            mask = np.stack([mask, s.shortcut_masks[index]], axis=-1)
+        image, mask = _apply_transform(self.transform, s.images[index], mask)
+        extra = {}
+        if self.return_shortcut_mask:
+            mask, extra["shortcut_mask"] = mask[..., 0].contiguous(), mask[..., 1].contiguous()
+        sample = _sample(image, mask, int(s.labels[index]), bool(self.has_mask[index]), index)
+        return {**sample, **extra}
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """A validated labels.csv: one entry per row, paths absolute."""
+
+    root: Path
+    images: tuple[Path, ...]
+    labels: np.ndarray  # int64
+    splits: tuple[str, ...]
+    groups: tuple[str, ...] | None
+    masks: tuple[Path | None, ...]
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(np.asarray(self.splits) == split)
+
+
+def _listing(items: Sequence[str], total: int | None = None) -> str:
+    total = len(items) if total is None else total
+    shown = ", ".join(repr(i) for i in items[:_MAX_LISTED])
+    return shown + (f", ... ({total} in all)" if total > _MAX_LISTED else "")
+
+
+def _mask_index(root: Path, image_rel: Sequence[str]) -> list[Path | None]:
+    """Find each image's mask once, from one walk of masks/ (no per-image stat calls)."""
+    mask_dir = root / "masks"
+    if not mask_dir.is_dir():
+        return [None] * len(image_rel)
+    present: set[str] = set()
+    for dirpath, _, files in os.walk(mask_dir):
+        rel_dir = Path(dirpath).relative_to(mask_dir)
+        present.update((rel_dir / f).as_posix() for f in files)
+    stems = Counter(Path(rel).stem for rel in image_rel)
+    found: list[Path | None] = []
+    ambiguous: list[str] = []
+    for rel in image_rel:
+        mirrored = Path(rel).with_suffix(".png").as_posix()
+        by_stem = Path(rel).stem + ".png"
+        if mirrored in present:
+            found.append(mask_dir / mirrored)
+        elif by_stem in present:
+            if stems[Path(rel).stem] > 1:
+                ambiguous.append(by_stem)
+            found.append(mask_dir / by_stem)
+        else:
+            found.append(None)
+    if ambiguous:
+        raise DatasetNotFoundError(
+            f"{mask_dir}: masks {_listing(sorted(set(ambiguous)))} match several images with the same file "
+            "stem. Store such masks under masks/ mirroring the image paths "
+            "(masks/<image path with .png suffix>)."
+        )
+    return found
+
+
+def read_label_table(root: str | Path, num_classes: int | None = None) -> LabelTable:
+    """Read and validate `root/labels.csv` once, reporting every problem of a kind in one error."""
+    root = Path(root)
+    csv_path = root / "labels.csv"
+    if not csv_path.is_file():
+        raise DatasetNotFoundError(f"{os.path.abspath(csv_path)} does not exist.")
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise DatasetNotFoundError(
+                f"{csv_path} lacks column(s) {missing}; found {columns}. The canonical layout needs "
+                "columns image (path relative to the folder), label (int), split (train|val|test), "
+                "optionally group."
+            )
+        reader.fieldnames = columns
+        rows = [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    if not rows:
+        raise DatasetNotFoundError(f"{csv_path} has no rows.")
+
+    bad_labels: list[str] = []
+    labels = np.empty(len(rows), dtype=np.int64)
+    for i, row in enumerate(rows):
+        try:
+            labels[i] = int(row["label"])
+        except ValueError:
+            bad_labels.append(f"line {i + 2}: {row['label']!r}")
+    if bad_labels:
+        raise DatasetNotFoundError(f"{csv_path}: labels must be integers; {_listing(bad_labels)}.")
+    upper = num_classes if num_classes is not None else np.iinfo(np.int64).max
+    out_of_range = np.flatnonzero((labels < 0) | (labels >= upper))
+    if out_of_range.size:
+        found = sorted(set(labels[out_of_range].tolist()))
+        allowed = f"0..{num_classes - 1} (num_classes={num_classes})" if num_classes is not None else ">= 0"
+        raise ConfigError(
+            f"{csv_path}: {out_of_range.size} rows have labels {found}, outside {allowed}; "
+            f"first at line {out_of_range[0] + 2}."
+        )
+
+    splits = tuple(row["split"] for row in rows)
+    bad_splits = Counter(s for s in splits if s not in SPLITS)
+    if bad_splits:
+        raise DatasetNotFoundError(
+            f"{csv_path}: split must be one of {list(SPLITS)}; found "
+            + ", ".join(f"{s!r} ({n} rows)" for s, n in bad_splits.most_common(_MAX_LISTED))
+            + "."
+        )
+
+    rel = [row["image"] for row in rows]
+    empty = [i + 2 for i, r in enumerate(rel) if not r]
+    if empty:
+        raise DatasetNotFoundError(f"{csv_path}: empty image path on lines {_listing([str(i) for i in empty])}.")
+    images = tuple(root / r for r in rel)
+    missing_files = [r for r, p in zip(rel, images, strict=True) if not p.is_file()]
+    if missing_files:
+        raise DatasetNotFoundError(
+            f"{csv_path}: {len(missing_files)} of {len(rows)} image files do not exist under {root}: "
+            f"{_listing(missing_files)}."
+        )
+    groups = tuple(row.get("group", "") for row in rows) if "group" in columns else None
+    return LabelTable(
+        root=root,
+        images=images,
+        labels=labels,
+        splits=splits,
+        groups=groups,
+        masks=tuple(_mask_index(root, rel)),
+    )
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """uint8 (H, W, 3); 16-bit and float images (MRI, X-ray exports) are min-max scaled first."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        arr = np.asarray(image, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return np.repeat((arr + 0.5).astype(np.uint8)[..., None], 3, axis=2)
+    return np.array(image.convert("RGB"))  # a writable copy: ToTensorV2 shares its memory
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return _to_rgb(image)
+    except Exception as err:  # PIL raises OSError, SyntaxError, zlib.error, ... for bad files
+        raise XaiBenchError(
+            f"cannot read image {path}: {type(err).__name__}: {err}. Re-export it or drop its row from labels.csv."
+        ) from err
+
+
+def _read_mask(path: Path, height: int, width: int) -> np.ndarray:
+    """uint8 {0, 1} (height, width); a mask saved at another scale of the same frame is resized."""
+    try:
+        with Image.open(path) as image:
+            if image.mode == "P":
+                image = image.convert("RGB")
+            arr = np.asarray(image)
+    except Exception as err:
+        raise XaiBenchError(f"cannot read mask {path}: {type(err).__name__}: {err}.") from err
+    if arr.ndim == 3:
+        if arr.shape[2] in (2, 4):  # LA / RGBA: the alpha channel is not the ROI
+            arr = arr[..., :-1]
+        arr = arr.any(axis=2)
+    mask = (arr > 0).astype(np.uint8)
+    h, w = mask.shape
+    if (h, w) != (height, width):
+        if abs(h / w - height / width) > 0.01:
+            raise XaiBenchError(
+                f"mask {path} is {w}x{h} but its image is {width}x{height}: masks must be in the image's "
+                "frame (same size, or the same aspect ratio)."
+            )
+        mask = np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+    return mask
+
+
+class ImageTableDataset(Dataset):
+    """One split of a dataset in the canonical prepared layout (see the module docstring).
+
+    The table is validated at construction (pass `table` to share one read between splits);
+    image files are read lazily, and an unreadable one raises XaiBenchError naming it.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        transform: Transform | None = None,
+        class_names: Sequence[str] | None = None,
+        *,
+        table: LabelTable | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {list(SPLITS)}; got {split!r}.")
+        self.root = Path(root)
+        self.split = split
+        self.transform = transform
+        self.class_names = tuple(class_names) if class_names is not None else None
+        num_classes = len(self.class_names) if self.class_names is not None else None
+        self.table = table if table is not None else read_label_table(self.root, num_classes)
+        self.rows = self.table.rows(split)
+        if num_classes is not None and self.table.labels.size and self.table.labels.max() >= num_classes:
+            raise ConfigError(
+                f"{self.root / 'labels.csv'} has label {int(self.table.labels.max())} but only "
+                f"{num_classes} class names are given: {list(self.class_names or ())}."
+            )
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.table.labels[self.rows]
+
+    @property
+    def has_mask(self) -> np.ndarray:
+        return np.array([self.table.masks[r] is not None for r in self.rows], dtype=bool)
+
+    @property
+    def groups(self) -> list[str] | None:
+        return None if self.table.groups is None else [self.table.groups[r] for r in self.rows]
+
+    def image_path(self, index: int) -> Path:
+        return self.table.images[self.rows[index]]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = int(self.rows[index])
+        image = _read_image(self.table.images[row])
+        mask_path = self.table.masks[row]
+        h, w = image.shape[:2]
+        mask = _read_mask(mask_path, h, w) if mask_path is not None else np.zeros((h, w), dtype=np.uint8)
+        image_t, mask_t = _apply_transform(self.transform, image, mask)
+        return _sample(image_t, mask_t, int(self.table.labels[row]), mask_path is not None, index)
