@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import statistics
 import time
 from contextlib import nullcontext
@@ -131,6 +132,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--compile", action="store_true", help="torch.compile both (module.compile=true)")
     args = parser.parse_args()
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))

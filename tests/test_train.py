@@ -29,7 +29,7 @@ def _train(tmp_path: Path, *overrides: str, run_dir: str = "run", timeout: float
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny run with both loggers: W&B offline and CSV (the CSV cross-checks best_epoch)."""
     tmp = tmp_path_factory.mktemp("train")
-    out, _ = _train(tmp, "trainer.max_epochs=3", "trainer.limit_val_batches=1.0", "logger=wandb", "+logger@logger.csv=csv")
+    out, _ = _train(tmp, "trainer.max_epochs=3", "trainer.limit_val_batches=1.0", "logger=wandb_csv")
     return out
 
 

@@ -8,7 +8,6 @@ a user-fixable XaiBenchError reaches the terminal as one message, not a tracebac
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -19,7 +18,6 @@ from omegaconf import DictConfig
 
 from xai_bench.utils.errors import XaiBenchError
 
-log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
@@ -45,9 +43,6 @@ def task_wrapper(task: Callable[[DictConfig], R]) -> Callable[[DictConfig], R]:
                     (Path(output_dir) / "error.txt").write_text("".join(traceback.format_exception(err)))
                 except Exception:  # noqa: BLE001 - never hide the original error
                     pass
-            cause = user_error(err)
-            if cause is not None:
-                log.error("%s", cause)
             raise
         finally:
             finish_wandb(exit_code)
