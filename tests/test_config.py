@@ -93,3 +93,15 @@ def test_grid_configs_are_generated_from_the_csv(tmp_path) -> None:
     spec.loader.exec_module(module)
     for path in module.write_grid(DATA_DIR / "seed_grid.csv", tmp_path):
         assert path.read_text() == (REPO_ROOT / "conf" / "grid" / path.name).read_text()
+
+
+def test_early_stopping_option_builds_the_callback(compose_cfg) -> None:
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+
+    from xai_bench.utils.instantiate import instantiate_callbacks
+
+    cfg = compose_cfg("callbacks=early_stopping", "callbacks.early_stopping.patience=3", "paths.output_dir=/tmp/x")
+    callbacks = instantiate_callbacks(cfg.callbacks)
+    stopper = next(c for c in callbacks if isinstance(c, EarlyStopping))
+    assert stopper.patience == 3 and stopper.monitor == "val/loss"
+    assert any(isinstance(c, ModelCheckpoint) for c in callbacks)

@@ -58,4 +58,10 @@ def test_warmup_then_cosine() -> None:
     assert lrs[2] == pytest.approx(1.0)
     assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
     with pytest.raises(ConfigError):
-        build_cosine_schedule(opt, total=3, warmup=3)
+        build_cosine_schedule(opt, total=3, warmup=-1)
+
+
+def test_warmup_longer_than_training_is_shortened() -> None:
+    opt = build_optimizer(_params(), name="adamw", lr=1.0)
+    build_cosine_schedule(opt, total=1, warmup=1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)  # no warm-up left: full lr at once

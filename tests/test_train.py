@@ -108,3 +108,20 @@ def test_ddp_two_cpu_processes_log_once(tmp_path: Path) -> None:
     run = read_offline_run(runs[0])
     assert run.metric("val/acc") and run.metric("test/acc")
     assert (out / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_same_seed_same_result(tmp_path: Path) -> None:
+    """Seeds are set everywhere (weights, shuffling, augmentation workers): reruns match."""
+    results = []
+    for name in ("a", "b"):
+        out, _ = _train(tmp_path, "seed=7", "trainer.max_epochs=1", "logger=none", "dataset.num_workers=2", run_dir=name)
+        results.append(json.loads((out / "metrics.json").read_text()))
+    assert results[0]["val"] == results[1]["val"]
+    assert results[0]["test"] == results[1]["test"]
+
+
+def test_bf16_mixed_precision_on_cpu(tmp_path: Path) -> None:
+    out, _ = _train(tmp_path, "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0", "logger=none")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val"]["loss"] == metrics["val"]["loss"]  # finite, not NaN
+    assert yaml.safe_load((out / "config.yaml").read_text())["trainer"]["precision"] == "bf16-mixed"

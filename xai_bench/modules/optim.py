@@ -6,6 +6,7 @@ optimizer choice: for Adam/AdamW, `momentum` is beta1, as the study's table call
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 
@@ -15,6 +16,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from xai_bench.utils.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+log = logging.getLogger(__name__)
 
 
 def build_optimizer(
@@ -53,8 +55,12 @@ def build_cosine_schedule(
     """
     if interval not in ("epoch", "step"):
         raise ConfigError(f"scheduler.interval must be 'epoch' or 'step', got {interval!r}.")
-    if total < 1 or not 0 <= warmup < max(total, 1):
-        raise ConfigError(f"scheduler needs 0 <= warmup < total, got warmup={warmup}, total={total}.")
+    if total < 1 or warmup < 0:
+        raise ConfigError(f"scheduler needs total >= 1 and warmup >= 0, got warmup={warmup}, total={total}.")
+    if warmup >= total:
+        # e.g. the synthetic default's 1 warm-up epoch with trainer.max_epochs=1: shorten, don't fail
+        log.warning("scheduler.warmup=%d >= %d %ss of training: warm-up shortened to %d", warmup, total, interval, total - 1)
+        warmup = total - 1
     base_lrs = [group["lr"] for group in optimizer.param_groups]
 
     def factor(i: int, base_lr: float) -> float:
