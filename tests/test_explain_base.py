@@ -1,0 +1,102 @@
+"""The shared explain interface: targets, post-processing, model state, registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xai_bench.explain.base import (
+    ExplainMethod,
+    model_state,
+    normalize,
+    resolve_target,
+    upsample,
+)
+from xai_bench.explain.vit_geometry import capture_attention, token_grid, tokens_to_grid
+from xai_bench.models import build_model
+from xai_bench.utils.errors import ConfigError
+
+
+def test_resolve_target_variants() -> None:
+    logits = torch.tensor([[0.1, 2.0], [3.0, -1.0], [0.0, 0.5]])
+    assert resolve_target("predicted", logits).tolist() == [1, 0, 1]
+    assert resolve_target(None, logits).tolist() == [1, 0, 1]
+    assert resolve_target(1, logits).tolist() == [1, 1, 1]
+    assert resolve_target("label", logits, torch.tensor([0, 0, 1])).tolist() == [0, 0, 1]
+    assert resolve_target(torch.tensor([1, 0, 0]), logits).tolist() == [1, 0, 0]
+    with pytest.raises(ConfigError):
+        resolve_target(2, logits)
+    with pytest.raises(ConfigError, match="labels"):
+        resolve_target("label", logits)
+    with pytest.raises(ConfigError):
+        resolve_target("biggest", logits)
+
+
+def test_upsample_nearest_makes_blocks_and_bilinear_is_smooth() -> None:
+    raw = torch.arange(4.0).view(1, 2, 2)
+    near = upsample(raw, (4, 4), "nearest")
+    assert torch.equal(near[0, :2, :2], torch.zeros(2, 2)) and torch.equal(near[0, 2:, 2:], torch.full((2, 2), 3.0))
+    bil = upsample(raw, (4, 4), "bilinear")
+    assert bil[0, 0, 0] == 0.0 and 0.0 < bil[0, 1, 1] < 3.0
+    with pytest.raises(ConfigError):
+        upsample(raw, (4, 4), "bicubic")
+
+
+def test_minmax_per_map_and_constant_maps() -> None:
+    maps = torch.stack([torch.tensor([[1.0, 3.0], [2.0, 5.0]]), torch.full((2, 2), 7.0)])
+    out = normalize(maps)
+    assert out[0].min() == 0.0 and out[0].max() == pytest.approx(1.0, abs=1e-6)
+    assert torch.equal(out[1], torch.zeros(2, 2))  # a constant map has no evidence: all zero
+    assert torch.equal(normalize(maps, "none"), maps)
+
+
+def test_model_state_restores_mode_flags_and_grads() -> None:
+    model = build_model("vit_tiny_patch16_224", 2, 32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
+    model.train()
+    model.blocks[0].attn.fused_attn = True
+    model.head.weight.requires_grad_(False)
+    with model_state(model):
+        assert not model.training
+        model.blocks[0].attn.fused_attn = False
+        for p in model.parameters():
+            p.requires_grad_(True)
+    assert model.training and model.blocks[0].attn.fused_attn is True
+    assert model.head.weight.requires_grad is False
+
+
+@pytest.mark.parametrize("kwargs,prefix,grid", [
+    ({}, 1, (4, 4)),
+    ({"img_size": 48}, 1, (6, 6)),
+])
+def test_token_geometry_and_attention_capture(kwargs: dict, prefix: int, grid: tuple[int, int]) -> None:
+    size = kwargs.pop("img_size", 32)
+    model = build_model("vit_tiny_patch16_224", 2, size, patch_size=8, depth=2, embed_dim=32, num_heads=2).eval()
+    assert token_grid(model) == (prefix, *grid)
+    x = torch.randn(2, 3, size, size)
+    fused_out = model(x)
+    with capture_attention(model) as attn:
+        out = model(x)
+    assert len(attn) == 2 and attn[0].shape == (2, 2, prefix + grid[0] * grid[1], prefix + grid[0] * grid[1])
+    assert torch.allclose(attn[0].sum(-1), torch.ones(()), atol=1e-5)
+    assert torch.allclose(out, fused_out, atol=1e-5)
+    tokens = torch.randn(2, prefix + grid[0] * grid[1], 5)
+    assert tokens_to_grid(tokens, model).shape == (2, *grid, 5)
+
+
+def test_distilled_vit_has_two_prefix_tokens() -> None:
+    model = build_model("deit_tiny_distilled_patch16_224", 2, 32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
+    assert token_grid(model) == (2, 4, 4)
+
+
+def test_unknown_method_lists_the_available_ones() -> None:
+    from xai_bench.explain.base import build_method
+
+    with pytest.raises(ConfigError, match="available"):
+        build_method("no_such_method")
+
+
+def test_base_rejects_bad_settings() -> None:
+    with pytest.raises(ConfigError):
+        ExplainMethod(upsample="cubic")
+    with pytest.raises(ConfigError):
+        ExplainMethod(normalize="zscore")

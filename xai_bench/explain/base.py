@@ -1,0 +1,175 @@
+"""The one interface every interpretability method follows.
+
+`method(model, images, target)` returns an `Explanation`: maps at input resolution (B, H, W),
+the raw map at token / feature resolution (B, h, w) before upsampling and normalisation, and the
+class each map explains. Methods are plain batched torch code on the model's device; they never
+change the model (train/eval mode, fused-attention flags and requires_grad are restored) and
+never change its predictions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xai_bench.utils.errors import ConfigError
+
+Target = str | int | torch.Tensor | None
+UPSAMPLE_MODES = ("nearest", "bilinear")
+NORMALIZE_MODES = ("minmax", "none")
+
+
+@dataclass
+class Explanation:
+    maps: torch.Tensor  # (B, H, W) float, input resolution, post-processed
+    raw: torch.Tensor  # (B, h, w) float, token / feature resolution, before post-processing
+    target: torch.Tensor  # (B,) long: the class each map explains
+    logits: torch.Tensor | None = None  # (B, C) the model's logits on the inputs, when computed
+
+
+def resolve_target(target: Target, logits: torch.Tensor | None, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """predicted | label | a fixed class index | a (B,) tensor -> (B,) long on the logits' device.
+
+    The reference study always explained class 1 (target=1); `predicted` is the usual default.
+    """
+    if logits is None:
+        raise ValueError("resolve_target needs the model's logits")
+    batch, num_classes = logits.shape
+    if target is None or target == "predicted":
+        return logits.argmax(dim=-1)
+    if isinstance(target, str) and target == "label":
+        if labels is None:
+            raise ConfigError("target=label needs the batch labels; pass labels=... or use target=predicted.")
+        return labels.to(logits.device).long().view(batch)
+    if isinstance(target, torch.Tensor):
+        out = target.to(logits.device).long().view(-1)
+        if out.numel() == 1:
+            out = out.expand(batch)
+    elif isinstance(target, int) and not isinstance(target, bool):
+        out = torch.full((batch,), target, dtype=torch.long, device=logits.device)
+    else:
+        raise ConfigError(f"target must be 'predicted', 'label' or a class index; got {target!r}.")
+    if out.shape[0] != batch or (out < 0).any() or (out >= num_classes).any():
+        raise ConfigError(f"target {target!r} is not a valid class index for {num_classes} classes.")
+    return out
+
+
+def upsample(raw: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """(B, h, w) -> (B, H, W). nearest = each token becomes a block of pixels (the study's
+    attention maps); bilinear uses align_corners=False (cv2.resize's pixel-centre convention)."""
+    if mode not in UPSAMPLE_MODES:
+        raise ConfigError(f"upsample must be one of {UPSAMPLE_MODES}; got {mode!r}.")
+    if tuple(raw.shape[-2:]) == tuple(size):
+        return raw
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(raw.unsqueeze(1).float(), size=size, mode=mode, **kwargs).squeeze(1)
+
+
+def normalize(maps: torch.Tensor, mode: str = "minmax", eps: float = 1e-7) -> torch.Tensor:
+    """Per-map min-max to [0, 1] (a constant map becomes all zeros), or unchanged."""
+    if mode not in NORMALIZE_MODES:
+        raise ConfigError(f"normalize must be one of {NORMALIZE_MODES}; got {mode!r}.")
+    if mode == "none":
+        return maps
+    flat = maps.flatten(1)
+    lo = flat.min(dim=1).values.view(-1, *([1] * (maps.dim() - 1)))
+    hi = flat.max(dim=1).values.view(-1, *([1] * (maps.dim() - 1)))
+    return (maps - lo) / (hi - lo + eps)
+
+
+class model_state:  # noqa: N801 - used as a context manager, reads like a function
+    """Put `model` in eval mode for explaining and restore everything afterwards.
+
+    Restores: train/eval mode, timm fused-attention flags (changed by attention capture) and
+    requires_grad of the parameters (gradient methods may need them off).
+    """
+
+    def __init__(self, model: nn.Module, eval_mode: bool = True) -> None:
+        self.model, self.eval_mode = model, eval_mode
+
+    def __enter__(self) -> nn.Module:
+        self.training = self.model.training
+        self.fused = {m: m.fused_attn for m in self.model.modules() if hasattr(m, "fused_attn")}
+        self.grads = {p: p.requires_grad for p in self.model.parameters()}
+        if self.eval_mode:
+            self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc: Any) -> None:
+        self.model.train(self.training)
+        for module, flag in self.fused.items():
+            module.fused_attn = flag
+        for param, flag in self.grads.items():
+            param.requires_grad_(flag)
+
+
+class ExplainMethod:
+    """Base class: subclasses implement `explain_raw`; post-processing is shared.
+
+    Settings common to all methods:
+      target     predicted | label | class index (the study: 1)
+      upsample   nearest | bilinear (defaults per method follow the study, SPEC 2.4)
+      normalize  minmax | none
+      relu       clamp negative evidence to zero before normalising (CAM methods)
+    """
+
+    name: ClassVar[str] = ""
+    default_upsample: ClassVar[str] = "bilinear"
+    default_relu: ClassVar[bool] = False
+    needs_grad: ClassVar[bool] = True
+
+    def __init__(self, target: Target = "predicted", upsample: str | None = None, normalize: str = "minmax",
+                 relu: bool | None = None, eps: float = 1e-7) -> None:
+        self.target = target
+        self.upsample_mode = upsample or self.default_upsample
+        self.normalize_mode = normalize
+        self.relu = self.default_relu if relu is None else relu
+        self.eps = eps
+        if self.upsample_mode not in UPSAMPLE_MODES:
+            raise ConfigError(f"upsample must be one of {UPSAMPLE_MODES}; got {self.upsample_mode!r}.")
+        if normalize not in NORMALIZE_MODES:
+            raise ConfigError(f"normalize must be one of {NORMALIZE_MODES}; got {normalize!r}.")
+
+    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) raw maps for the resolved `target` classes."""
+        raise NotImplementedError
+
+    def postprocess(self, raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        maps = raw.clamp(min=0) if self.relu else raw
+        return normalize(upsample(maps, size, self.upsample_mode), self.normalize_mode, self.eps)
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, target: Target = None,
+                 labels: torch.Tensor | None = None) -> Explanation:
+        with model_state(model):
+            with torch.no_grad():
+                logits = model(images)
+            tgt = resolve_target(self.target if target is None else target, logits, labels)
+            raw = self.explain_raw(model, images, tgt)
+        maps = self.postprocess(raw.detach().float(), tuple(images.shape[-2:]))
+        return Explanation(maps=maps, raw=raw.detach(), target=tgt, logits=logits)
+
+
+METHODS: dict[str, type[ExplainMethod]] = {}
+
+
+def register_method(name: str) -> Callable[[type[ExplainMethod]], type[ExplainMethod]]:
+    def deco(cls: type[ExplainMethod]) -> type[ExplainMethod]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_method(name: str, **kwargs: Any) -> ExplainMethod:
+    """The registry lookup behind `method=<name>` configs."""
+    if name not in METHODS:
+        raise ConfigError(f"method={name!r} is unknown; available: {', '.join(sorted(METHODS))}.")
+    return METHODS[name](**kwargs)
