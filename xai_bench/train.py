@@ -99,11 +99,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["test"] = {k.removeprefix("test/"): v for k, v in test[0].items()} if test else {}
     if trainer.is_global_zero:
         write_metrics(metrics, output_dir)
-        for logger in loggers:
-            summary = {"best_epoch": metrics["best_epoch"]} if metrics["best_epoch"] is not None else {}
-            if summary:
-                logger.log_metrics(summary)
-        log.info("metrics: %s", output_dir / "metrics.json")
+        if metrics["best_epoch"] is not None:
+            for logger in loggers:
+                logger.log_metrics({"best_epoch": metrics["best_epoch"]})
+        summary_line = ", ".join(
+            f"{split} acc {metrics[split]['acc']:.3f}" for split in ("val", "test") if metrics.get(split, {}).get("acc") is not None
+        )
+        log.info("done (best epoch %s%s). Run folder: %s", metrics["best_epoch"], f"; {summary_line}" if summary_line else "", output_dir)
     return metrics
 
 
