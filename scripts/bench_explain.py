@@ -1,0 +1,179 @@
+"""Interpretability-map throughput: xai_bench vs the peer library, same model and inputs.
+
+    python scripts/bench_explain.py                          # vit_tiny 224 px, 16 images, CPU
+    python scripts/bench_explain.py --model vit_b16          # ViT-B/16 (use a GPU)
+    python scripts/bench_explain.py --methods gradcam,integrated_gradients --batch 8
+
+For every method: maps/s of xai_bench and of its peer (captum or pytorch-grad-cam; "-" where no
+pip library implements the method), and the ratio of xai_bench's time to its floor: one forward
+pass (class-agnostic attention methods) or one forward+backward pass (gradient methods; x n_steps
+for Integrated Gradients). Peak memory (GPU: allocator peak; CPU: process peak RSS) is shown for
+the memory-bound Integrated Gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from xai_bench.explain import build_method
+from xai_bench.explain.vit_geometry import token_grid
+
+MODELS = {
+    "vit_tiny": dict(arch="vit_tiny_patch16_224", img=224, kwargs={}),
+    "vit_b16": dict(arch="vit_base_patch16_224", img=224, kwargs={}),
+    "vit_test": dict(arch="vit_tiny_patch16_224", img=32, kwargs=dict(patch_size=8, depth=2, embed_dim=32, num_heads=2)),
+}
+FLOOR = {  # which floor each method is measured against: (pass kind, passes per map batch)
+    "attention": ("forward", 1), "rollout": ("forward", 1), "random": ("forward", 0),
+    "chefer": ("forward+backward", 1), "chefer_generic": ("forward+backward", 1),
+    "gradcam": ("forward+backward", 1), "hirescam": ("forward+backward", 1),
+    "saliency": ("forward+backward", 1), "input_x_gradient": ("forward+backward", 1),
+    "guided_backprop": ("forward+backward", 1), "integrated_gradients": ("forward+backward", "n_steps"),
+}
+IG_STEPS = 50
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def reset_peak(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) on Linux
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Tensor], object]]:
+    """The peer library call for each method, with the same targets."""
+    from captum.attr import GuidedBackprop, InputXGradient, IntegratedGradients, Saliency
+    from pytorch_grad_cam import GradCAM, HiResCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    prefix, gh, gw = token_grid(model)
+
+    def reshape(t: torch.Tensor) -> torch.Tensor:
+        return t[:, prefix:].reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
+
+    def cam(cls: type) -> Callable[[torch.Tensor, torch.Tensor], object]:
+        def run(x: torch.Tensor, t: torch.Tensor) -> object:
+            with cls(model=model, target_layers=[model.blocks[-1].norm1], reshape_transform=reshape) as c:
+                return c(input_tensor=x, targets=[ClassifierOutputTarget(int(i)) for i in t])
+        return run
+
+    return {
+        "gradcam": cam(GradCAM),
+        "hirescam": cam(HiResCAM),
+        "saliency": lambda x, t: Saliency(model).attribute(x.requires_grad_(), target=t, abs=True),
+        "input_x_gradient": lambda x, t: InputXGradient(model).attribute(x.requires_grad_(), target=t),
+        "guided_backprop": lambda x, t: GuidedBackprop(model).attribute(x.requires_grad_(), target=t),
+        "integrated_gradients": lambda x, t: IntegratedGradients(model).attribute(x, target=t, n_steps=IG_STEPS),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vit_tiny", choices=sorted(MODELS))
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(FLOOR))
+    parser.add_argument("--ig-internal-batch", type=int, default=None, help="default: the batch size")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    from xai_bench.models import build_model
+
+    spec = MODELS[args.model]
+    model = build_model(spec["arch"], 2, spec["img"], **spec["kwargs"]).to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, spec["img"], spec["img"], generator=g).to(device)
+    with torch.no_grad():
+        target = model(x).argmax(-1)
+    bs = args.batch
+
+    def fwd() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def fwd_bwd() -> None:
+        xi = x.clone().requires_grad_()
+        model(xi).gather(1, target[:, None]).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    floors = {"forward": timeit(fwd, device, args.repeats), "forward+backward": timeit(fwd_bwd, device, args.repeats)}
+    peer_calls = peers(model)
+    ig_chunk = args.ig_internal_batch or bs
+    table = Table(title=f"{spec['arch']} {spec['img']}px, {bs} images, {device.type}"
+                  + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)"))
+    for col in ("method", "xai_bench maps/s", "peer", "peer maps/s", "speed-up", "floor", "x floor", "peak MB (ours / peer)"):
+        table.add_column(col, justify="right")
+    table.add_row("forward floor", f"{bs / floors['forward']:.1f}", "", "", "", "", "", "")
+    table.add_row("forward+backward floor", f"{bs / floors['forward+backward']:.1f}", "", "", "", "", "", "")
+
+    for name in [m for m in args.methods.split(",") if m]:
+        kwargs = {"n_steps": IG_STEPS, "internal_batch_size": ig_chunk} if name == "integrated_gradients" else {}
+        method = build_method(name, **kwargs)
+        ours_t = timeit(lambda m=method: m(model, x, target=target), device, args.repeats)
+        kind, passes = FLOOR.get(name, ("forward+backward", 1))
+        passes = IG_STEPS if passes == "n_steps" else passes
+        floor_t = floors[kind] * passes
+        peer = peer_calls.get(name)
+        peer_t = timeit(lambda p=peer: p(x.clone(), target), device, args.repeats) if peer else None
+        memory = ""
+        if name == "integrated_gradients":
+            reset_peak(device)
+            method(model, x, target=target)
+            ours_mb = peak_mb(device)
+            reset_peak(device)
+            peer(x.clone(), target)
+            memory = f"{ours_mb:.0f} / {peak_mb(device):.0f}"
+        table.add_row(
+            name, f"{bs / ours_t:.1f}",
+            "grad-cam" if name in ("gradcam", "hirescam") else ("captum" if peer else "-"),
+            f"{bs / peer_t:.1f}" if peer_t else "-",
+            f"{peer_t / ours_t:.2f}x" if peer_t else "-",
+            f"{kind} x{passes}" if passes else "-",
+            f"{ours_t / floor_t:.2f}" if passes else "-",
+            memory,
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

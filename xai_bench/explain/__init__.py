@@ -1,0 +1,30 @@
+"""Interpretability maps: one interface (`method(model, images, target) -> Explanation`) and a
+registry that `method=<name>` configs build from. Importing this package registers every method.
+"""
+
+from xai_bench.explain import attention, cam, chefer, gradients  # noqa: F401  (registration)
+from xai_bench.explain.base import (
+    METHODS,
+    ExplainMethod,
+    Explanation,
+    build_method,
+    normalize,
+    register_method,
+    resolve_target,
+    upsample,
+)
+from xai_bench.explain.cam import gradcam_differentiable
+from xai_bench.explain.gradients import guided_backprop_differentiable
+
+__all__ = [
+    "METHODS",
+    "ExplainMethod",
+    "Explanation",
+    "build_method",
+    "gradcam_differentiable",
+    "guided_backprop_differentiable",
+    "normalize",
+    "register_method",
+    "resolve_target",
+    "upsample",
+]

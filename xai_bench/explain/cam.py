@@ -1,0 +1,280 @@
+"""Grad-CAM and HiResCAM, batched, on CNN feature maps and ViT token grids.
+
+One implementation with a mode (one forward, one backward of the summed target logits):
+  gradcam   cam = sum_c mean_hw(dy/dA_c) * A_c          (Selvaraju et al.)
+  hirescam  cam = sum_c dy/dA_c * A_c   (element-wise)  (Draelos & Carin; faithful when the
+            layer is followed by Flatten -> Linear, SPEC 3.1; equal to Grad-CAM times h*w when
+            the layer is followed by global average pooling and a linear head)
+
+Layer: a dotted module path, or the default: `blocks[-1].norm1` for ViTs (the study's choice;
+its (B, N, C) tokens become (B, C, gh, gw) after dropping the prefix tokens) and
+`model.feature_layer` for CNNs.
+
+pytorch-grad-cam (the study's tool) post-processes ReLU -> per-image min-max (eps 1e-7) ->
+cv2 bilinear resize -> min-max; our shared chain is relu -> upsample -> min-max. Setting
+`order="gradcam_lib"` reproduces the library's chain; `eigen_smooth` and `aug_smooth` follow
+the library's definitions (see `eigen_projection` and `CAM.__call__`). `gradcam_study` is the
+study's configuration (SPEC 2.4).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from xai_bench.explain.base import (
+    ExplainMethod,
+    Explanation,
+    Target,
+    model_state,
+    normalize,
+    register_method,
+    resolve_target,
+    upsample,
+)
+from xai_bench.explain.gradients import frozen_params
+from xai_bench.explain.vit_geometry import is_vit, tokens_to_grid
+from xai_bench.utils.errors import ConfigError
+
+CAM_MODES = ("gradcam", "hirescam")
+EIGEN_SIGNS = ("align", "svd", "library", "max_abs")
+ORDERS = ("standard", "gradcam_lib")
+AUG_FACTORS = (0.9, 1.0, 1.1)  # the library's default ttach Multiply factors
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
+    """The module whose output is explained: a dotted path, a module, or the default."""
+    if isinstance(layer, nn.Module):
+        return layer
+    if layer is None or layer == "":
+        if is_vit(model):
+            return model.blocks[-1].norm1
+        found = getattr(model, "feature_layer", None)
+        if found is None:
+            raise ConfigError(
+                f"{type(model).__name__} has no feature_layer: set layer=<dotted module path> for CAM methods."
+            )
+        return found
+    try:
+        return model.get_submodule(str(layer))
+    except AttributeError as err:
+        raise ConfigError(f"layer={layer!r} is not a module path of {type(model).__name__}: {err}") from err
+
+
+def _as_map(t: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Layer output -> (B, C, h, w): conv maps as they are, ViT tokens without the prefix tokens."""
+    if t.dim() == 4:
+        return t
+    if t.dim() == 3 and is_vit(model):
+        return tokens_to_grid(t, model).permute(0, 3, 1, 2)
+    raise ConfigError(
+        f"the CAM layer gives a {tuple(t.shape)} output; need a (B, C, h, w) map or ViT (B, N, C) tokens."
+    )
+
+
+def layer_activations_and_grads(model: nn.Module, images: torch.Tensor, target: Target,
+                                layer: str | nn.Module | None = None, create_graph: bool = False
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(activations, d sum_b logit_{b,t_b} / d activations) as (B, C, h, w), the logits and the
+    resolved target, from one forward and one backward. With `create_graph` both stay connected
+    to the graph (second-order gradients)."""
+    module = resolve_layer(model, layer)
+    store: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+        store.append(out[0] if isinstance(out, tuple) else out)
+
+    # fused (flash) attention has no double backward: compute attention explicitly for create_graph
+    fused = [m for m in model.modules() if getattr(m, "fused_attn", False)] if create_graph else []
+    for m in fused:
+        m.fused_attn = False
+    handle = module.register_forward_hook(hook)
+    try:
+        logits = model(images)
+    finally:
+        handle.remove()
+        for m in fused:
+            m.fused_attn = True
+    if len(store) != 1:
+        raise ConfigError(f"the CAM layer ran {len(store)} times in one forward; choose a layer used once.")
+    act = store[0]
+    if not act.requires_grad:
+        raise ConfigError("the CAM layer's output does not depend on anything that requires grad.")
+    tgt = resolve_target(target, logits.detach())
+    score = logits.gather(1, tgt.view(-1, 1)).sum()
+    (grad,) = torch.autograd.grad(score, act, create_graph=create_graph)
+    return _as_map(act, model), _as_map(grad, model), logits, tgt
+
+
+def eigen_projection(weighted: torch.Tensor, sign: str = "align") -> torch.Tensor:
+    """(B, C, h, w) -> (B, h, w): projection of the centred (h*w, C) weighted activations on
+    their first right singular vector (pytorch-grad-cam's eigen_smooth).
+
+    An SVD fixes a singular vector only up to sign, so the map may come out inverted:
+      align    orient it to correlate positively with the plain CAM (sum over channels);
+               deterministic and meaningful (our default)
+      svd      whatever torch.linalg.svd returns (on CPU the same LAPACK routine the library
+               calls, usually the same sign; other devices may differ)
+      library  exactly the library's computation: numpy SVD (full matrices) on the CPU
+      max_abs  Seg-Eigen-CAM rule: flip where |min| > |max|
+    """
+    if sign not in EIGEN_SIGNS:
+        raise ConfigError(f"eigen_sign must be one of {EIGEN_SIGNS}; got {sign!r}.")
+    batch, _, height, width = weighted.shape
+    x = weighted.flatten(2).transpose(1, 2)  # (B, h*w, C)
+    x = torch.where(torch.isnan(x), torch.zeros_like(x), x)
+    x = x - x.mean(dim=1, keepdim=True)
+    if sign == "library":
+        _, _, vt = np.linalg.svd(x.detach().cpu().numpy(), full_matrices=True)
+        first = torch.from_numpy(np.ascontiguousarray(vt[:, 0, :])).to(x.device, x.dtype)
+    else:
+        first = torch.linalg.svd(x, full_matrices=False).Vh[:, 0, :]
+    proj = (x @ first.unsqueeze(-1)).squeeze(-1)  # (B, h*w)
+    if sign == "align":
+        ref = weighted.sum(dim=1).flatten(1)
+        flip = ((proj.detach() * (ref.detach() - ref.detach().mean(1, keepdim=True))).sum(1) < 0)
+        proj = torch.where(flip.unsqueeze(1), -proj, proj)
+    elif sign == "max_abs":
+        flip = proj.detach().min(1).values.abs() > proj.detach().max(1).values.abs()
+        proj = torch.where(flip.unsqueeze(1), -proj, proj)
+    return proj.view(batch, height, width)
+
+
+def cam_from(acts: torch.Tensor, grads: torch.Tensor, mode: str = "gradcam", eigen_smooth: bool = False,
+             eigen_sign: str = "align") -> torch.Tensor:
+    """(B, C, h, w) activations and gradients -> (B, h, w) Grad-CAM / HiResCAM map."""
+    if mode == "gradcam":
+        weighted = grads.mean(dim=(2, 3), keepdim=True) * acts
+    elif mode == "hirescam":
+        weighted = grads * acts
+    else:
+        raise ConfigError(f"CAM mode must be one of {CAM_MODES}; got {mode!r}.")
+    return eigen_projection(weighted, eigen_sign) if eigen_smooth else weighted.sum(dim=1)
+
+
+def gradcam_differentiable(model: nn.Module, images: torch.Tensor, target: Target = "predicted",
+                           layer: str | nn.Module | None = None, relu: bool = False,
+                           mode: str = "gradcam") -> torch.Tensor:
+    """(B, h, w) Grad-CAM (or HiResCAM) still connected to the graph (create_graph=True), at
+    feature resolution, no min-max: ATCON's consistency loss (SPEC 3.2) trains through it.
+    The model's mode is left as the caller set it."""
+    acts, grads, _, _ = layer_activations_and_grads(model, images, target, layer, create_graph=True)
+    cam = cam_from(acts, grads, mode)
+    return cam.clamp(min=0) if relu else cam
+
+
+class CAM(ExplainMethod):
+    """Shared Grad-CAM / HiResCAM method (see the module docstring for the settings)."""
+
+    mode: ClassVar[str] = "gradcam"
+    default_relu = True
+    default_upsample = "bilinear"
+    default_eigen_smooth: ClassVar[bool] = False
+    default_aug_smooth: ClassVar[bool] = False
+    default_eigen_sign: ClassVar[str] = "align"
+    default_order: ClassVar[str] = "standard"
+
+    def __init__(self, target: Target = "predicted", upsample: str | None = None, normalize: str = "minmax",
+                 relu: bool | None = None, eps: float = 1e-7, layer: str | None = None,
+                 eigen_smooth: bool | None = None, aug_smooth: bool | None = None,
+                 eigen_sign: str | None = None, order: str | None = None,
+                 differentiable: bool = False) -> None:
+        super().__init__(target=target, upsample=upsample, normalize=normalize, relu=relu, eps=eps)
+        self.layer = layer
+        self.eigen_smooth = self.default_eigen_smooth if eigen_smooth is None else bool(eigen_smooth)
+        self.aug_smooth = self.default_aug_smooth if aug_smooth is None else bool(aug_smooth)
+        self.eigen_sign = eigen_sign or self.default_eigen_sign
+        self.order = order or self.default_order
+        self.differentiable = bool(differentiable)
+        if self.eigen_sign not in EIGEN_SIGNS:
+            raise ConfigError(f"eigen_sign must be one of {EIGEN_SIGNS}; got {self.eigen_sign!r}.")
+        if self.order not in ORDERS:
+            raise ConfigError(f"order must be one of {ORDERS}; got {self.order!r}.")
+        if self.differentiable and self.eigen_smooth and self.eigen_sign == "library":
+            raise ConfigError("eigen_sign=library runs numpy and cannot be differentiable; use svd or align.")
+
+    # -- raw maps ---------------------------------------------------------------------------
+
+    def _cams(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.differentiable:
+            x = images
+            acts, grads, _, _ = layer_activations_and_grads(model, x, target, self.layer, create_graph=True)
+            return cam_from(acts, grads, self.mode, self.eigen_smooth, self.eigen_sign)
+        with frozen_params(model):
+            x = images.detach().requires_grad_(True)
+            acts, grads, _, _ = layer_activations_and_grads(model, x, target, self.layer)
+            return cam_from(acts.detach(), grads.detach(), self.mode, self.eigen_smooth, self.eigen_sign)
+
+    def augmented_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(A, B, h, w) raw maps of the 6 test-time augmentations (no flip / horizontal flip x
+        brightness 0.9, 1.0, 1.1, the library's ttach default), flips undone; all in one batch."""
+        views = [(flip, factor) for flip in (False, True) for factor in AUG_FACTORS]
+        batch = torch.cat([(images.flip(-1) if flip else images) * factor for flip, factor in views])
+        cams = self._cams(model, batch, target.repeat(len(views)))
+        cams = cams.view(len(views), images.shape[0], *cams.shape[1:])
+        return torch.stack([cam.flip(-1) if flip else cam for (flip, _), cam in zip(views, cams, strict=True)])
+
+    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) CAM; with aug_smooth the mean of the augmented raw maps (the post-processed
+        `maps` average the augmentations after post-processing, as the library does)."""
+        if self.aug_smooth:
+            return self.augmented_raw(model, images, target).mean(dim=0)
+        return self._cams(model, images, target)
+
+    # -- post-processing --------------------------------------------------------------------
+
+    def postprocess(self, raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.order == "standard":
+            return super().postprocess(raw, size)
+        maps = raw.clamp(min=0) if self.relu else raw
+        maps = normalize(maps, self.normalize_mode, self.eps)  # the library: min-max before resizing
+        return normalize(upsample(maps, size, self.upsample_mode), self.normalize_mode, self.eps)
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, target: Target = None,
+                 labels: torch.Tensor | None = None) -> Explanation:
+        """With aug_smooth, each augmentation's map is post-processed and the maps averaged (the
+        library's aug_smooth); with order=standard the average is min-max normalised again. The
+        target is resolved once, on the original images."""
+        if not self.aug_smooth:
+            return super().__call__(model, images, target, labels)
+        with model_state(model):
+            with torch.no_grad():
+                logits = model(images)
+            tgt = resolve_target(self.target if target is None else target, logits, labels)
+            per_view = self.augmented_raw(model, images, tgt)
+        size = tuple(images.shape[-2:])
+        maps = torch.stack([self.postprocess(r.detach().float(), size) for r in per_view]).mean(dim=0)
+        if self.order == "standard":
+            maps = normalize(maps, self.normalize_mode, self.eps)
+        return Explanation(maps=maps, raw=per_view.mean(dim=0).detach(), target=tgt, logits=logits)
+
+
+@register_method("gradcam")
+class GradCAM(CAM):
+    """Grad-CAM: channel weights = spatial mean of the gradients."""
+
+    mode = "gradcam"
+
+
+@register_method("hirescam")
+class HiResCAM(CAM):
+    """HiResCAM: element-wise gradient x activation, summed over channels."""
+
+    mode = "hirescam"
+
+
+@register_method("gradcam_study")
+class GradCAMStudy(GradCAM):
+    """The study's Grad-CAM (SPEC 2.4): pytorch-grad-cam's chain with eigen_smooth and
+    aug_smooth on blocks[-1].norm1, target class 1, the library's SVD sign."""
+
+    default_eigen_smooth = True
+    default_aug_smooth = True
+    default_eigen_sign = "library"
+    default_order = "gradcam_lib"
+
+    def __init__(self, target: Target = 1, **kwargs: Any) -> None:
+        super().__init__(target=target, **kwargs)
