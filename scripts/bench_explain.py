@@ -60,21 +60,27 @@ def timeit(fn: Callable[[], object], device: torch.device, repeats: int) -> floa
     return statistics.median(times)
 
 
-def reset_peak(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) on Linux
-
-
-def peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+def _proc_status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Memory the call adds at its peak: GPU allocator peak, or the process's peak RSS growth."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) to the current RSS
+    base = _proc_status_mb("VmRSS")
+    fn()
+    return _proc_status_mb("VmHWM") - base
 
 
 def peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Tensor], object]]:
@@ -100,7 +106,8 @@ def peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Ten
         "saliency": lambda x, t: Saliency(model).attribute(x.requires_grad_(), target=t, abs=True),
         "input_x_gradient": lambda x, t: InputXGradient(model).attribute(x.requires_grad_(), target=t),
         "guided_backprop": lambda x, t: GuidedBackprop(model).attribute(x.requires_grad_(), target=t),
-        "integrated_gradients": lambda x, t: IntegratedGradients(model).attribute(x, target=t, n_steps=IG_STEPS),
+        "integrated_gradients": lambda x, t, chunk=None: IntegratedGradients(model).attribute(
+            x, target=t, n_steps=IG_STEPS, internal_batch_size=chunk),
     }
 
 
@@ -110,7 +117,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", default=",".join(FLOOR))
-    parser.add_argument("--ig-internal-batch", type=int, default=None, help="default: the batch size")
+    parser.add_argument("--ig-internal-batch", type=int, default=16, help="interpolated images per pass")
+    parser.add_argument("--ig-batch", type=int, default=4, help="images for the IG memory table")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -138,13 +146,13 @@ def main() -> None:
 
     floors = {"forward": timeit(fwd, device, args.repeats), "forward+backward": timeit(fwd_bwd, device, args.repeats)}
     peer_calls = peers(model)
-    ig_chunk = args.ig_internal_batch or bs
+    ig_chunk = args.ig_internal_batch
     table = Table(title=f"{spec['arch']} {spec['img']}px, {bs} images, {device.type}"
                   + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)"))
-    for col in ("method", "xai_bench maps/s", "peer", "peer maps/s", "speed-up", "floor", "x floor", "peak MB (ours / peer)"):
+    for col in ("method", "xai_bench maps/s", "peer", "peer maps/s", "speed-up", "floor", "x floor"):
         table.add_column(col, justify="right")
-    table.add_row("forward floor", f"{bs / floors['forward']:.1f}", "", "", "", "", "", "")
-    table.add_row("forward+backward floor", f"{bs / floors['forward+backward']:.1f}", "", "", "", "", "", "")
+    table.add_row("forward floor", f"{bs / floors['forward']:.1f}", "", "", "", "", "")
+    table.add_row("forward+backward floor", f"{bs / floors['forward+backward']:.1f}", "", "", "", "", "")
 
     for name in [m for m in args.methods.split(",") if m]:
         kwargs = {"n_steps": IG_STEPS, "internal_batch_size": ig_chunk} if name == "integrated_gradients" else {}
@@ -154,15 +162,10 @@ def main() -> None:
         passes = IG_STEPS if passes == "n_steps" else passes
         floor_t = floors[kind] * passes
         peer = peer_calls.get(name)
-        peer_t = timeit(lambda p=peer: p(x.clone(), target), device, args.repeats) if peer else None
-        memory = ""
         if name == "integrated_gradients":
-            reset_peak(device)
-            method(model, x, target=target)
-            ours_mb = peak_mb(device)
-            reset_peak(device)
-            peer(x.clone(), target)
-            memory = f"{ours_mb:.0f} / {peak_mb(device):.0f}"
+            peer_t = timeit(lambda p=peer: p(x.clone(), target, ig_chunk), device, args.repeats)
+        else:
+            peer_t = timeit(lambda p=peer: p(x.clone(), target), device, args.repeats) if peer else None
         table.add_row(
             name, f"{bs / ours_t:.1f}",
             "grad-cam" if name in ("gradcam", "hirescam") else ("captum" if peer else "-"),
@@ -170,9 +173,28 @@ def main() -> None:
             f"{peer_t / ours_t:.2f}x" if peer_t else "-",
             f"{kind} x{passes}" if passes else "-",
             f"{ours_t / floor_t:.2f}" if passes else "-",
-            memory,
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if "integrated_gradients" in args.methods:
+        console.print(ig_memory_table(model, x[: args.ig_batch], target[: args.ig_batch], ig_chunk, peer_calls, device, args.repeats))
+
+
+def ig_memory_table(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, chunk: int,
+                    peer_calls: dict, device: torch.device, repeats: int) -> Table:
+    """IG time and peak memory: ours (bounded chunks) vs captum's default single pass."""
+    ours = build_method("integrated_gradients", n_steps=IG_STEPS, internal_batch_size=chunk)
+    runs = {
+        f"xai_bench (internal_batch_size={chunk})": lambda: ours(model, x, target=target),
+        "captum default (one pass)": lambda: peer_calls["integrated_gradients"](x.clone(), target, None),
+    }
+    table = Table(title=f"integrated gradients, {IG_STEPS} steps, {x.shape[0]} images, {device.type}")
+    for col in ("implementation", "maps/s", "peak memory added (MB)"):
+        table.add_column(col, justify="right")
+    for label, fn in runs.items():
+        mb = peak_memory_mb(fn, device)
+        table.add_row(label, f"{x.shape[0] / timeit(fn, device, repeats):.2f}", f"{mb:.0f}")
+    return table
 
 
 if __name__ == "__main__":
