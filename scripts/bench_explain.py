@@ -6,7 +6,8 @@
 
 For every method: maps/s of xai_bench and of its peer (captum or pytorch-grad-cam; "-" where no
 pip library implements the method), and the ratio of xai_bench's time to its floor: one forward
-pass (class-agnostic attention methods) or one forward+backward pass (gradient methods; x n_steps
+pass (class-agnostic attention methods) or one forward+backward pass to the input gradient,
+weights frozen (gradient methods; x n_steps
 for Integrated Gradients). Peak memory (GPU: allocator peak; CPU: process peak RSS) is shown for
 the memory-bound Integrated Gradients.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -120,6 +123,7 @@ def main() -> None:
     parser.add_argument("--ig-internal-batch", type=int, default=16, help="interpolated images per pass")
     parser.add_argument("--ig-batch", type=int, default=4, help="images for the IG memory table")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--ig-memory-child", choices=["ours", "captum"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -134,15 +138,22 @@ def main() -> None:
     with torch.no_grad():
         target = model(x).argmax(-1)
     bs = args.batch
+    if args.ig_memory_child:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        ig_memory_child(model, x, target, args.ig_internal_batch, args.ig_memory_child)
+        return
 
     def fwd() -> None:
         with torch.no_grad():
             model(x)
 
+    for p in model.parameters():  # attribution needs input gradients only: no weight gradients
+        p.requires_grad_(False)
+
     def fwd_bwd() -> None:
         xi = x.clone().requires_grad_()
-        model(xi).gather(1, target[:, None]).sum().backward()
-        model.zero_grad(set_to_none=True)
+        torch.autograd.grad(model(xi).gather(1, target[:, None]).sum(), xi)
 
     floors = {"forward": timeit(fwd, device, args.repeats), "forward+backward": timeit(fwd_bwd, device, args.repeats)}
     peer_calls = peers(model)
@@ -174,27 +185,48 @@ def main() -> None:
             f"{kind} x{passes}" if passes else "-",
             f"{ours_t / floor_t:.2f}" if passes else "-",
         )
-    console = Console()
+    console = Console(width=150)
     console.print(table)
     if "integrated_gradients" in args.methods:
-        console.print(ig_memory_table(model, x[: args.ig_batch], target[: args.ig_batch], ig_chunk, peer_calls, device, args.repeats))
+        console.print(ig_memory_table(model, x[: args.ig_batch], target[: args.ig_batch], ig_chunk, peer_calls,
+                                      device, args.repeats, args.model))
 
 
 def ig_memory_table(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, chunk: int,
-                    peer_calls: dict, device: torch.device, repeats: int) -> Table:
-    """IG time and peak memory: ours (bounded chunks) vs captum's default single pass."""
+                    peer_calls: dict, device: torch.device, repeats: int, model_name: str) -> Table:
+    """IG time and peak memory: ours (bounded chunks) vs captum's default single pass.
+
+    On the CPU each memory figure comes from a fresh process (peak RSS minus the RSS before the
+    call), so memory kept by the allocator from earlier calls cannot hide a peak.
+    """
     ours = build_method("integrated_gradients", n_steps=IG_STEPS, internal_batch_size=chunk)
     runs = {
-        f"xai_bench (internal_batch_size={chunk})": lambda: ours(model, x, target=target),
-        "captum default (one pass)": lambda: peer_calls["integrated_gradients"](x.clone(), target, None),
+        "ours": (f"xai_bench (internal_batch_size={chunk})", lambda: ours(model, x, target=target)),
+        "captum": ("captum default (one pass)", lambda: peer_calls["integrated_gradients"](x.clone(), target, None)),
     }
     table = Table(title=f"integrated gradients, {IG_STEPS} steps, {x.shape[0]} images, {device.type}")
     for col in ("implementation", "maps/s", "peak memory added (MB)"):
         table.add_column(col, justify="right")
-    for label, fn in runs.items():
-        mb = peak_memory_mb(fn, device)
+    for key, (label, fn) in runs.items():
+        if device.type == "cuda":
+            mb = peak_memory_mb(fn, device)
+        else:
+            cmd = [sys.executable, __file__, "--model", model_name, "--batch", str(x.shape[0]),
+                   "--ig-internal-batch", str(chunk), "--ig-memory-child", key, "--device", "cpu"]
+            mb = float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
         table.add_row(label, f"{x.shape[0] / timeit(fn, device, repeats):.2f}", f"{mb:.0f}")
     return table
+
+
+def ig_memory_child(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, chunk: int, which: str) -> None:
+    """Print the peak RSS one IG call adds in this fresh process (after a tiny warm-up)."""
+    with torch.no_grad():
+        model(x[:1])
+    if which == "ours":
+        method = build_method("integrated_gradients", n_steps=IG_STEPS, internal_batch_size=chunk)
+        print(peak_memory_mb(lambda: method(model, x, target=target), torch.device("cpu")))
+    else:
+        print(peak_memory_mb(lambda: peers(model)["integrated_gradients"](x.clone(), target, None), torch.device("cpu")))
 
 
 if __name__ == "__main__":
