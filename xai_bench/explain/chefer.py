@@ -27,7 +27,12 @@ from timm.layers import Attention, LayerScale, Mlp
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from xai_bench.explain.attention import check_cls_model, cls_row_to_grid, resolve_layer
+from xai_bench.explain.attention import (
+    check_cls_model,
+    cls_row_to_grid,
+    generic_relevance,
+    resolve_layer,
+)
 from xai_bench.explain.base import ExplainMethod, register_method
 from xai_bench.utils.errors import ConfigError
 
@@ -219,14 +224,12 @@ def lrp_attention(model: nn.Module, images: torch.Tensor, target: torch.Tensor
 
 def transformer_attribution(grads: list[torch.Tensor], rel_attns: list[torch.Tensor],
                             start_layer: int = 0) -> torch.Tensor:
-    """C = prod_b (I + mean_heads((grad_A_b * R_A_b).clamp(min=0))), b >= start_layer. (B, N, N)."""
-    start = resolve_layer(start_layer, len(grads), "start_layer")
-    first = grads[0]
-    n = first.shape[-1]
-    joint = torch.eye(n, dtype=first.dtype, device=first.device).expand(first.shape[0], n, n).clone()
-    for grad, rel in list(zip(grads, rel_attns, strict=True))[start:]:
-        joint = joint + (grad * rel).clamp(min=0).mean(dim=1) @ joint
-    return joint
+    """C = prod_b (I + mean_heads((grad_A_b * R_A_b).clamp(min=0))), b >= start_layer. (B, N, N).
+
+    The same unnormalised rollout as the ICCV 2021 generic method, with the LRP relevance R_A
+    in place of the attention itself.
+    """
+    return generic_relevance(rel_attns, grads, start_layer)
 
 
 @register_method("chefer")
