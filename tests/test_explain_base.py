@@ -100,3 +100,19 @@ def test_base_rejects_bad_settings() -> None:
         ExplainMethod(upsample="cubic")
     with pytest.raises(ConfigError):
         ExplainMethod(normalize="zscore")
+
+
+@pytest.mark.parametrize("name,forwards", [("attention", 1), ("rollout", 1), ("random", 1), ("saliency", 2)])
+def test_forward_passes_per_call(name: str, forwards: int) -> None:
+    """Class-agnostic maps take the logits from their own forward: one pass, not two."""
+    from xai_bench.explain import build_method
+
+    model = build_model("vit_tiny_patch16_224", 2, 32, patch_size=8, depth=2, embed_dim=32, num_heads=2).eval()
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(2, 3, 32, 32)
+    out = build_method(name)(model, x)
+    assert len(calls) == forwards
+    with torch.no_grad():
+        assert torch.allclose(out.logits, model(x), atol=1e-5)
+        assert torch.equal(out.target, model(x).argmax(-1))

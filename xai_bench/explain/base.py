@@ -9,7 +9,8 @@ never change its predictions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -108,6 +109,17 @@ class model_state:  # noqa: N801 - used as a context manager, reads like a funct
             param.requires_grad_(flag)
 
 
+@contextmanager
+def record_output(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the model's outputs of the forward passes run inside the block."""
+    outputs: list[torch.Tensor] = []
+    handle = model.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
 class ExplainMethod:
     """Base class: subclasses implement `explain_raw`; post-processing is shared.
 
@@ -135,8 +147,9 @@ class ExplainMethod:
         if normalize not in NORMALIZE_MODES:
             raise ConfigError(f"normalize must be one of {NORMALIZE_MODES}; got {normalize!r}.")
 
-    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """(B, h, w) raw maps for the resolved `target` classes."""
+    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+        """(B, h, w) raw maps for the resolved `target` classes (None for class-agnostic methods,
+        `needs_grad = False`, whose own forward pass supplies the logits)."""
         raise NotImplementedError
 
     def postprocess(self, raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -145,11 +158,23 @@ class ExplainMethod:
 
     def __call__(self, model: nn.Module, images: torch.Tensor, target: Target = None,
                  labels: torch.Tensor | None = None) -> Explanation:
+        spec = self.target if target is None else target
         with model_state(model):
-            with torch.no_grad():
-                logits = model(images)
-            tgt = resolve_target(self.target if target is None else target, logits, labels)
-            raw = self.explain_raw(model, images, tgt)
+            if self.needs_grad:
+                # the target must be known before the backward pass: one no-grad forward first
+                with torch.no_grad():
+                    logits = model(images)
+                tgt = resolve_target(spec, logits, labels)
+                raw = self.explain_raw(model, images, tgt)
+            else:
+                # class-agnostic maps: the logits come from the method's own forward (one pass)
+                with torch.no_grad(), record_output(model) as outputs:
+                    raw = self.explain_raw(model, images, None)
+                if not outputs:
+                    with torch.no_grad():
+                        outputs.append(model(images))
+                logits = outputs[0]
+                tgt = resolve_target(spec, logits, labels)
         maps = self.postprocess(raw.detach().float(), tuple(images.shape[-2:]))
         return Explanation(maps=maps, raw=raw.detach(), target=tgt, logits=logits)
 
