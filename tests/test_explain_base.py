@@ -102,9 +102,13 @@ def test_base_rejects_bad_settings() -> None:
         ExplainMethod(normalize="zscore")
 
 
-@pytest.mark.parametrize("name,forwards", [("attention", 1), ("rollout", 1), ("random", 1), ("saliency", 2)])
+@pytest.mark.parametrize("name,forwards", [
+    ("attention", 1), ("rollout", 1), ("random", 1), ("saliency", 1), ("input_x_gradient", 1),
+    ("guided_backprop", 1), ("gradcam", 1), ("hirescam", 1), ("chefer_generic", 1), ("chefer", 1),
+])
 def test_forward_passes_per_call(name: str, forwards: int) -> None:
-    """Class-agnostic maps take the logits from their own forward: one pass, not two."""
+    """Maps take the logits (and the predicted target) from their own forward where they can:
+    one model pass per call, not a separate one to find the target."""
     from xai_bench.explain import build_method
 
     model = build_model("vit_tiny_patch16_224", 2, 32, patch_size=8, depth=2, embed_dim=32, num_heads=2).eval()
@@ -116,3 +120,19 @@ def test_forward_passes_per_call(name: str, forwards: int) -> None:
     with torch.no_grad():
         assert torch.allclose(out.logits, model(x), atol=1e-5)
         assert torch.equal(out.target, model(x).argmax(-1))
+
+
+@pytest.mark.parametrize("name", ["saliency", "input_x_gradient", "guided_backprop", "gradcam", "chefer_generic"])
+def test_target_from_own_forward_equals_explicit_target(name: str) -> None:
+    from xai_bench.explain import build_method
+
+    torch.manual_seed(0)
+    model = build_model("vit_tiny_patch16_224", 3, 32, patch_size=8, depth=2, embed_dim=32, num_heads=2).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        predicted = model(x).argmax(-1)
+    method = build_method(name)
+    implicit = method(model, x)
+    explicit = method(model, x, target=predicted)
+    assert torch.equal(implicit.target, predicted)
+    assert torch.allclose(implicit.maps, explicit.maps, atol=1e-6)

@@ -179,6 +179,8 @@ class CheferGeneric(ExplainMethod):
     columns of I are zero, so it only matters for analyses of the full matrix.
     """
 
+    target_in_forward = True
+
     default_upsample = "bilinear"
     needs_grad = True
 

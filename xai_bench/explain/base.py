@@ -134,6 +134,9 @@ class ExplainMethod:
     default_upsample: ClassVar[str] = "bilinear"
     default_relu: ClassVar[bool] = False
     needs_grad: ClassVar[bool] = True
+    # True when explain_raw's first model forward runs on the unmodified images and the target
+    # is read only after it: the base class then resolves the target from that forward's logits
+    target_in_forward: ClassVar[bool] = False
 
     def __init__(self, target: Target = "predicted", upsample: str | None = None, normalize: str = "minmax",
                  relu: bool | None = None, eps: float = 1e-7) -> None:
@@ -160,7 +163,26 @@ class ExplainMethod:
                  labels: torch.Tensor | None = None) -> Explanation:
         spec = self.target if target is None else target
         with model_state(model):
-            if self.needs_grad:
+            if self.needs_grad and self.target_in_forward:
+                # the method's first forward runs on `images`: resolve the target from its logits
+                # (filled in place by a hook before the method reads it): one pass, not two
+                tgt = torch.full((images.shape[0],), -1, dtype=torch.long, device=images.device)
+                outputs: list[torch.Tensor] = []
+
+                def fill(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+                    if not outputs:
+                        outputs.append(out.detach())
+                        tgt.copy_(resolve_target(spec, outputs[0], labels))
+
+                handle = model.register_forward_hook(fill)
+                try:
+                    raw = self.explain_raw(model, images, tgt)
+                finally:
+                    handle.remove()
+                if not outputs:
+                    raise RuntimeError(f"{type(self).__name__}.target_in_forward is set but it ran no forward")
+                logits = outputs[0]
+            elif self.needs_grad:
                 # the target must be known before the backward pass: one no-grad forward first
                 with torch.no_grad():
                     logits = model(images)

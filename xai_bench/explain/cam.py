@@ -169,6 +169,8 @@ def gradcam_differentiable(model: nn.Module, images: torch.Tensor, target: Targe
 class CAM(ExplainMethod):
     """Shared Grad-CAM / HiResCAM method (see the module docstring for the settings)."""
 
+    target_in_forward = True
+
     mode: ClassVar[str] = "gradcam"
     default_relu = True
     default_upsample = "bilinear"

@@ -301,6 +301,8 @@ class PixelMethod(ExplainMethod):
 class Saliency(PixelMethod):
     """|d logit_t / d x|, max over channels (default)."""
 
+    target_in_forward = True
+
     default_abs = True
     default_reduction = "max"
 
@@ -312,6 +314,8 @@ class Saliency(PixelMethod):
 @register_method("input_x_gradient")
 class InputXGradient(PixelMethod):
     """x * d logit_t / d x."""
+
+    target_in_forward = True
 
     def attribute(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         with frozen_params(model):
@@ -344,6 +348,8 @@ class IntegratedGradients(PixelMethod):
 class GuidedBackprop(PixelMethod):
     """Guided backprop: ReLU rule on nn.ReLU modules; on ViTs the GELU rule (`gelu_rule`),
     without which it is the plain gradient (a warning says so)."""
+
+    target_in_forward = True
 
     default_abs = True
 
