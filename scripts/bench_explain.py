@@ -100,7 +100,7 @@ def peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Ten
     def cam(cls: type) -> Callable[[torch.Tensor, torch.Tensor], object]:
         def run(x: torch.Tensor, t: torch.Tensor) -> object:
             with cls(model=model, target_layers=[model.blocks[-1].norm1], reshape_transform=reshape) as c:
-                return c(input_tensor=x, targets=[ClassifierOutputTarget(int(i)) for i in t])
+                return c(input_tensor=x.requires_grad_(), targets=[ClassifierOutputTarget(int(i)) for i in t])
         return run
 
     return {
