@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from xai_bench.models import load_checkpoint_safely
+from xai_bench.modules import BestEpochTracker
 from xai_bench.tracking import resolved_config, write_config, write_metrics
 from xai_bench.utils.class_weights import resolve_class_weights
 from xai_bench.utils.instantiate import instantiate_callbacks, instantiate_loggers
@@ -31,8 +32,6 @@ def _best_checkpoint(trainer: pl.Trainer) -> str | None:
 
 
 def _best_epoch(trainer: pl.Trainer) -> int | None:
-    from xai_bench.modules import BestEpochTracker
-
     for callback in trainer.callbacks:
         if isinstance(callback, BestEpochTracker):
             return callback.best_epoch

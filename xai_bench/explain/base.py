@@ -9,8 +9,7 @@ never change its predictions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -109,17 +108,6 @@ class model_state:  # noqa: N801 - used as a context manager, reads like a funct
             param.requires_grad_(flag)
 
 
-@contextmanager
-def record_output(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the model's outputs of the forward passes run inside the block."""
-    outputs: list[torch.Tensor] = []
-    handle = model.register_forward_hook(lambda _m, _i, out: outputs.append(out))
-    try:
-        yield outputs
-    finally:
-        handle.remove()
-
-
 class ExplainMethod:
     """Base class: subclasses implement `explain_raw`; post-processing is shared.
 
@@ -151,52 +139,53 @@ class ExplainMethod:
             raise ConfigError(f"normalize must be one of {NORMALIZE_MODES}; got {normalize!r}.")
 
     def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-        """(B, h, w) raw maps for the resolved `target` classes (None for class-agnostic methods,
-        `needs_grad = False`, whose own forward pass supplies the logits)."""
+        """(B, h, w) raw maps for the `target` classes. With `target_in_forward` (and for
+        class-agnostic methods) the target's values are filled in by the first model forward."""
         raise NotImplementedError
 
     def postprocess(self, raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         maps = raw.clamp(min=0) if self.relu else raw
         return normalize(upsample(maps, size, self.upsample_mode), self.normalize_mode, self.eps)
 
+    def _explain_target_from_own_forward(
+        self, model: nn.Module, images: torch.Tensor, spec: Target, labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One model pass instead of two: a hook on the method's first forward (on `images`)
+        resolves the target from its logits, in place, before the method reads it. A
+        class-agnostic method that runs no forward at all (random) gets one afterwards."""
+        tgt = torch.full((images.shape[0],), -1, dtype=torch.long, device=images.device)
+        outputs: list[torch.Tensor] = []
+
+        def fill(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+            if not outputs:
+                outputs.append(out.detach())
+                tgt.copy_(resolve_target(spec, outputs[0], labels))
+
+        handle = model.register_forward_hook(fill)
+        try:
+            with torch.set_grad_enabled(self.needs_grad and torch.is_grad_enabled()):
+                raw = self.explain_raw(model, images, tgt)
+            if not outputs:
+                if self.needs_grad:
+                    raise RuntimeError(f"{type(self).__name__}.target_in_forward is set but it ran no forward")
+                with torch.no_grad():
+                    model(images)
+        finally:
+            handle.remove()
+        return raw, outputs[0], tgt
+
     def __call__(self, model: nn.Module, images: torch.Tensor, target: Target = None,
                  labels: torch.Tensor | None = None) -> Explanation:
         spec = self.target if target is None else target
         with model_state(model):
-            if self.needs_grad and self.target_in_forward:
-                # the method's first forward runs on `images`: resolve the target from its logits
-                # (filled in place by a hook before the method reads it): one pass, not two
-                tgt = torch.full((images.shape[0],), -1, dtype=torch.long, device=images.device)
-                outputs: list[torch.Tensor] = []
-
-                def fill(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-                    if not outputs:
-                        outputs.append(out.detach())
-                        tgt.copy_(resolve_target(spec, outputs[0], labels))
-
-                handle = model.register_forward_hook(fill)
-                try:
-                    raw = self.explain_raw(model, images, tgt)
-                finally:
-                    handle.remove()
-                if not outputs:
-                    raise RuntimeError(f"{type(self).__name__}.target_in_forward is set but it ran no forward")
-                logits = outputs[0]
-            elif self.needs_grad:
-                # the target must be known before the backward pass: one no-grad forward first
+            if self.target_in_forward or not self.needs_grad:
+                raw, logits, tgt = self._explain_target_from_own_forward(model, images, spec, labels)
+            else:
+                # the target must be known before the method's first forward: a no-grad pass first
                 with torch.no_grad():
                     logits = model(images)
                 tgt = resolve_target(spec, logits, labels)
                 raw = self.explain_raw(model, images, tgt)
-            else:
-                # class-agnostic maps: the logits come from the method's own forward (one pass)
-                with torch.no_grad(), record_output(model) as outputs:
-                    raw = self.explain_raw(model, images, None)
-                if not outputs:
-                    with torch.no_grad():
-                        outputs.append(model(images))
-                logits = outputs[0]
-                tgt = resolve_target(spec, logits, labels)
         maps = self.postprocess(raw.detach().float(), tuple(images.shape[-2:]))
         return Explanation(maps=maps, raw=raw.detach(), target=tgt, logits=logits)
 

@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import socket
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,9 @@ def load_checkpoint_safely(path: str | os.PathLike[str]) -> dict[str, Any]:
     if file.suffix == SAFETENSORS_SUFFIX:
         return dict(_read_safetensors(file))
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
+        # mmap: tensors are mapped, not read, so checking a large checkpoint before Lightning
+        # loads it costs little (legacy non-zip files cannot be mapped)
+        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
     except pickle.UnpicklingError as err:
         reason = _unsafe_reason(err)
         what = (
