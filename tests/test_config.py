@@ -105,3 +105,25 @@ def test_early_stopping_option_builds_the_callback(compose_cfg) -> None:
     stopper = next(c for c in callbacks if isinstance(c, EarlyStopping))
     assert stopper.patience == 3 and stopper.monitor == "val/loss"
     assert any(isinstance(c, ModelCheckpoint) for c in callbacks)
+
+
+@pytest.mark.parametrize("group", ["method", "metric"])
+def test_every_evaluation_option_composes(compose_cfg, group: str) -> None:
+    options = sorted(p.stem for p in (REPO_ROOT / "conf" / group).glob("*.yaml"))
+    assert options, group
+    for option in options:
+        value = f"[{option}]" if group == "metric" else option
+        cfg = compose_cfg(f"{group}={value}", "ckpt=x.ckpt", config_name="evaluate")
+        assert cfg.task_name == "evaluate" and cfg.trainer.inference_mode is False
+
+
+def test_evaluation_metric_groups_build_their_metrics(compose_cfg) -> None:
+    import hydra
+
+    cfg = compose_cfg("metric=[localisation,faithfulness,sanity]", "ckpt=x.ckpt", config_name="evaluate")
+    keys = set(cfg.metric)
+    assert {"pointing_game", "iou", "pixel_iou", "relevance_mass", "relevance_rank", "aopc", "max_sensitivity",
+            "haas", "deletion_insertion", "mprt"} == keys
+    for key, node in cfg.metric.items():
+        metric = hydra.utils.instantiate(node)(key=key)
+        assert metric.key == key

@@ -26,7 +26,7 @@ from xai_bench.data.datasets import (
     read_label_table,
 )
 from xai_bench.data.synthetic import SyntheticSamples, generate_synthetic, parse_shortcut
-from xai_bench.data.transforms import resolve_transforms
+from xai_bench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resolve_transforms
 from xai_bench.utils.errors import ConfigError, DatasetNotFoundError
 
 __all__ = ["ImageTableDataModule", "SyntheticDataModule", "split_seed"]
@@ -175,14 +175,47 @@ class _ClassificationDataModule(pl.LightningDataModule):
 
     def roi_dataloader(self) -> DataLoader:
         """Test images that have a ROI mask, in test order; "index" is the test-split row."""
-        dataset = self.test_dataset
-        rows = np.flatnonzero(dataset.has_mask)  # type: ignore[attr-defined]
-        if rows.size == 0:
-            raise DatasetNotFoundError(
-                f"Dataset '{self.name}': no test image has a ROI mask (masks/<image stem>.png), so "
-                "localisation cannot be evaluated."
-            )
-        return self._loader(Subset(dataset, rows.tolist()), shuffle=False)
+        return self.eval_dataloader("roi")
+
+    def eval_dataloader(self, split: str = "roi", max_images: int | None = None) -> DataLoader:
+        """Unshuffled loader over the images an evaluation explains: roi (test images with a
+        ROI mask), test or val; the first `max_images` of them when given. Batches carry
+        "index", the image's row in its split (roi: in the test split)."""
+        if split not in ("roi", "test", "val"):
+            raise ConfigError(f"evaluation split must be one of roi, test, val; got {split!r}.")
+        dataset = self._dataset("test" if split == "roi" else split)
+        rows = np.arange(len(dataset))  # type: ignore[arg-type]
+        if split == "roi":
+            rows = np.flatnonzero(dataset.has_mask)  # type: ignore[attr-defined]
+            if rows.size == 0:
+                raise DatasetNotFoundError(
+                    f"Dataset '{self.name}': no test image has a ROI mask (masks/<image stem>.png), so "
+                    "localisation cannot be evaluated; use split=test for the other metrics."
+                )
+        if max_images is not None:
+            if int(max_images) < 1:
+                raise ConfigError(f"max_images must be a positive integer or null; got {max_images!r}.")
+            rows = rows[: int(max_images)]
+        subset = dataset if rows.size == len(dataset) else Subset(dataset, rows.tolist())  # type: ignore[arg-type]
+        return self._loader(subset, shuffle=False)
+
+    def image_name(self, split: str, index: int) -> str:
+        """A human-readable name of image `index` of `split` (roi = test) for tables."""
+        dataset = self._dataset("test" if split == "roi" else split)
+        if hasattr(dataset, "image_path"):
+            return str(Path(dataset.image_path(index)).relative_to(dataset.root))  # type: ignore[attr-defined]
+        return f"{'test' if split == 'roi' else split}/{index:05d}"
+
+    def input_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of the eval transform's Normalize, in [0, 1] units: metrics that edit
+        pixels in image space (HAAS) and overlays undo it. ImageNet statistics if none."""
+        transform = self.eval_transform
+        for step in getattr(transform, "transforms", []) or []:
+            if type(step).__name__ == "Normalize":
+                mean, std = np.broadcast_to(step.mean, 3), np.broadcast_to(step.std, 3)
+                scale = float(getattr(step, "max_pixel_value", 255.0) or 255.0) / 255.0
+                return tuple(float(v) * scale for v in mean), tuple(float(v) * scale for v in std)
+        return IMAGENET_MEAN, IMAGENET_STD
 
     def train_labels(self) -> np.ndarray:
         """Training labels, for class weights; available before `setup`."""

@@ -133,6 +133,7 @@ class ExplainMethod:
         self.normalize_mode = normalize
         self.relu = self.default_relu if relu is None else relu
         self.eps = eps
+        self.current_ids: torch.Tensor | None = None
         if self.upsample_mode not in UPSAMPLE_MODES:
             raise ConfigError(f"upsample must be one of {UPSAMPLE_MODES}; got {self.upsample_mode!r}.")
         if normalize not in NORMALIZE_MODES:
@@ -175,8 +176,18 @@ class ExplainMethod:
         return raw, outputs[0], tgt
 
     def __call__(self, model: nn.Module, images: torch.Tensor, target: Target = None,
-                 labels: torch.Tensor | None = None) -> Explanation:
+                 labels: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> Explanation:
+        """`ids` (B,) identify the images (dataset indices) for methods that draw random numbers:
+        seeded per image, their maps do not depend on batching or DDP rank."""
         spec = self.target if target is None else target
+        self.current_ids = ids
+        try:
+            return self._explain(model, images, spec, labels)
+        finally:
+            self.current_ids = None
+
+    def _explain(self, model: nn.Module, images: torch.Tensor, spec: Target,
+                 labels: torch.Tensor | None) -> Explanation:
         with model_state(model):
             if self.target_in_forward or not self.needs_grad:
                 raw, logits, tgt = self._explain_target_from_own_forward(model, images, spec, labels)

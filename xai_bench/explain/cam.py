@@ -236,12 +236,12 @@ class CAM(ExplainMethod):
         return normalize(upsample(maps, size, self.upsample_mode), self.normalize_mode, self.eps)
 
     def __call__(self, model: nn.Module, images: torch.Tensor, target: Target = None,
-                 labels: torch.Tensor | None = None) -> Explanation:
+                 labels: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> Explanation:
         """With aug_smooth, each augmentation's map is post-processed and the maps averaged (the
         library's aug_smooth); with order=standard the average is min-max normalised again. The
         target is resolved once, on the original images."""
         if not self.aug_smooth:
-            return super().__call__(model, images, target, labels)
+            return super().__call__(model, images, target, labels, ids)
         with model_state(model):
             with torch.no_grad():
                 logits = model(images)

@@ -1,5 +1,5 @@
 """Pixel-level attribution methods: gradients, Integrated Gradients, Guided Backprop, DeepLIFT,
-LRP and the random-map baseline.
+LRP (the baselines live in xai_bench.explain.baselines).
 
 Every method first computes channel-resolved attributions (B, C, H, W) (`attribute`, compared
 against captum in the tests) and then reduces the channels to a (B, H, W) raw map at input
@@ -432,20 +432,3 @@ class LRP(PixelMethod):
             for module in ruled:
                 if "rule" in module.__dict__:
                     del module.rule
-
-
-@register_method("random")
-class RandomMap(ExplainMethod):
-    """Uniform random (B, H, W) map from a seeded generator: the sanity baseline. Each call
-    draws the same maps for the same seed and batch shape (so a batch of N is not N singles)."""
-
-    needs_grad = False
-
-    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.seed = int(seed)
-
-    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed)  # CPU generator: same maps on every device
-        batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
-        return torch.rand((batch, height, width), generator=gen).to(images.device)

@@ -3,10 +3,23 @@
 from xai_bench.tracking.run_folder import (
     CONFIG_FILE,
     METRICS_FILE,
+    find_run_config,
+    load_run_config,
+    resolve_checkpoint,
     resolved_config,
     run_metadata,
     write_config,
     write_metrics,
 )
 
-__all__ = ["CONFIG_FILE", "METRICS_FILE", "resolved_config", "run_metadata", "write_config", "write_metrics"]
+__all__ = [
+    "CONFIG_FILE",
+    "METRICS_FILE",
+    "find_run_config",
+    "load_run_config",
+    "resolve_checkpoint",
+    "resolved_config",
+    "run_metadata",
+    "write_config",
+    "write_metrics",
+]

@@ -1,0 +1,185 @@
+"""Explain a trained classifier and score the maps: `python -m xai_bench.evaluate ckpt=... method=chefer`.
+
+Thin entry point: Hydra composes conf/evaluate.yaml; the model and the data are rebuilt from the
+training run's config.yaml, the weights come from the checkpoint (read with weights_only=True),
+and an ExplanationEvaluator runs under a Lightning Trainer (one or many devices). The run folder
+gets config.yaml, metrics.json, per_image.csv, overlays/ and the W&B offline run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from xai_bench.explain import build_method
+from xai_bench.models import load_checkpoint_safely
+from xai_bench.modules.evaluator import ExplanationEvaluator
+from xai_bench.report import flat_scalars, per_image_rows, summarise, write_per_image_csv
+from xai_bench.tracking import resolve_checkpoint, resolved_config, write_config, write_metrics
+from xai_bench.utils.errors import ConfigError, XaiBenchError
+from xai_bench.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from xai_bench.utils.resolvers import training_config
+from xai_bench.utils.rich_config import print_config_tree
+from xai_bench.utils.task import run_entry, task_wrapper
+
+log = logging.getLogger(__name__)
+
+# prefixes Lightning and torch.compile put before the network's own parameter names
+_STATE_PREFIXES = ("net._orig_mod.", "net.")
+# sections of conf/evaluate.yaml that are copies of the training run's config
+RUN_SECTIONS = ("dataset", "init", "model")
+
+
+def load_network(model_cfg: DictConfig, checkpoint: Path) -> nn.Module:
+    """Rebuild the trained network from its config (no pretrained weights: the checkpoint
+    overwrites every parameter) and load the checkpoint's weights strictly."""
+    cfg = OmegaConf.to_container(model_cfg, resolve=True)
+    assert isinstance(cfg, dict)
+    cfg["init"] = {"name": "random", "pretrained": False}
+    net = hydra.utils.instantiate(cfg)
+    state = load_checkpoint_safely(checkpoint)
+    state = state.get("state_dict", state)
+    weights = {}
+    for key, value in state.items():
+        for prefix in _STATE_PREFIXES:
+            if key.startswith(prefix):
+                weights[key[len(prefix):]] = value
+                break
+    if not weights:
+        weights = dict(state)  # a plain state dict of the network
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise XaiBenchError(
+            f"checkpoint {checkpoint} does not match the model of its run config "
+            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})."
+        )
+    return net
+
+
+def _datamodule(cfg: DictConfig, run_cfg: DictConfig) -> pl.LightningDataModule:
+    dataset_cfg = OmegaConf.to_container(run_cfg.dataset, resolve=True)
+    assert isinstance(dataset_cfg, dict)
+    for key, value in (cfg.get("data") or {}).items():
+        if value is not None:
+            if key not in dataset_cfg:
+                raise ConfigError(f"data.{key}: the training run's dataset config has no '{key}'.")
+            dataset_cfg[key] = value
+    datamodule = hydra.utils.instantiate(dataset_cfg)
+    if hasattr(datamodule, "check"):
+        datamodule.check()
+    return datamodule
+
+
+def _methods(cfg: DictConfig) -> dict[str, Any]:
+    methods = {str(cfg.method.name): hydra.utils.instantiate(cfg.method)}
+    for name in cfg.get("baselines") or []:
+        if name not in methods:
+            methods[str(name)] = build_method(str(name), seed=cfg.seed) if name == "random" else build_method(str(name))
+    return methods
+
+
+def _table_cell(value: Any) -> Any:
+    return None if value == "" else value  # W&B tables type-check columns: a gap is None
+
+
+def _log_to_loggers(loggers: list, summary: dict[str, Any], rows: list[dict[str, Any]], overlay_dir: Path) -> None:
+    scalars = flat_scalars(summary)
+    for logger in loggers:
+        logger.log_metrics(scalars)
+        if hasattr(logger, "log_table") and rows:
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            logger.log_table(key="eval/per_image", columns=columns, data=[[_table_cell(row.get(c)) for c in columns] for row in rows])
+        if hasattr(logger, "log_image"):
+            for method_dir in sorted(p for p in overlay_dir.glob("*") if p.is_dir()):
+                images = sorted(method_dir.glob("*.png"))
+                if images:
+                    logger.log_image(key=f"eval/overlays/{method_dir.name}", images=[str(p) for p in images],
+                                     caption=[p.stem for p in images])
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    lines = [f"accuracy {summary['classification']['accuracy']['value']:.3f} on {summary['counts']['images']} images"]
+    for method, entry in summary["methods"].items():
+        scores = ", ".join(
+            f"{name} {stats['value']:.3f}" for name, stats in entry["metrics"].items()
+            if stats["value"] == stats["value"] and "/" not in name
+        )
+        lines.append(f"{method:>16}: {scores}")
+    log.info("evaluation:\n%s", "\n".join(lines))
+
+
+@task_wrapper
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Explain the split with the method and the baselines, score, write the run folder."""
+    run_cfg = training_config(cfg)  # clear errors for a missing ckpt / config before anything else
+    checkpoint = resolve_checkpoint(cfg.ckpt)
+    with open_dict(cfg):  # the training run's sections as real nodes (loggers interpolate into them)
+        for section in RUN_SECTIONS:
+            cfg[section] = run_cfg[section]
+    if cfg.get("print_config", True):
+        print_config_tree(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule = _datamodule(cfg, run_cfg)
+    load_checkpoint_safely(checkpoint)  # refuses pickled objects before anything else reads it
+    net = load_network(run_cfg.model, checkpoint)
+    methods = _methods(cfg)
+    metrics = {str(key): hydra.utils.instantiate(node) for key, node in (cfg.get("metric") or {}).items()}
+    loader = datamodule.eval_dataloader(cfg.split, cfg.get("max_images"))
+    ids = list(getattr(loader.dataset, "indices", range(len(loader.dataset))))
+    output_dir = Path(cfg.paths.output_dir)
+    mean, std = datamodule.input_normalization()
+
+    def image_name(index: int) -> str:
+        return datamodule.image_name(cfg.split, index)
+
+    module = ExplanationEvaluator(
+        net, methods, metrics, num_classes=int(run_cfg.dataset.num_classes), mean=mean, std=std,
+        overlay_ids=ids[: int(cfg.get("overlays") or 0)], overlay_dir=output_dir / "overlays", image_names=image_name,
+    )
+    if cfg.split != "roi" and module.requires_mask and not any(getattr(loader.dataset, "has_mask", [True])):
+        raise ConfigError(f"the localisation metrics need ROI masks, and split={cfg.split} has none: use split=roi.")
+    loggers = instantiate_loggers(cfg.get("logger"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    if trainer.is_global_zero:
+        write_config(resolved_config(cfg), output_dir)
+    for logger in loggers:
+        logger.log_hyperparams(resolved_config(cfg))
+
+    trainer.test(module, dataloaders=loader, verbose=False)
+
+    boot = cfg.bootstrap
+    summary = summarise(module.results, {m: module.metric_objects(m) for m in methods},
+                        int(run_cfg.dataset.num_classes), int(boot.samples), float(boot.level), int(boot.seed))
+    summary.update({
+        "checkpoint": str(checkpoint.resolve()),
+        "training_run": str(checkpoint.resolve().parent.parent),
+        "split": cfg.split,
+        "method": str(cfg.method.name),
+        "baselines": [m for m in methods if m != cfg.method.name],
+        "world_size": trainer.world_size,
+    })
+    if trainer.is_global_zero:
+        rows = per_image_rows(module.results, image_name)
+        write_metrics(summary, output_dir)
+        write_per_image_csv(rows, output_dir / "per_image.csv")
+        _log_to_loggers(loggers, summary, rows, output_dir / "overlays")
+        _print_summary(summary)
+        log.info("Run folder: %s", output_dir)
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    run_entry(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

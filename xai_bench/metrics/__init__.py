@@ -1,0 +1,23 @@
+"""Evaluation metrics: localisation, faithfulness and sanity, as per-image torchmetrics Metrics.
+
+`functional/` holds the batched score functions; the Metric classes here keep per-image rows
+keyed by image id (exact under DDP) and are built by name from `conf/metric/` configs.
+Importing this package registers every metric.
+"""
+
+from xai_bench.metrics import faithfulness, localisation, sanity  # noqa: F401  (registration)
+from xai_bench.metrics.aggregate import bootstrap_summary, nanmean_aggregate
+from xai_bench.metrics.base import METRICS, EvalBatch, ImageMetric, build_metric, register_metric
+from xai_bench.metrics.predictions import MapStats, PredictionTable
+
+__all__ = [
+    "METRICS",
+    "EvalBatch",
+    "ImageMetric",
+    "MapStats",
+    "PredictionTable",
+    "bootstrap_summary",
+    "build_metric",
+    "nanmean_aggregate",
+    "register_metric",
+]

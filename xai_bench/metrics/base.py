@@ -1,0 +1,134 @@
+"""Evaluation metrics as torchmetrics `Metric`s that keep one score per image.
+
+Why per image: the study's tables need bootstrap intervals and a per-image CSV, and a DDP run
+must give the same aggregates as one process. Each metric therefore stores (image id, scores)
+with `dist_reduce_fx="cat"`; `compute()` gathers every rank's rows, drops the duplicates a
+DistributedSampler pads with, and sorts by id, so the per-image table, and everything
+aggregated from it, does not depend on how images were spread over ranks or batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from xai_bench.explain.base import ExplainMethod
+from xai_bench.metrics.aggregate import nanmean_aggregate
+from xai_bench.utils.errors import ConfigError
+
+__all__ = ["METRICS", "EvalBatch", "ImageMetric", "build_metric", "check_choice", "register_metric"]
+
+
+@dataclass
+class EvalBatch:
+    """Everything a metric may need about one batch explained by one method."""
+
+    images: torch.Tensor  # (B, C, H, W) as the model takes them
+    labels: torch.Tensor  # (B,)
+    ids: torch.Tensor  # (B,) dataset index of each image: the key of the per-image table
+    maps: torch.Tensor  # (B, H, W) the method's maps, post-processed
+    target: torch.Tensor  # (B,) the class each map explains
+    logits: torch.Tensor  # (B, K) the model's logits on the images
+    model: nn.Module
+    method: ExplainMethod
+    masks: torch.Tensor | None = None  # (B, H, W) ROI, nonzero = inside
+    has_mask: torch.Tensor | None = None  # (B,) bool: the image has a ROI annotation
+    mean: Sequence[float] = (0.485, 0.456, 0.406)  # input normalisation (for HAAS)
+    std: Sequence[float] = (0.229, 0.224, 0.225)
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.logits.argmax(dim=-1)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.predicted == self.labels.to(self.logits.device)
+
+    def explain(self, images: torch.Tensor, target: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Re-run the method on other inputs (perturbed images, a randomised model, ...)."""
+        return self.method(self.model, images, target=target, ids=self.ids if ids is None else ids).maps
+
+
+def check_choice(value: Any, choices: Sequence[Any], what: str) -> Any:
+    if value not in choices:
+        raise ConfigError(f"{what} must be one of {', '.join(map(str, choices))}; got {value!r}.")
+    return value
+
+
+class ImageMetric(Metric):
+    """Base class: `score(batch)` returns {column: (B,) tensor}; NaN = undefined for an image.
+
+    Subclasses set `columns` in __init__ (before calling `_add_columns`) and may override
+    `aggregate` (default: NaN-aware mean of every column) and `requires_mask`.
+    """
+
+    full_state_update: ClassVar[bool] = False
+    requires_mask: ClassVar[bool] = False
+
+    def __init__(self, key: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.key = key
+        self.columns: tuple[str, ...] = ()
+        self.add_state("ids", default=[], dist_reduce_fx="cat")
+
+    def _add_columns(self, columns: Sequence[str]) -> None:
+        self.columns = tuple(columns)
+        for index, _ in enumerate(self.columns):
+            self.add_state(f"col{index}", default=[], dist_reduce_fx="cat")
+
+    def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def update(self, batch: EvalBatch) -> None:
+        # torchmetrics runs update under no_grad; metrics that re-explain need gradients
+        with torch.enable_grad():
+            scores = self.score(batch)
+        missing = set(self.columns) - set(scores)
+        if missing:
+            raise RuntimeError(f"{type(self).__name__}.score did not return {sorted(missing)}")
+        self.ids.append(batch.ids.detach().to(self.device, torch.int64).view(-1))
+        for index, column in enumerate(self.columns):
+            getattr(self, f"col{index}").append(scores[column].detach().to(self.device, torch.float32).view(-1))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Per-image table {"id": (N,), column: (N,)}: gathered, de-duplicated, sorted by id."""
+        if isinstance(self.ids, list) and not self.ids:  # a list before a DDP sync, a tensor after
+            return {"id": torch.zeros(0, dtype=torch.int64), **{c: torch.zeros(0) for c in self.columns}}
+        ids = dim_zero_cat(self.ids).long()
+        order = torch.argsort(ids, stable=True)
+        ids = ids[order]
+        keep = torch.ones_like(ids, dtype=torch.bool)
+        keep[1:] = ids[1:] != ids[:-1]
+        out = {"id": ids[keep]}
+        for index, column in enumerate(self.columns):
+            out[column] = dim_zero_cat(getattr(self, f"col{index}")).float()[order][keep]
+        return out
+
+    def aggregate(self, columns: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return nanmean_aggregate(columns)
+
+
+METRICS: dict[str, type[ImageMetric]] = {}
+
+
+def register_metric(name: str) -> Callable[[type[ImageMetric]], type[ImageMetric]]:
+    def deco(cls: type[ImageMetric]) -> type[ImageMetric]:
+        if name in METRICS:
+            raise ValueError(f"metric {name!r} registered twice")
+        METRICS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_metric(name: str, key: str | None = None, **kwargs: Any) -> ImageMetric:
+    """The registry lookup behind `metric=<group>` configs; `key` names the output columns."""
+    if name not in METRICS:
+        raise ConfigError(f"metric {name!r} is unknown; available: {', '.join(sorted(METRICS))}.")
+    return METRICS[name](key=key or name, **kwargs)

@@ -1,0 +1,1 @@
+"""Batched metric functions: per-image scores from maps, masks, models (no state, no DDP)."""

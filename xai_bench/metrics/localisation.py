@@ -1,0 +1,101 @@
+"""Localisation metrics: does the map point at the annotated ROI? (SPEC 2.5)
+
+Images without a ROI annotation score NaN (left out of every mean and counted). Images whose
+annotation is an EMPTY mask count as misses (score 0), as in the reference study; set
+`empty_mask: skip` to leave them out instead. Maps with NaNs score NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from xai_bench.metrics.base import EvalBatch, ImageMetric, check_choice, register_metric
+from xai_bench.metrics.functional import localisation as F_loc
+from xai_bench.utils.errors import ConfigError
+
+EMPTY_MASK = ("miss", "skip")
+
+
+class _MaskMetric(ImageMetric):
+    requires_mask = True
+
+    def __init__(self, key: str, empty_mask: str = "miss", **kwargs: Any) -> None:
+        super().__init__(key, **kwargs)
+        self.empty_mask = check_choice(empty_mask, EMPTY_MASK, f"{key}.empty_mask")
+
+    def mask_scores(self, maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        if batch.masks is None:
+            raise ConfigError(f"metric {self.key} needs ROI masks; evaluate on split=roi or a dataset with masks/.")
+        masks = batch.masks.to(batch.maps.device) > 0
+        scores = self.mask_scores(batch.maps.float(), masks)
+        undefined = torch.zeros(masks.shape[0], dtype=torch.bool, device=masks.device)
+        if batch.has_mask is not None:
+            undefined |= ~batch.has_mask.to(masks.device).bool()
+        if self.empty_mask == "skip":
+            undefined |= ~masks.flatten(1).any(dim=1)
+        return {k: v.float().masked_fill(undefined, float("nan")) for k, v in scores.items()}
+
+
+@register_metric("pointing_game")
+class PointingGame(_MaskMetric):
+    """Hit if a pixel tied at the map's maximum lies in the ROI (within `tolerance` px, a
+    strict disc, when > 0). `constant` decides what a constant map scores: ties (the study's
+    literal rule: hit on any non-empty mask) | miss | nan; constant maps are counted either way."""
+
+    def __init__(self, key: str = "pointing_game", tolerance: float = 0.0, constant: str = "ties",
+                 empty_mask: str = "miss", **kwargs: Any) -> None:
+        super().__init__(key, empty_mask, **kwargs)
+        self.tolerance = float(tolerance)
+        self.constant = check_choice(constant, ("ties", "miss", "nan"), f"{key}.constant")
+        self._add_columns([key])
+
+    def mask_scores(self, maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {self.key: F_loc.pointing_game(maps, masks, tolerance=self.tolerance, constant=self.constant)}
+
+
+@register_metric("iou")
+class IoUAtQ(_MaskMetric):
+    """IoU of the top q% of the map with the ROI, one column per q (`<key>@<q>`).
+    region=box: the study's rule, ONE rectangle enclosing every kept pixel; pixel: the kept set."""
+
+    def __init__(self, key: str = "iou", q: Sequence[float] | float = (5, 10, 20, 40), region: str = "box",
+                 empty_mask: str = "miss", **kwargs: Any) -> None:
+        super().__init__(key, empty_mask, **kwargs)
+        self.qs = [float(v) for v in (q if isinstance(q, Sequence) else [q])]
+        if not self.qs:
+            raise ConfigError(f"{key}.q needs at least one percentage.")
+        self.region = check_choice(region, ("box", "pixel"), f"{key}.region")
+        self._add_columns([f"{key}@{v:g}" for v in self.qs])
+
+    def mask_scores(self, maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {f"{self.key}@{v:g}": F_loc.iou_at_q(maps, masks, q=v, region=self.region) for v in self.qs}
+
+
+@register_metric("relevance_mass")
+class RelevanceMass(_MaskMetric):
+    """Share of the map's total relevance inside the ROI (energy-based pointing game)."""
+
+    def __init__(self, key: str = "relevance_mass", empty_mask: str = "miss", **kwargs: Any) -> None:
+        super().__init__(key, empty_mask, **kwargs)
+        self._add_columns([key])
+
+    def mask_scores(self, maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {self.key: F_loc.relevance_mass(maps, masks)}
+
+
+@register_metric("relevance_rank")
+class RelevanceRank(_MaskMetric):
+    """Share of the top-|ROI| pixels of the map that lie in the ROI (ties shared evenly)."""
+
+    def __init__(self, key: str = "relevance_rank", empty_mask: str = "miss", **kwargs: Any) -> None:
+        super().__init__(key, empty_mask, **kwargs)
+        self._add_columns([key])
+
+    def mask_scores(self, maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {self.key: F_loc.relevance_rank(maps, masks)}

@@ -1,0 +1,137 @@
+"""The evaluation LightningModule: explains a trained classifier and scores the maps.
+
+Separate from training so it runs on a checkpoint, on one or many devices, with any set of
+methods and metrics. Each rank explains its share of the images; every metric keeps per-image
+rows keyed by the image id, and `on_test_epoch_end` gathers them (all ranks take part), so the
+results equal a single-process run's. The entry point (xai_bench.evaluate) writes the files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from xai_bench.explain.base import ExplainMethod
+from xai_bench.metrics.base import EvalBatch, ImageMetric
+from xai_bench.metrics.predictions import MapStats, PredictionTable
+from xai_bench.report.overlays import denormalize, save_overlay
+from xai_bench.utils.errors import ConfigError
+
+MetricFactory = Callable[..., ImageMetric]
+
+
+class ExplanationEvaluator(pl.LightningModule):
+    """Runs every method on every batch and updates each method's metrics.
+
+    Args:
+        net: the trained classifier (frozen here).
+        methods: name -> explain method (baselines included, they are methods too).
+        metrics: key -> factory(key=...) building one metric; one instance per method.
+        num_classes: for balanced accuracy.
+        mean, std: the input normalisation (HAAS and overlays de-normalise with it).
+        overlay_ids: image ids to render as overlay PNGs into `overlay_dir/<method>/`.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        methods: Mapping[str, ExplainMethod],
+        metrics: Mapping[str, MetricFactory],
+        num_classes: int,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        overlay_ids: Iterable[int] = (),
+        overlay_dir: str | Path | None = None,
+        image_names: Callable[[int], str] | None = None,
+    ) -> None:
+        super().__init__()
+        if not methods:
+            raise ConfigError("evaluation needs at least one method (method=... or baselines=[...]).")
+        self.net = net.eval().requires_grad_(False)
+        self.methods = dict(methods)
+        self.method_metrics = nn.ModuleDict(
+            {name: nn.ModuleDict({key: factory(key=key) for key, factory in metrics.items()}) for name in self.methods}
+        )
+        self.map_stats = nn.ModuleDict({name: MapStats() for name in self.methods})
+        self.predictions = PredictionTable(num_classes=num_classes)
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self.overlay_ids = {int(i) for i in overlay_ids}
+        self.overlay_dir = Path(overlay_dir) if overlay_dir is not None else None
+        self.image_names = image_names
+        self.results: dict[str, Any] = {}
+        for per_method in self.method_metrics.values():
+            for metric in per_method.values():
+                if hasattr(metric, "configure"):
+                    metric.configure(self.net)  # fixes model-dependent columns on every rank
+
+    @property
+    def requires_mask(self) -> bool:
+        return any(m.requires_mask for per in self.method_metrics.values() for m in per.values())
+
+    def on_test_start(self) -> None:
+        if torch.is_inference_mode_enabled():
+            raise ConfigError("evaluation computes gradients: build the Trainer with inference_mode=False.")
+        self.net.eval()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        images, labels, ids = batch["image"], batch["label"], batch["index"]
+        masks, has_mask = batch.get("mask"), batch.get("has_mask")
+        logits: torch.Tensor | None = None
+        for name, method in self.methods.items():
+            with torch.enable_grad():
+                explanation = method(self.net, images, labels=labels, ids=ids)
+                if explanation.logits is not None:
+                    logits = explanation.logits
+                elif logits is None:
+                    with torch.no_grad():
+                        logits = self.net(images)
+                context = EvalBatch(
+                    images=images, labels=labels, ids=ids, maps=explanation.maps, target=explanation.target,
+                    logits=logits, model=self.net, method=method, masks=masks, has_mask=has_mask,
+                    mean=self.mean, std=self.std,
+                )
+                if name == next(iter(self.methods)):
+                    self.predictions.update(context)
+                self.map_stats[name].update(context)
+                for metric in self.method_metrics[name].values():
+                    metric.update(context)
+            self._save_overlays(name, context)
+
+    def _save_overlays(self, method: str, context: EvalBatch) -> None:
+        if self.overlay_dir is None or not self.overlay_ids:
+            return
+        for row, image_id in enumerate(context.ids.tolist()):
+            if image_id not in self.overlay_ids:
+                continue
+            mask = context.masks[row] if context.masks is not None and bool(context.has_mask[row]) else None
+            label, target = int(context.labels[row]), int(context.target[row])
+            pred = int(context.predicted[row])
+            name = self.image_names(image_id) if self.image_names else str(image_id)
+            save_overlay(
+                self.overlay_dir / method / f"{image_id:06d}.png",
+                denormalize(context.images[row], self.mean, self.std),
+                context.maps[row],
+                mask,
+                title=f"{name} | {method} | label {label}, pred {pred}, explains {target}",
+            )
+
+    def on_test_epoch_end(self) -> None:
+        """Gather every metric's per-image rows from all ranks (collective: all ranks call it)."""
+        self.results = {
+            "predictions": self.predictions.compute(),
+            "methods": {
+                name: {
+                    "maps": self.map_stats[name].compute(),
+                    "metrics": {key: metric.compute() for key, metric in self.method_metrics[name].items()},
+                }
+                for name in self.methods
+            },
+        }
+
+    def metric_objects(self, method: str) -> dict[str, ImageMetric]:
+        return dict(self.method_metrics[method].items())
