@@ -39,8 +39,11 @@ lint: install
 format: install
 	$(PY) -m ruff check --fix xai_bench tests scripts
 
+# Speed against bare PyTorch and the peer libraries (minutes on a CPU; see README: Benchmarks).
 bench: install
 	$(PY) scripts/bench_train.py
+	$(PY) scripts/bench_explain.py
+	$(PY) scripts/bench_metrics.py
 
 clean:
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

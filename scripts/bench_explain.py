@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_common import device_label, pick_device, timeit
 from rich.console import Console
 from rich.table import Table
 
@@ -44,23 +43,6 @@ FLOOR = {  # which floor each method is measured against: (pass kind, passes per
     "guided_backprop": ("forward+backward", 1), "integrated_gradients": ("forward+backward", "n_steps"),
 }
 IG_STEPS = 50
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timeit(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _proc_status_mb(field: str) -> float:
@@ -127,8 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = pick_device(args.device)
     from xai_bench.models import build_model
 
     spec = MODELS[args.model]
@@ -158,8 +139,7 @@ def main() -> None:
     floors = {"forward": timeit(fwd, device, args.repeats), "forward+backward": timeit(fwd_bwd, device, args.repeats)}
     peer_calls = peers(model)
     ig_chunk = args.ig_internal_batch
-    table = Table(title=f"{spec['arch']} {spec['img']}px, {bs} images, {device.type}"
-                  + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)"))
+    table = Table(title=f"{spec['arch']} {spec['img']}px, {bs} images, {device_label(device)}")
     for col in ("method", "xai_bench maps/s", "peer", "peer maps/s", "speed-up", "floor", "x floor"):
         table.add_column(col, justify="right")
     table.add_row("forward floor", f"{bs / floors['forward']:.1f}", "", "", "", "", "")

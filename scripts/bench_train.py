@@ -24,6 +24,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from bench_common import sync
 from hydra import compose, initialize_config_dir
 from rich.console import Console
 from rich.table import Table
@@ -58,11 +59,6 @@ class RepeatedBatch(Dataset):
         return self.batch
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_bare(net: torch.nn.Module, batch: dict, steps: int, warmup: int, bf16: bool, device: torch.device) -> float:
     net = net.to(device).train()
     opt = build_optimizer(net.parameters(), name="adamw", lr=1e-4)
@@ -70,7 +66,7 @@ def time_bare(net: torch.nn.Module, batch: dict, steps: int, warmup: int, bf16: 
     x, y = batch["image"], batch["label"]
     for i in range(warmup + steps):
         if i == warmup:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
         with autocast:
             logits = net(x)
@@ -78,7 +74,7 @@ def time_bare(net: torch.nn.Module, batch: dict, steps: int, warmup: int, bf16: 
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -88,11 +84,11 @@ class _StepTimer(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.warmup:
-            _sync(self.device)
+            sync(self.device)
             self.start = time.perf_counter()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        _sync(self.device)
+        sync(self.device)
         self.end = time.perf_counter()
 
 

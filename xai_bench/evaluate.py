@@ -77,10 +77,11 @@ def _datamodule(cfg: DictConfig, run_cfg: DictConfig) -> pl.LightningDataModule:
 
 
 def _methods(cfg: DictConfig) -> dict[str, Any]:
+    """The configured method, then the baselines with their default settings (conf/method/<name>.yaml
+    defaults), so a baseline scores the same in every run and as method=<name> itself."""
     methods = {str(cfg.method.name): hydra.utils.instantiate(cfg.method)}
     for name in cfg.get("baselines") or []:
-        if name not in methods:
-            methods[str(name)] = build_method(str(name), seed=cfg.seed) if name == "random" else build_method(str(name))
+        methods.setdefault(str(name), build_method(str(name)))
     return methods
 
 
