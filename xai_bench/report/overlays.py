@@ -5,6 +5,7 @@ Drawn with matplotlib's Agg backend (no display needed, safe in DDP workers and 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def save_overlay(
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    # DDP ranks may both draw an image the sampler padded with: write, then rename atomically
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.png")
+    fig.savefig(partial)
     plt.close(fig)
+    os.replace(partial, path)
     return path
