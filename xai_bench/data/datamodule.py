@@ -67,6 +67,55 @@ def _seed_worker(worker_id: int) -> None:
         transform.set_random_seed(seed)
 
 
+class _LabelledSubset(Subset):
+    """A Subset that still answers `labels` (class weights, samplers)."""
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.dataset.labels)[self.indices]  # type: ignore[attr-defined]
+
+
+def _check_low_data(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not spec or (spec.get("fraction") is None and spec.get("per_class") is None):
+        return None
+    fraction, per_class = spec.get("fraction"), spec.get("per_class")
+    if fraction is not None and per_class is not None:
+        raise ConfigError("dataset.low_data: set fraction OR per_class, not both.")
+    if fraction is not None and not 0.0 < float(fraction) <= 1.0:
+        raise ConfigError(f"dataset.low_data.fraction must lie in (0, 1]; got {fraction}.")
+    if per_class is not None and (not isinstance(per_class, int | np.integer) or per_class < 1):
+        raise ConfigError(f"dataset.low_data.per_class must be a positive integer; got {per_class!r}.")
+    return {"fraction": None if fraction is None else float(fraction),
+            "per_class": None if per_class is None else int(per_class), "seed": int(spec.get("seed", 42))}
+
+
+def low_data_rows(labels: np.ndarray, fraction: float | None = None, per_class: int | None = None,
+                  seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """(labelled rows, unlabeled rows) of a training split: a stratified `fraction` of each
+    class (at least one image per class; the survey's 1/10/50/100%), or `per_class` images of
+    each class (ATCON's n labelled per class), seeded. Multi-label: a plain random fraction."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(labels.shape[0])
+    if labels.ndim == 2:
+        if per_class is not None:
+            raise ConfigError("dataset.low_data.per_class needs a single-label dataset; use fraction.")
+        chosen = np.sort(rng.permutation(rows)[: max(1, int(round(float(fraction or 1.0) * rows.size)))])
+    else:
+        picks = []
+        for cls in np.unique(labels):
+            members = rng.permutation(rows[labels == cls])
+            if per_class is not None:
+                if members.size < per_class:
+                    raise ConfigError(
+                        f"dataset.low_data.per_class={per_class} but class {int(cls)} has {members.size} training images."
+                    )
+                picks.append(members[:per_class])
+            else:
+                picks.append(members[: max(1, int(round(float(fraction) * members.size)))])
+        chosen = np.sort(np.concatenate(picks))
+    return chosen, np.setdiff1d(rows, chosen)
+
+
 def _check_positive(**values: Any) -> None:
     for key, value in values.items():
         if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
@@ -87,9 +136,11 @@ class _ClassificationDataModule(pl.LightningDataModule):
         pin_memory: bool,
         transforms: Mapping[str, Any] | None,
         shuffle_seed: int | None,
+        low_data: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         _check_positive(num_classes=num_classes, img_size=img_size, batch_size=batch_size)
+        self.low_data = _check_low_data(low_data)
         if not isinstance(num_workers, int | np.integer) or num_workers < 0:
             raise ConfigError(f"dataset.num_workers must be an integer >= 0; got {num_workers!r}.")
         names = tuple(str(c) for c in class_names) if class_names is not None else None
@@ -121,7 +172,20 @@ class _ClassificationDataModule(pl.LightningDataModule):
         self.check()
         for split in _STAGE_SPLITS.get(stage, SPLITS):
             if split not in self.datasets:
-                self.datasets[split] = self._build(split)
+                dataset = self._build(split)
+                if split == "train" and self.low_data is not None:
+                    labelled, unlabeled = low_data_rows(np.asarray(dataset.labels), **self.low_data)  # type: ignore[attr-defined]
+                    self.unlabeled = Subset(dataset, unlabeled.tolist())
+                    dataset = _LabelledSubset(dataset, labelled.tolist())
+                self.datasets[split] = dataset
+
+    def unlabeled_dataloader(self) -> DataLoader:
+        """The training images left out by the low-data regime (`low_data`), labels hidden from
+        nothing: consumers (ATCON's unsupervised steps) must not read them."""
+        self._dataset("train")
+        if getattr(self, "unlabeled", None) is None:
+            raise ConfigError("there is no unlabeled pool: set dataset.low_data.per_class or dataset.low_data.fraction.")
+        return self._loader(self.unlabeled, shuffle=True)
 
     def _dataset(self, split: str) -> Dataset:
         if split not in self.datasets:
@@ -218,7 +282,14 @@ class _ClassificationDataModule(pl.LightningDataModule):
         return IMAGENET_MEAN, IMAGENET_STD
 
     def train_labels(self) -> np.ndarray:
-        """Training labels, for class weights; available before `setup`."""
+        """Labels of the training images used (after `low_data`), for class weights; cheap
+        before `setup` (no image is read)."""
+        labels = self._all_train_labels()
+        if self.low_data is None:
+            return labels
+        return labels[low_data_rows(labels, **self.low_data)[0]]
+
+    def _all_train_labels(self) -> np.ndarray:
         return np.asarray(self.train_dataset.labels)  # type: ignore[attr-defined]
 
 
@@ -246,6 +317,7 @@ class SyntheticDataModule(_ClassificationDataModule):
         pin_memory: bool = False,
         transforms: Mapping[str, Any] | None = None,
         shuffle_seed: int | None = None,
+        low_data: Mapping[str, Any] | None = None,
     ) -> None:
         if num_classes != 2:
             raise ConfigError(f"the synthetic dataset is binary (normal vs lesion): num_classes must be 2, got {num_classes}.")
@@ -257,7 +329,8 @@ class SyntheticDataModule(_ClassificationDataModule):
         if not 0.0 <= float(positive_fraction) <= 1.0:
             raise ConfigError(f"dataset.positive_fraction must lie in [0, 1]; got {positive_fraction}.")
         super().__init__(
-            name, num_classes, img_size, class_names, batch_size, num_workers, pin_memory, transforms, shuffle_seed
+            name, num_classes, img_size, class_names, batch_size, num_workers, pin_memory, transforms, shuffle_seed,
+            low_data,
         )
         parse_shortcut(shortcut, self.img_size)  # fail at construction, not in setup
         self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
@@ -282,7 +355,7 @@ class SyntheticDataModule(_ClassificationDataModule):
         transform = self.train_transform if split == "train" else self.eval_transform
         return SyntheticDataset(self.generate(split), transform)
 
-    def train_labels(self) -> np.ndarray:
+    def _all_train_labels(self) -> np.ndarray:
         return self.generate("train").labels
 
 
@@ -302,10 +375,16 @@ class ImageTableDataModule(_ClassificationDataModule):
         transforms: Mapping[str, Any] | None = None,
         prepare_hint: str = "",
         shuffle_seed: int | None = None,
+        low_data: Mapping[str, Any] | None = None,
+        multilabel: bool = False,
+        mask_size: str = "resize",
     ) -> None:
         super().__init__(
-            name, num_classes, img_size, class_names, batch_size, num_workers, pin_memory, transforms, shuffle_seed
+            name, num_classes, img_size, class_names, batch_size, num_workers, pin_memory, transforms, shuffle_seed,
+            low_data,
         )
+        self.multilabel = bool(multilabel)
+        self.mask_size = mask_size
         self.root = Path(root)
         self.prepare_hint = str(prepare_hint or "").strip()
         self.table: LabelTable | None = None
@@ -324,7 +403,7 @@ class ImageTableDataModule(_ClassificationDataModule):
             return
         if not (self.root / "labels.csv").is_file():
             raise DatasetNotFoundError(self.not_found_message())
-        self.table = read_label_table(self.root, self.num_classes)
+        self.table = read_label_table(self.root, self.num_classes, self.multilabel)
 
     def _build(self, split: str) -> Dataset:
         assert self.table is not None
@@ -333,9 +412,10 @@ class ImageTableDataModule(_ClassificationDataModule):
                 f"Dataset '{self.name}': {self.root / 'labels.csv'} has no rows with split={split}."
             )
         transform = self.train_transform if split == "train" else self.eval_transform
-        return ImageTableDataset(self.root, split, transform, self.class_names, table=self.table)
+        return ImageTableDataset(self.root, split, transform, self.class_names, table=self.table,
+                                 mask_size=self.mask_size, multilabel=self.multilabel)
 
-    def train_labels(self) -> np.ndarray:
+    def _all_train_labels(self) -> np.ndarray:
         self.check()
         assert self.table is not None
         return self.table.labels[self.table.rows("train")]

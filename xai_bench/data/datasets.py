@@ -14,9 +14,17 @@ The canonical prepared layout of a real dataset (what `ImageTableDataset` reads)
 
     <root>/labels.csv        columns: image (path relative to root), label (int),
                              split (train|val|test), group (optional, e.g. patient id)
-    <root>/masks/<stem>.png  optional ROI mask of image <stem>, any nonzero pixel = inside;
-                             masks/<image path with .png suffix> (mirroring the image's
-                             sub-folders) is looked up first, for datasets whose stems repeat.
+    <root>/masks/<stem>.png  optional ROI mask of image <stem> in the stored image's frame,
+                             any nonzero pixel = inside; masks/<image path with .png suffix>
+                             (mirroring the image's sub-folders, with or without the leading
+                             images/) is looked up first, for datasets whose stems repeat.
+    <root>/rois/<stem>.png   optional ROI mask already in the network-input frame (after the
+                             eval transform), e.g. the study's evaluation masks: used as-is for
+                             val/test images (ignored for training images), and preferred to
+                             masks/ there. Same lookup rules as masks/.
+
+Multi-label datasets write the label column as ";"-separated class indices ("3;7") and set
+`multilabel: true`; their samples carry a float multi-hot label (C,).
 """
 
 from __future__ import annotations
@@ -73,12 +81,12 @@ def _apply_transform(
 
 
 def _sample(
-    image: torch.Tensor, mask: torch.Tensor, label: int, has_mask: bool, index: int
+    image: torch.Tensor, mask: torch.Tensor, label: int | torch.Tensor, has_mask: bool, index: int
 ) -> dict[str, torch.Tensor]:
     box = masks_to_boxes(mask.numpy()[None])[0]
     return {
         "image": image,
-        "label": torch.tensor(label, dtype=torch.int64),
+        "label": label if isinstance(label, torch.Tensor) else torch.tensor(label, dtype=torch.int64),
         "mask": mask,
         "has_mask": torch.tensor(has_mask, dtype=torch.bool),
         "box": torch.from_numpy(box),
@@ -130,10 +138,15 @@ class LabelTable:
 
     root: Path
     images: tuple[Path, ...]
-    labels: np.ndarray  # int64
+    labels: np.ndarray  # int64 (N,); multi-label: uint8 multi-hot (N, C)
     splits: tuple[str, ...]
     groups: tuple[str, ...] | None
     masks: tuple[Path | None, ...]
+    rois: tuple[Path | None, ...] = ()
+
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(np.asarray(self.splits) == split)
@@ -145,9 +158,9 @@ def _listing(items: Sequence[str], total: int | None = None) -> str:
     return shown + (f", ... ({total} in all)" if total > _MAX_LISTED else "")
 
 
-def _mask_index(root: Path, image_rel: Sequence[str]) -> list[Path | None]:
-    """Find each image's mask once, from one walk of masks/ (no per-image stat calls)."""
-    mask_dir = root / "masks"
+def _mask_index(root: Path, image_rel: Sequence[str], folder: str = "masks") -> list[Path | None]:
+    """Find each image's mask once, from one walk of `folder` (no per-image stat calls)."""
+    mask_dir = root / folder
     if not mask_dir.is_dir():
         return [None] * len(image_rel)
     present: set[str] = set()
@@ -159,9 +172,12 @@ def _mask_index(root: Path, image_rel: Sequence[str]) -> list[Path | None]:
     ambiguous: list[str] = []
     for rel in image_rel:
         mirrored = Path(rel).with_suffix(".png").as_posix()
+        inner = mirrored.removeprefix("images/")
         by_stem = Path(rel).stem + ".png"
         if mirrored in present:
             found.append(mask_dir / mirrored)
+        elif inner in present:
+            found.append(mask_dir / inner)
         elif by_stem in present:
             if stems[Path(rel).stem] > 1:
                 ambiguous.append(by_stem)
@@ -171,13 +187,48 @@ def _mask_index(root: Path, image_rel: Sequence[str]) -> list[Path | None]:
     if ambiguous:
         raise DatasetNotFoundError(
             f"{mask_dir}: masks {_listing(sorted(set(ambiguous)))} match several images with the same file "
-            "stem. Store such masks under masks/ mirroring the image paths "
-            "(masks/<image path with .png suffix>)."
+            f"stem. Store such masks under {folder}/ mirroring the image paths "
+            f"({folder}/<image path with .png suffix>)."
         )
     return found
 
 
-def read_label_table(root: str | Path, num_classes: int | None = None) -> LabelTable:
+def _parse_labels(rows: list[dict[str, str]], csv_path: Path, num_classes: int | None, multilabel: bool) -> np.ndarray:
+    bad: list[str] = []
+    parsed: list[list[int]] = []
+    for i, row in enumerate(rows):
+        text = row["label"]
+        try:
+            values = [int(v) for v in text.split(";") if v.strip() != ""] if multilabel else [int(text)]
+        except ValueError:
+            values = []
+        if not values and not (multilabel and text == ""):
+            bad.append(f"line {i + 2}: {text!r}")
+        parsed.append(values)
+    if bad:
+        kind = '";"-separated class indices' if multilabel else "integers"
+        raise DatasetNotFoundError(f"{csv_path}: labels must be {kind}; {_listing(bad)}.")
+    flat = np.array([v for values in parsed for v in values], dtype=np.int64)
+    upper = num_classes if num_classes is not None else np.iinfo(np.int64).max
+    wrong = flat[(flat < 0) | (flat >= upper)]
+    if wrong.size:
+        first = next(i for i, values in enumerate(parsed) if any(v < 0 or v >= upper for v in values))
+        allowed = f"0..{num_classes - 1} (num_classes={num_classes})" if num_classes is not None else ">= 0"
+        raise ConfigError(
+            f"{csv_path}: {int(wrong.size)} labels {sorted(set(wrong.tolist()))} lie outside {allowed}; "
+            f"first at line {first + 2}."
+        )
+    if not multilabel:
+        return np.array([values[0] for values in parsed], dtype=np.int64)
+    if num_classes is None:
+        raise ConfigError("a multi-label dataset needs num_classes.")
+    hot = np.zeros((len(parsed), num_classes), dtype=np.uint8)
+    for i, values in enumerate(parsed):
+        hot[i, values] = 1
+    return hot
+
+
+def read_label_table(root: str | Path, num_classes: int | None = None, multilabel: bool = False) -> LabelTable:
     """Read and validate `root/labels.csv` once, reporting every problem of a kind in one error."""
     root = Path(root)
     csv_path = root / "labels.csv"
@@ -198,24 +249,7 @@ def read_label_table(root: str | Path, num_classes: int | None = None) -> LabelT
     if not rows:
         raise DatasetNotFoundError(f"{csv_path} has no rows.")
 
-    bad_labels: list[str] = []
-    labels = np.empty(len(rows), dtype=np.int64)
-    for i, row in enumerate(rows):
-        try:
-            labels[i] = int(row["label"])
-        except ValueError:
-            bad_labels.append(f"line {i + 2}: {row['label']!r}")
-    if bad_labels:
-        raise DatasetNotFoundError(f"{csv_path}: labels must be integers; {_listing(bad_labels)}.")
-    upper = num_classes if num_classes is not None else np.iinfo(np.int64).max
-    out_of_range = np.flatnonzero((labels < 0) | (labels >= upper))
-    if out_of_range.size:
-        found = sorted(set(labels[out_of_range].tolist()))
-        allowed = f"0..{num_classes - 1} (num_classes={num_classes})" if num_classes is not None else ">= 0"
-        raise ConfigError(
-            f"{csv_path}: {out_of_range.size} rows have labels {found}, outside {allowed}; "
-            f"first at line {out_of_range[0] + 2}."
-        )
+    labels = _parse_labels(rows, csv_path, num_classes, multilabel)
 
     splits = tuple(row["split"] for row in rows)
     bad_splits = Counter(s for s in splits if s not in SPLITS)
@@ -245,6 +279,7 @@ def read_label_table(root: str | Path, num_classes: int | None = None) -> LabelT
         splits=splits,
         groups=groups,
         masks=tuple(_mask_index(root, rel)),
+        rois=tuple(_mask_index(root, rel, "rois")),
     )
 
 
@@ -268,8 +303,12 @@ def _read_image(path: Path) -> np.ndarray:
         ) from err
 
 
-def _read_mask(path: Path, height: int, width: int) -> np.ndarray:
-    """uint8 {0, 1} (height, width); a mask saved at another scale of the same frame is resized."""
+MASK_SIZE_POLICIES = ("resize", "reject")
+
+
+def _read_mask(path: Path, height: int, width: int, policy: str = "resize") -> np.ndarray:
+    """uint8 {0, 1} (height, width). A mask of another size: `resize` scales it with nearest
+    neighbours when it has the image's aspect ratio (rejects it otherwise); `reject` refuses it."""
     try:
         with Image.open(path) as image:
             if image.mode == "P":
@@ -284,6 +323,11 @@ def _read_mask(path: Path, height: int, width: int) -> np.ndarray:
     mask = (arr > 0).astype(np.uint8)
     h, w = mask.shape
     if (h, w) != (height, width):
+        if policy == "reject":
+            raise XaiBenchError(
+                f"mask {path} is {w}x{h} but its image is {width}x{height} (dataset.mask_size=reject; "
+                "set dataset.mask_size=resize to scale masks with nearest neighbours)."
+            )
         if abs(h / w - height / width) > 0.01:
             raise XaiBenchError(
                 f"mask {path} is {w}x{h} but its image is {width}x{height}: masks must be in the image's "
@@ -308,17 +352,24 @@ class ImageTableDataset(Dataset):
         class_names: Sequence[str] | None = None,
         *,
         table: LabelTable | None = None,
+        mask_size: str = "resize",
+        multilabel: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {list(SPLITS)}; got {split!r}.")
+        if mask_size not in MASK_SIZE_POLICIES:
+            raise ConfigError(f"dataset.mask_size must be one of {list(MASK_SIZE_POLICIES)}; got {mask_size!r}.")
+        self.mask_size = mask_size
         self.root = Path(root)
         self.split = split
         self.transform = transform
         self.class_names = tuple(class_names) if class_names is not None else None
         num_classes = len(self.class_names) if self.class_names is not None else None
-        self.table = table if table is not None else read_label_table(self.root, num_classes)
+        self.table = table if table is not None else read_label_table(self.root, num_classes, multilabel)
         self.rows = self.table.rows(split)
-        if num_classes is not None and self.table.labels.size and self.table.labels.max() >= num_classes:
+        # input-frame ROIs describe the evaluation frame: training crops would misplace them
+        self.use_rois = split != "train" and any(self.table.rois)
+        if not self.table.multilabel and num_classes is not None and self.table.labels.size and self.table.labels.max() >= num_classes:
             raise ConfigError(
                 f"{self.root / 'labels.csv'} has label {int(self.table.labels.max())} but only "
                 f"{num_classes} class names are given: {list(self.class_names or ())}."
@@ -333,7 +384,8 @@ class ImageTableDataset(Dataset):
 
     @property
     def has_mask(self) -> np.ndarray:
-        return np.array([self.table.masks[r] is not None for r in self.rows], dtype=bool)
+        rois = self.table.rois if self.use_rois else (None,) * len(self.table.masks)
+        return np.array([self.table.masks[r] is not None or rois[r] is not None for r in self.rows], dtype=bool)
 
     @property
     def groups(self) -> list[str] | None:
@@ -346,7 +398,17 @@ class ImageTableDataset(Dataset):
         row = int(self.rows[index])
         image = _read_image(self.table.images[row])
         mask_path = self.table.masks[row]
+        roi_path = self.table.rois[row] if self.use_rois else None
         h, w = image.shape[:2]
-        mask = _read_mask(mask_path, h, w) if mask_path is not None else np.zeros((h, w), dtype=np.uint8)
+        mask = (
+            _read_mask(mask_path, h, w, self.mask_size)
+            if mask_path is not None and roi_path is None
+            else np.zeros((h, w), dtype=np.uint8)
+        )
         image_t, mask_t = _apply_transform(self.transform, image, mask)
-        return _sample(image_t, mask_t, int(self.table.labels[row]), mask_path is not None, index)
+        if roi_path is not None:
+            out_h, out_w = image_t.shape[-2:]
+            mask_t = torch.from_numpy(_read_mask(roi_path, out_h, out_w, self.mask_size))
+        label = self.table.labels[row]
+        label_t = torch.from_numpy(label.astype(np.float32)) if self.table.multilabel else int(label)
+        return _sample(image_t, mask_t, label_t, mask_path is not None or roi_path is not None, index)

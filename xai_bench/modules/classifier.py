@@ -13,6 +13,10 @@ from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
     MulticlassF1Score,
+    MultilabelAccuracy,
+    MultilabelAUROC,
+    MultilabelExactMatch,
+    MultilabelF1Score,
 )
 
 from xai_bench.utils.errors import ConfigError
@@ -21,8 +25,21 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
-def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    """Accuracy, balanced accuracy (mean per-class recall), macro F1 and macro AUROC."""
+def classification_metrics(num_classes: int, prefix: str, multilabel: bool = False) -> MetricCollection:
+    """Accuracy, balanced accuracy (mean per-class recall), macro F1 and macro AUROC.
+
+    Multi-label (sigmoid outputs, threshold 0.5): acc = exact-match of the label set,
+    balanced_acc = mean per-class accuracy, f1_macro = ATCON's macro F1, macro AUROC."""
+    if multilabel:
+        return MetricCollection(
+            {
+                "acc": MultilabelExactMatch(num_classes),
+                "balanced_acc": MultilabelAccuracy(num_classes, average="macro"),
+                "f1_macro": MultilabelF1Score(num_classes, average="macro"),
+                "auroc": MultilabelAUROC(num_classes, average="macro"),
+            },
+            prefix=prefix,
+        )
     return MetricCollection(
         {
             "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -51,6 +68,7 @@ class ClassifierModule(pl.LightningModule):
         class_weights: Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         compile: bool = False,
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
         if class_weights is not None and len(class_weights) != num_classes:
@@ -64,16 +82,25 @@ class ClassifierModule(pl.LightningModule):
                 "class_weights": None if class_weights is None else [float(w) for w in class_weights],
                 "label_smoothing": float(label_smoothing),
                 "compile": bool(compile),
+                "multilabel": bool(multilabel),
             }
         )
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
-        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_metrics = classification_metrics(num_classes, "val/")
-        self.test_metrics = classification_metrics(num_classes, "test/")
+        self.multilabel = bool(multilabel)
+        if self.multilabel:
+            if label_smoothing:
+                raise ConfigError("module.label_smoothing is for single-label datasets; set it to 0 for multi-label.")
+            # class weights weigh each class's positives (BCE pos_weight)
+            self.criterion: nn.Module = nn.BCEWithLogitsLoss(pos_weight=weight)
+            self.train_acc = MultilabelExactMatch(num_classes)
+        else:
+            self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+            self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_metrics = classification_metrics(num_classes, "val/", self.multilabel)
+        self.test_metrics = classification_metrics(num_classes, "test/", self.multilabel)
         self._compile = compile
 
     def configure_model(self) -> None:
@@ -86,12 +113,13 @@ class ClassifierModule(pl.LightningModule):
 
     def _shared_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["image"])
-        loss = self.criterion(logits.float(), batch["label"])
+        target = batch["label"].float() if self.multilabel else batch["label"]
+        loss = self.criterion(logits.float(), target)
         return loss, logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, logits = self._shared_step(batch)
-        self.train_acc(logits.detach(), batch["label"])
+        self.train_acc(logits.detach(), batch["label"].long() if self.multilabel else batch["label"])
         batch_size = batch["label"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
@@ -99,8 +127,10 @@ class ClassifierModule(pl.LightningModule):
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> None:
         loss, logits = self._shared_step(batch)
-        probs = logits.float().softmax(dim=-1)
-        metrics.update(probs, batch["label"])
+        if self.multilabel:
+            metrics.update(logits.float().sigmoid(), batch["label"].long())
+        else:
+            metrics.update(logits.float().softmax(dim=-1), batch["label"])
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch["label"].shape[0], sync_dist=True)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

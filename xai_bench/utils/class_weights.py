@@ -11,7 +11,14 @@ from xai_bench.utils.errors import ConfigError
 
 
 def balanced_weights(labels: Sequence[int] | np.ndarray, num_classes: int) -> list[float]:
-    """n_samples / (n_classes * count_c), scikit-learn's 'balanced' rule."""
+    """n_samples / (n_classes * count_c), scikit-learn's 'balanced' rule. Multi-label (a
+    multi-hot (N, C) array): negatives / positives per class, BCE's pos_weight."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        positives = labels.sum(axis=0).astype(float)
+        if (positives == 0).any():
+            raise ConfigError(f"class_weights=balanced: classes {np.flatnonzero(positives == 0).tolist()} have no positives.")
+        return ((labels.shape[0] - positives) / positives).tolist()
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(float)
     if (counts == 0).any():
         missing = [i for i, c in enumerate(counts) if c == 0]
