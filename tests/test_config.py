@@ -127,3 +127,11 @@ def test_evaluation_metric_groups_build_their_metrics(compose_cfg) -> None:
     for key, node in cfg.metric.items():
         metric = hydra.utils.instantiate(node)(key=key)
         assert metric.key == key
+
+
+def test_dataset_config_can_set_module_keys(compose_cfg) -> None:
+    """The survey weighted ISIC's classes: a dataset config's module keys must survive composition."""
+    assert compose_cfg("dataset=isic2020").module.class_weights == "balanced"
+    assert compose_cfg("dataset=isic2020", "module.class_weights=null").module.class_weights is None
+    assert compose_cfg("dataset=pascal_voc").module.multilabel is True
+    assert compose_cfg().module.multilabel is False

@@ -2,48 +2,42 @@
 
 Every dataset yields dict samples {image, label, mask, has_mask, box, index} (see
 xai_bench.data.datasets), so the training and evaluation code never special-cases a dataset.
+Names are imported lazily: the prepare scripts (xai_bench.data.prepare) need neither torch
+nor Lightning, and start in a fraction of a second.
 """
 
-from xai_bench.data.datamodule import ImageTableDataModule, SyntheticDataModule, split_seed
-from xai_bench.data.datasets import (
-    SPLITS,
-    ImageTableDataset,
-    LabelTable,
-    SyntheticDataset,
-    read_label_table,
-)
-from xai_bench.data.synthetic import (
-    SyntheticSamples,
-    generate_synthetic,
-    masks_to_boxes,
-    parse_shortcut,
-)
-from xai_bench.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    default_eval_transform,
-    default_train_transform,
-    imagenet_normalize,
-    resolve_transforms,
-)
+from __future__ import annotations
 
-__all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "SPLITS",
-    "ImageTableDataModule",
-    "ImageTableDataset",
-    "LabelTable",
-    "SyntheticDataModule",
-    "SyntheticDataset",
-    "SyntheticSamples",
-    "default_eval_transform",
-    "default_train_transform",
-    "generate_synthetic",
-    "imagenet_normalize",
-    "masks_to_boxes",
-    "parse_shortcut",
-    "read_label_table",
-    "resolve_transforms",
-    "split_seed",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ImageTableDataModule": "datamodule",
+    "SyntheticDataModule": "datamodule",
+    "split_seed": "datamodule",
+    "SPLITS": "datasets",
+    "ImageTableDataset": "datasets",
+    "LabelTable": "datasets",
+    "SyntheticDataset": "datasets",
+    "read_label_table": "datasets",
+    "SyntheticSamples": "synthetic",
+    "generate_synthetic": "synthetic",
+    "masks_to_boxes": "synthetic",
+    "parse_shortcut": "synthetic",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    "default_eval_transform": "transforms",
+    "default_train_transform": "transforms",
+    "imagenet_normalize": "transforms",
+    "resolve_transforms": "transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

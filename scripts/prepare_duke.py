@@ -1,0 +1,8 @@
+"""Duke-Breast-Cancer-MRI -> data/duke: `python scripts/prepare_duke.py --raw manifest-<id> --out data/duke
+--rois ../shared/seed_rois/duke` (see xai_bench/data/prepare/duke.py for the layout and options)."""
+
+from xai_bench.data.prepare.common import run_prepare
+from xai_bench.data.prepare.duke import main
+
+if __name__ == "__main__":
+    raise SystemExit(run_prepare(main))
