@@ -99,6 +99,7 @@ def test_kvasir_labels_splits_and_study_rois(tmp_path: Path) -> None:
     assert sum(report.counts["train"].values()) + sum(report.counts["val"].values()) + sum(
         report.counts["test"].values()) == 21  # polyps left out
     assert report.rois["attached"] == 1 and len(report.rois["without_image"]) >= 1
+    assert report.rois["test_images_without_roi"] >= 1 and "test images without one" in report.summary()
     table = (out / "labels.csv").read_text().splitlines()
     assert table[0] == "image,label,split,group"
     assert any(line.startswith("images/esophagitis/") and ",1," in line for line in table)

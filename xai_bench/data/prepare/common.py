@@ -96,7 +96,8 @@ class PrepareReport:
         lines.append(f"  ROI masks: {self.masks}; skipped unreadable files: {len(self.skipped)}")
         if self.rois:
             lines.append(f"  evaluation ROIs: {self.rois.get('attached', 0)} attached, "
-                         f"{len(self.rois.get('without_image', []))} without an image")
+                         f"{len(self.rois.get('without_image', []))} without an image, "
+                         f"{self.rois.get('test_images_without_roi', 0)} test images without one")
         return "\n".join(lines)
 
 
@@ -301,6 +302,11 @@ def prepare_dataset(
                     per_class[class_names[int(index)]] += 1
         counts[split] = {name: per_class.get(name, 0) for name in class_names}
     rois = attach_rois(out, cfg.rois) if cfg.rois else {}
+    if rois:  # evaluation images the ROI set does not cover: reported, they are left out of localisation
+        covered = {p.relative_to(out / "rois").with_suffix("").as_posix() for p in (out / "rois").rglob("*.png")}
+        rois["test_images_without_roi"] = sum(
+            1 for row in rows if row["split"] == "test" and row["image"][len("images/"):-len(".png")] not in covered
+        )
     report = PrepareReport(out=out, counts=counts, skipped=skipped, masks=n_masks, rois=rois)
     (out / "prepare.json").write_text(json.dumps({
         "source": source, "class_names": list(class_names), "resize": cfg.resize, "seed": cfg.seed,
