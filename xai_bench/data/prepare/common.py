@@ -40,6 +40,7 @@ __all__ = [
     "assign_splits",
     "attach_rois",
     "config_from_args",
+    "config_with_publisher_test",
     "prepare_dataset",
     "read_rgb",
     "require_dir",
@@ -362,6 +363,19 @@ def config_from_args(args: argparse.Namespace) -> PrepareConfig:
     resize = None if str(args.resize).lower() in ("none", "null", "") else args.resize
     return PrepareConfig(out=args.out, resize=resize, fractions=tuple(args.fractions), seed=args.seed,
                          on_corrupt=args.on_corrupt, overwrite=args.overwrite, rois=args.rois)
+
+
+def config_with_publisher_test(args: argparse.Namespace, test_source: str) -> PrepareConfig:
+    """For datasets whose publisher fixes the test set: validation is `--val-fraction` of the
+    training images, and `--fractions` (which would also carve a test split) is refused."""
+    if tuple(args.fractions) != (0.8, 0.1, 0.1):
+        raise ConfigError(f"the test split is {test_source}: --fractions does not apply; use --val-fraction "
+                          "to size the validation split taken from the training images.")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in (0, 1); got {args.val_fraction}.")
+    cfg = config_from_args(args)
+    cfg.fractions = (1.0 - args.val_fraction, args.val_fraction, 0.0)
+    return cfg
 
 
 def run_prepare(main: Callable[[list[str] | None], PrepareReport], argv: list[str] | None = None) -> int:

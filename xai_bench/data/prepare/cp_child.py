@@ -30,7 +30,7 @@ from xai_bench.data.prepare.common import (
     PrepareReport,
     Record,
     add_common_args,
-    config_from_args,
+    config_with_publisher_test,
     prepare_dataset,
     require_dir,
     run_prepare,
@@ -49,7 +49,6 @@ DEFAULT_RESIZE = None  # published at 256x256, used as-is by the study
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 HINT = ("Download CP-CHILD.zip from https://figshare.com/articles/dataset/CP-CHILD_zip/12554042, extract it and "
         "pass the CP-CHILD/ folder (the one holding CP-CHILD-A/ and CP-CHILD-B/) as --raw.")
-DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
 def _root(raw: Path) -> Path:
@@ -99,13 +98,7 @@ def main(argv: list[str] | None = None) -> PrepareReport:
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="stratified share of the publisher's Train images that becomes the validation split")
     args = parser.parse_args(argv)
-    if tuple(args.fractions) != DEFAULT_FRACTIONS:
-        raise ConfigError("CP-CHILD has the publisher's Train/Test split: --fractions does not apply; "
-                          "use --val-fraction to size the validation split taken from Train.")
-    if not 0.0 < args.val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction must be in (0, 1); got {args.val_fraction}.")
-    cfg = config_from_args(args)
-    cfg.fractions = (1.0 - args.val_fraction, args.val_fraction, 0.0)
+    cfg = config_with_publisher_test(args, "the publisher's Test folders")
     recs = records(args.raw, tuple(args.subsets))
     warn_ambiguous_rois(recs, args.rois)
     return prepare_dataset(recs, cfg, CLASS_NAMES, SOURCE)

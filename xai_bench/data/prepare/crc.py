@@ -30,7 +30,7 @@ from xai_bench.data.prepare.common import (
     PrepareReport,
     Record,
     add_common_args,
-    config_from_args,
+    config_with_publisher_test,
     prepare_dataset,
     require_dir,
     run_prepare,
@@ -45,7 +45,6 @@ TEST_FOLDER = "CRC-VAL-HE-7K"
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg"}
 HINT = ("Download NCT-CRC-HE-100K.zip and CRC-VAL-HE-7K.zip from https://zenodo.org/record/1214456, extract both "
         "into one folder and pass that folder as --raw.")
-DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 VAL_RULES = ("seeded", "sorted")
 
 
@@ -86,13 +85,7 @@ def main(argv: list[str] | None = None) -> PrepareReport:
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of NCT-CRC-HE-100K used for validation (the companion's sorted rule used 0.2)")
     args = parser.parse_args(argv)
-    if tuple(args.fractions) != DEFAULT_FRACTIONS:
-        raise ConfigError("CRC's test split is CRC-VAL-HE-7K: --fractions does not apply; use --val-fraction "
-                          "to size the validation split taken from NCT-CRC-HE-100K.")
-    if not 0.0 < args.val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction must be in (0, 1); got {args.val_fraction}.")
-    cfg = config_from_args(args)
-    cfg.fractions = (1.0 - args.val_fraction, args.val_fraction, 0.0)
+    cfg = config_with_publisher_test(args, "CRC-VAL-HE-7K")
     recs = records(args.raw, args.train_folder, args.test_folder, args.val_rule, args.val_fraction)
     return prepare_dataset(recs, cfg, CLASS_NAMES, SOURCE)
 
