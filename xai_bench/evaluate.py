@@ -36,14 +36,15 @@ _STATE_PREFIXES = ("net._orig_mod.", "net.")
 RUN_SECTIONS = ("dataset", "init", "model")
 
 
-def load_network(model_cfg: DictConfig, checkpoint: Path) -> nn.Module:
+def load_network(model_cfg: DictConfig, checkpoint: Path, state: dict[str, Any] | None = None) -> nn.Module:
     """Rebuild the trained network from its config (no pretrained weights: the checkpoint
-    overwrites every parameter) and load the checkpoint's weights strictly."""
+    overwrites every parameter) and load the checkpoint's weights strictly. `state`: the
+    checkpoint already read (safely); read here when not given."""
     cfg = OmegaConf.to_container(model_cfg, resolve=True)
     assert isinstance(cfg, dict)
     cfg["init"] = {"name": "random", "pretrained": False}
     net = hydra.utils.instantiate(cfg)
-    state = load_checkpoint_safely(checkpoint)
+    state = load_checkpoint_safely(checkpoint) if state is None else state
     state = state.get("state_dict", state)
     weights = {}
     for key, value in state.items():
@@ -128,8 +129,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = _datamodule(cfg, run_cfg)
-    load_checkpoint_safely(checkpoint)  # refuses pickled objects before anything else reads it
-    net = load_network(run_cfg.model, checkpoint)
+    net = load_network(run_cfg.model, checkpoint, load_checkpoint_safely(checkpoint))  # read once, safely
     methods = _methods(cfg)
     metrics = {str(key): hydra.utils.instantiate(node) for key, node in (cfg.get("metric") or {}).items()}
     loader = datamodule.eval_dataloader(cfg.split, cfg.get("max_images"))

@@ -45,6 +45,7 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image
 from torch.utils.data import Dataset
 
+from xai_bench.data.images import read_rgb
 from xai_bench.data.synthetic import SyntheticSamples, masks_to_boxes
 from xai_bench.data.transforms import imagenet_normalize
 from xai_bench.utils.errors import ConfigError, DatasetNotFoundError, XaiBenchError
@@ -283,20 +284,9 @@ def read_label_table(root: str | Path, num_classes: int | None = None, multilabe
     )
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
-    """uint8 (H, W, 3); 16-bit and float images (MRI, X-ray exports) are min-max scaled first."""
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        arr = np.asarray(image, dtype=np.float32)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        return np.repeat((arr + 0.5).astype(np.uint8)[..., None], 3, axis=2)
-    return np.array(image.convert("RGB"))  # a writable copy: ToTensorV2 shares its memory
-
-
 def _read_image(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as image:
-            return _to_rgb(image)
+        return read_rgb(path)
     except Exception as err:  # PIL raises OSError, SyntaxError, zlib.error, ... for bad files
         raise XaiBenchError(
             f"cannot read image {path}: {type(err).__name__}: {err}. Re-export it or drop its row from labels.csv."

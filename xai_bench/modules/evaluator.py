@@ -82,7 +82,7 @@ class ExplanationEvaluator(pl.LightningModule):
         images, labels, ids = batch["image"], batch["label"], batch["index"]
         masks, has_mask = batch.get("mask"), batch.get("has_mask")
         logits: torch.Tensor | None = None
-        for name, method in self.methods.items():
+        for position, (name, method) in enumerate(self.methods.items()):
             with torch.enable_grad():
                 explanation = method(self.net, images, labels=labels, ids=ids)
                 if explanation.logits is not None:
@@ -95,7 +95,7 @@ class ExplanationEvaluator(pl.LightningModule):
                     logits=logits, model=self.net, method=method, masks=masks, has_mask=has_mask,
                     mean=self.mean, std=self.std,
                 )
-                if name == next(iter(self.methods)):
+                if position == 0:  # predictions once per image, from the first method's forward
                     self.predictions.update(context)
                 self.map_stats[name].update(context)
                 for metric in self.method_metrics[name].values():

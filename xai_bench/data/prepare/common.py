@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from xai_bench.data.images import read_rgb, to_uint8_rgb
 from xai_bench.utils.errors import ConfigError, DatasetNotFoundError, XaiBenchError
 
 __all__ = [
@@ -109,30 +110,6 @@ def require_dir(path: Path, what: str, hint: str) -> Path:
     if not path.is_dir():
         raise DatasetNotFoundError(f"{what} not found: {path.resolve()} is not a folder. {hint}")
     return path
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """uint8 (H, W, 3) from any PIL-readable file; 16-bit / float images are min-max scaled."""
-    with Image.open(path) as image:
-        image.load()
-        if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-            arr = np.asarray(image, dtype=np.float32)
-            return to_uint8_rgb(arr)
-        return np.array(image.convert("RGB"))
-
-
-def to_uint8_rgb(arr: np.ndarray) -> np.ndarray:
-    """Min-max scale a 2-D (or single-channel) array to uint8 RGB (DICOM, 16-bit PNG)."""
-    arr = np.asarray(arr, dtype=np.float32)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 3:
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        return (scaled + 0.5).astype(np.uint8)[..., :3]
-    lo, hi = float(arr.min()), float(arr.max())
-    scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-    return np.repeat((scaled + 0.5).astype(np.uint8)[..., None], 3, axis=2)
 
 
 # ----------------------------------------------------------------------------- splits
