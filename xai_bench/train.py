@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from xai_bench.models import load_checkpoint_safely
 from xai_bench.modules import BestEpochTracker
 from xai_bench.tracking import resolved_config, write_config, write_metrics
+from xai_bench.tracking.cluster import record_attempt, resume_checkpoint, slurm_job
 from xai_bench.utils.class_weights import resolve_class_weights
 from xai_bench.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from xai_bench.utils.rich_config import print_config_tree
@@ -38,6 +39,15 @@ def _best_epoch(trainer: pl.Trainer) -> int | None:
     return None
 
 
+def _cluster_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """Under SLURM the launcher (submitit) requeues interrupted jobs: Lightning must not too."""
+    if slurm_job() is None or trainer_cfg.get("plugins"):
+        return {}
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return {"plugins": [SLURMEnvironment(auto_requeue=False)]}
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on validation and test; returns metrics.json."""
@@ -49,8 +59,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.dataset)
     if hasattr(datamodule, "check"):
         datamodule.check()
-    if cfg.get("ckpt_path"):
-        load_checkpoint_safely(cfg.ckpt_path)  # refuses pickled objects before Lightning sees it
+    output_dir = Path(cfg.paths.output_dir)
+    ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(output_dir, cfg.get("resume"))
+    resumed_at: dict[str, Any] | None = None
+    if ckpt_path:
+        state = load_checkpoint_safely(ckpt_path)  # refuses pickled objects before Lightning sees it
+        resumed_at = {"checkpoint": str(ckpt_path), "epoch": state.get("epoch"), "global_step": state.get("global_step")}
+        del state
     net = hydra.utils.instantiate(cfg.model)
 
     class_weights = resolve_class_weights(cfg.module.get("class_weights"), datamodule, cfg.dataset.num_classes)
@@ -63,13 +78,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **_cluster_plugins(cfg.trainer)
+    )
 
     config = resolved_config(cfg)
-    output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         write_config(config, output_dir)
-        log.info("run folder: %s", output_dir)
+        attempt = record_attempt(output_dir, resumed_at)
+        log.info("run folder: %s%s", output_dir, f" (SLURM job {attempt['slurm']['job_id']})" if attempt["slurm"] else "")
+        if resumed_at:
+            log.info("resuming from %s (epoch %s done)", ckpt_path, resumed_at["epoch"])
     study_row = cfg.get("study_row")
     if study_row and study_row.optimizer != cfg.optimizer.name:
         log.warning(
@@ -80,7 +99,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(config)
 
     if cfg.get("train"):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
 
     best = _best_checkpoint(trainer)
     metrics: dict[str, Any] = {
@@ -89,6 +108,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs_trained": trainer.current_epoch,
         "world_size": trainer.world_size,
         "study_saved_epoch": study_row.saved_epoch if study_row else None,
+        "resumed_from": resumed_at,
+        "slurm_job": slurm_job(),
     }
     if cfg.get("test"):
         ckpt = best if best else None
@@ -98,6 +119,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["test"] = {k.removeprefix("test/"): v for k, v in test[0].items()} if test else {}
     if trainer.is_global_zero:
         write_metrics(metrics, output_dir)
+        (output_dir / "error.txt").unlink(missing_ok=True)  # an interrupted attempt's, now resolved
         if metrics["best_epoch"] is not None:
             for logger in loggers:
                 logger.log_metrics({"best_epoch": metrics["best_epoch"]})

@@ -3,6 +3,10 @@
   ${xai.concat:${a},${b}}   concatenate lists, dropping repeats (W&B tags: fixed + user's)
   ${run:KEY}                a value of the training run being evaluated: read from the
                             config.yaml of the run that `ckpt` (or `run_config`) points to
+  ${run:KEY,DEFAULT}        the same, DEFAULT when the training run has no such key
+  ${xai.sweep_group:NAME}   W&B group: shared by all jobs of a -m sweep, NAME for a single run
+  ${xai.train_runs:DIR}     the training runs of a sweep folder, as a sweep value 'a','b',...
+  ${xai.slurm_gpus:ACC,N}   GPUs per SLURM node: N, or 0 when the trainer runs on the CPU
 """
 
 from __future__ import annotations
@@ -49,7 +53,10 @@ def training_config(root: DictConfig) -> DictConfig:
     return _training_config(str(Path(str(ckpt)).expanduser().resolve()), str(run_config) if run_config else None)
 
 
-def _run_value(key: str, _root_: DictConfig) -> Any:
+_REQUIRED = object()
+
+
+def _run_value(key: str, default: Any = _REQUIRED, *, _root_: DictConfig) -> Any:
     try:
         cfg = training_config(_root_)
     except Exception:
@@ -58,13 +65,41 @@ def _run_value(key: str, _root_: DictConfig) -> Any:
         raise
     value = OmegaConf.select(cfg, key, throw_on_missing=False)
     if value is None:
+        if default is not _REQUIRED:
+            return default
         raise ConfigError(f"the training run's config.yaml has no '{key}'.")
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+
+
+def _slurm_gpus(accelerator: str, devices: Any) -> int:
+    if str(accelerator) == "cpu":
+        return 0
+    if not isinstance(devices, int):
+        raise ConfigError(
+            f"trainer.devices={devices!r}: on SLURM give a number of devices per node (it sets the "
+            "launcher's tasks_per_node and gpus_per_node)."
+        )
+    return devices
+
+
+def _sweep_group(fallback: str) -> str:
+    from xai_bench.tracking.sweeps import sweep_group
+
+    return sweep_group(fallback)
+
+
+def _train_runs(sweep_dir: str) -> str:
+    from xai_bench.tracking.sweeps import sweep_values
+
+    return sweep_values(sweep_dir)
 
 
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("xai.concat", _concat, replace=True)
     OmegaConf.register_new_resolver("run", _run_value, replace=True)
+    OmegaConf.register_new_resolver("xai.slurm_gpus", _slurm_gpus, replace=True)
+    OmegaConf.register_new_resolver("xai.sweep_group", _sweep_group, replace=True)
+    OmegaConf.register_new_resolver("xai.train_runs", _train_runs, replace=True)
 
 
 register_resolvers()

@@ -8,6 +8,7 @@ a user-fixable XaiBenchError reaches the terminal as one message, not a tracebac
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -19,13 +20,21 @@ from omegaconf import DictConfig
 from xai_bench.utils.errors import XaiBenchError
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 
 def finish_wandb(exit_code: int = 0) -> None:
-    """Finish the active W&B run, if any, so the next job of a sweep starts a new one."""
+    """Finish the active W&B run, if any, so the next job of a sweep starts a new one.
+
+    Never raises: when SLURM requeues a job it kills W&B's service process first, and an error
+    here would replace the requeue's SystemExit and mark the job as failed for the launcher.
+    """
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish(exit_code=exit_code)
+        try:
+            wandb.finish(exit_code=exit_code)
+        except Exception as err:  # noqa: BLE001 - the job's own outcome matters more
+            log.warning("could not finish the W&B run cleanly: %s", err)
 
 
 def task_wrapper(task: Callable[[DictConfig], R]) -> Callable[[DictConfig], R]:
