@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job on the built-in synthetic dataset: a tiny ViT, W&B offline, a few minutes on a CPU.
+# The main job, end to end on the built-in synthetic dataset (a tiny ViT, W&B offline, a few
+# minutes on a CPU): train, evaluate the methods, write the report (scripts/demo.sh).
 demo: install
-	$(PY) -m xai_bench.train
+	PY=$(PY) bash scripts/demo.sh
 
 # The whole test suite (slow tests included: real training runs, DDP, sweeps).
 test: install

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 from conftest import DATA_DIR, REPO_ROOT, run_cli
@@ -72,7 +73,10 @@ def test_every_option_of_every_group_composes(compose_cfg, group: str) -> None:
     options = sorted(p.stem for p in (REPO_ROOT / "conf" / group).glob("*.yaml"))
     assert options, group
     for option in options:
-        cfg = compose_cfg(f"{group}={option}")
+        if option.endswith("_eval"):  # evaluation experiments belong to `python -m xai_bench.evaluate`
+            cfg = compose_cfg(f"{group}={option}", "ckpt=x.ckpt", "train_sweep=x", config_name="evaluate")
+        else:
+            cfg = compose_cfg(f"{group}={option}")
         assert cfg.hydra.runtime.choices[group] == option
 
 
@@ -135,3 +139,105 @@ def test_dataset_config_can_set_module_keys(compose_cfg) -> None:
     assert compose_cfg("dataset=isic2020", "module.class_weights=null").module.class_weights is None
     assert compose_cfg("dataset=pascal_voc").module.multilabel is True
     assert compose_cfg().module.multilabel is False
+
+
+# --- the study's experiments as sweeps --------------------------------------------------------
+
+def _sweep_jobs(params) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper makes of `hydra.sweeper.params` (one override list each)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+    (batch,) = BasicSweeper.split_arguments(parsed, None)
+    return batch
+
+
+def test_study_train_sweeps_the_16_grid_rows(compose_cfg) -> None:
+    params = compose_cfg("experiment=study_train").hydra.sweeper.params
+    jobs = _sweep_jobs(params)
+    assert len(jobs) == 16
+    rows = {(r["dataset"], r["init"]): r for r in csv.DictReader((DATA_DIR / "seed_grid.csv").open())}
+    for job in jobs:
+        cfg = compose_cfg("experiment=study_train", *job)
+        row = rows[(cfg.dataset.name, cfg.init.name)]
+        assert cfg.model.arch == "vit_base_patch16_224"
+        assert cfg.optimizer.name == row["optimizer"]
+        assert float(cfg.optimizer.lr) == pytest.approx(float(row["lr"]))
+        assert int(cfg.trainer.max_epochs) == int(row["epochs"])
+        assert "study" in cfg.tags
+    # the stand-in keeps every dataset's name and grid row, on synthetic data and the tiny ViT
+    cfg = compose_cfg("experiment=study_train", "debug=standin", "dataset=duke", "init=mae")
+    assert cfg.dataset._target_ == "xai_bench.data.standin_datamodule" and cfg.dataset.name == "duke"
+    assert cfg.model.depth == 2 and cfg.init.pretrained is False
+    assert float(cfg.optimizer.lr) == pytest.approx(float(rows[("duke", "mae")]["lr"]))
+
+
+@pytest.fixture
+def resolvers() -> None:
+    import xai_bench.utils.resolvers  # noqa: F401 - registers ${xai.train_runs:...}
+
+
+def _fake_training_run(folder: Path, *, checkpoint: bool = True, task: str = "train") -> Path:
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"task_name: {task}\n")
+    if checkpoint:
+        (folder / "checkpoints" / "best.ckpt").write_bytes(b"")
+    return folder
+
+
+def test_study_eval_sweeps_every_checkpoint_of_a_training_sweep(compose_cfg, resolvers, tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    sweep = tmp_path / "train sweep"  # a space: the sweep value must quote paths
+    runs = [_fake_training_run(sweep / name) for name in ("0_kvasir-dino-sgd-s42", "10_mura-mae-sgd-s42", "2_duke-sup-sgd-s42")]
+    _fake_training_run(sweep / "3_crashed", checkpoint=False)
+    _fake_training_run(sweep / "4_eval-run", task="evaluate")
+    cfg = compose_cfg("experiment=study_eval", f"train_sweep={sweep}", "ckpt=x.ckpt", config_name="evaluate")
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
+    jobs = _sweep_jobs(params)
+    assert len(jobs) == 3 * 3
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    # what each job's `ckpt=` override gives the job: the whole path, spaces included
+    ckpts = {parser.parse_override(o).value() for job in jobs for o in job if o.startswith("ckpt=")}
+    assert ckpts == {str(p.resolve()) for p in runs}
+    assert {o for job in jobs for o in job if o.startswith("method=")} == {
+        "method=gradcam_study", "method=attention", "method=chefer"}
+    assert cfg.method.target == 1 and cfg.split == "roi"
+    assert list(cfg.metric) == ["pointing_game", "iou"]
+
+
+def test_study_eval_without_training_runs_says_what_to_pass(compose_cfg, resolvers, tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from xai_bench.utils.errors import ConfigError
+
+    cfg = compose_cfg("experiment=study_eval", f"train_sweep={tmp_path}", "ckpt=x.ckpt", config_name="evaluate")
+    with pytest.raises(Exception) as info:
+        OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
+    cause = info.value
+    while cause is not None and not isinstance(cause, ConfigError):
+        cause = cause.__cause__ or cause.__context__
+    assert cause is not None and "no finished training run" in str(cause) and "train_sweep=" in str(cause)
+
+
+def test_companion_study_sweeps_compose(compose_cfg) -> None:
+    faithfulness = _sweep_jobs(compose_cfg("experiment=faithfulness_train").hydra.sweeper.params)
+    assert len(faithfulness) == 4 * 2
+    for job in faithfulness:
+        cfg = compose_cfg("experiment=faithfulness_train", *job)
+        assert cfg.model.head == "flatten" and cfg.model.arch in ("resnet50", "vgg19")
+    survey = _sweep_jobs(compose_cfg("experiment=survey_train", "dataset=isic2020").hydra.sweeper.params)
+    assert len(survey) == 7 * 4
+    seen = set()
+    for job in survey:
+        cfg = compose_cfg("experiment=survey_train", "dataset=isic2020", *job)
+        seen.add((cfg.model.arch, cfg.model.get("attention"), float(cfg.dataset.low_data.fraction)))
+        assert float(cfg.optimizer.lr) == 1e-6 and cfg.dataset.batch_size == 32 and cfg.seed == 42
+        assert cfg.module.class_weights == "balanced"
+    assert ("resnet50", "cbam", 0.01) in seen and ("densenet121", "se", 1.0) in seen and ("deit_tiny_patch16_224", None, 0.5) in seen
+    assert len(seen) == 28
+    cfg = compose_cfg("experiment=faithfulness_eval", "train_sweep=x", "ckpt=x.ckpt", config_name="evaluate")
+    assert set(cfg.metric) >= {"aopc", "max_sensitivity", "haas"} and cfg.split == "test"

@@ -480,3 +480,20 @@ def test_ambiguous_mask_stem_is_refused(canonical: Path) -> None:
     )
     with pytest.raises(DatasetNotFoundError, match="same file stem"):
         read_label_table(canonical)
+
+
+def test_standin_keeps_the_dataset_name_and_differs_per_dataset() -> None:
+    from xai_bench.data import standin_datamodule
+
+    kvasir = standin_datamodule("kvasir", img_size=32, num_train=8, num_val=4, num_test=4, root="/nowhere",
+                                prepare_hint="unused", mask_size="resize")
+    mura = standin_datamodule("mura", img_size=32, num_train=8, num_val=4, num_test=4)
+    assert kvasir.name == "kvasir" and mura.name == "mura"
+    kvasir.setup("test")
+    mura.setup("test")
+    a, b = next(iter(kvasir.test_dataloader())), next(iter(mura.test_dataloader()))
+    assert a["image"].shape == (4, 3, 32, 32)
+    assert not torch.equal(a["image"], b["image"])  # each stand-in has its own data seed
+    again = standin_datamodule("kvasir", img_size=32, num_train=8, num_val=4, num_test=4)
+    again.setup("test")
+    assert torch.equal(next(iter(again.test_dataloader()))["image"], a["image"])

@@ -3,6 +3,7 @@ the explanations of the model it trains must find the lesion (the synthetic ROI)
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -59,3 +60,15 @@ def test_methods_localise_the_lesion_and_fail_parameter_randomisation(demo_run: 
         assert last < 0.3 < first, (method, first, last)  # randomised all the way down: the maps change
     # the random map ignores the model entirely: it does not pass the randomisation test
     assert min(v["value"] for k, v in random.items() if k.startswith("mprt/ssim/")) == pytest.approx(1.0)
+
+    # step 3 of `make demo`: the report of this sweep carries the same numbers
+    proc = run_cli(["xai_bench.report", f"sweep={sweep}", "print_config=false"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "Open the report:" in proc.stdout
+    rows = list(csv.DictReader((sweep / "report" / "report.csv").open()))
+    for method in METHODS:
+        (row,) = [r for r in rows if r["method"] == method and r["metric"] == "pointing_game"]
+        assert float(row["value"]) == pytest.approx(results[method]["pointing_game"]["value"])
+        assert row["dataset"] == "synthetic" and row["init"] == "random"
+    html = (sweep / "report" / "index.html").read_text()
+    assert all(method in html for method in METHODS) and "<img" in html

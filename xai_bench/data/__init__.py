@@ -15,6 +15,7 @@ _EXPORTS = {
     "ImageTableDataModule": "datamodule",
     "SyntheticDataModule": "datamodule",
     "split_seed": "datamodule",
+    "standin_datamodule": "standin",
     "SPLITS": "datasets",
     "ImageTableDataset": "datasets",
     "LabelTable": "datasets",

@@ -1,0 +1,104 @@
+"""Aggregate an evaluation sweep: `python -m xai_bench.report sweep=DIR [compare=study]`.
+
+Thin entry point: Hydra composes conf/report.yaml; the evaluation runs below `sweep` become the
+reference study's table (xai_bench.report.study), written as report.csv/.md/.tex
+(xai_bench.report.writers) and index.html with plots and overlay galleries
+(xai_bench.report.html) in `out` (default <sweep>/report), and logged to W&B (job_type report).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from xai_bench.report.html import copy_galleries, write_html, write_plots
+from xai_bench.report.study import SweepScan, common_group, scan_sweep, study_table, sweep_facts
+from xai_bench.report.writers import log_to_loggers, write_csv, write_markdown, write_tex
+from xai_bench.tracking import resolved_config, write_config
+from xai_bench.utils.errors import ConfigError
+from xai_bench.utils.instantiate import instantiate_loggers
+from xai_bench.utils.rich_config import print_config_tree
+from xai_bench.utils.task import run_entry, task_wrapper
+
+log = logging.getLogger(__name__)
+
+USAGE = ("pass sweep=<the folder of an evaluation sweep (outputs/evaluate/multiruns/<date>/<time>)> or "
+         "any folder holding evaluation run folders (config.yaml with task_name: evaluate, metrics.json)")
+
+
+def _report_dir(*, _root_: DictConfig) -> str:
+    """hydra.run.dir: `out`, or a scratch folder when the sweep folder is not given or does not
+    exist (Hydra creates the run folder before the task can say what is wrong, and must not
+    create the sweep folder)."""
+    if OmegaConf.is_missing(_root_, "sweep") or not Path(str(_root_.sweep)).expanduser().is_dir():
+        return str(Path(tempfile.gettempdir()) / "xai_bench-report-no-sweep")
+    return str(_root_.out)
+
+
+OmegaConf.register_new_resolver("xai.report_dir", _report_dir, replace=True)
+
+
+def scan_or_fail(sweep: str, out: Path) -> SweepScan:
+    """The sweep's evaluation runs; a clear error when there is nothing to report."""
+    root = Path(sweep).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"sweep={sweep} is not a folder: {USAGE}.")
+    scan = scan_sweep(root, exclude=[out])
+    if not scan.runs:
+        found = f" ({len(scan.incomplete)} incomplete, none finished)" if scan.incomplete else ""
+        raise ConfigError(f"no evaluation runs in sweep={sweep}{found}: {USAGE}.")
+    for skipped in scan.incomplete:
+        log.warning("incomplete evaluation run left out: %s (%s)", skipped.run_dir, skipped.reason)
+    if scan.other:
+        log.info("%d folder(s) of other tasks skipped (training runs, ...)", len(scan.other))
+    return scan
+
+
+@task_wrapper
+def report(cfg: DictConfig) -> dict[str, Any]:
+    """Collect, aggregate, write the files and the page, log to W&B; returns the written paths."""
+    if OmegaConf.is_missing(cfg, "sweep"):
+        raise ConfigError(f"no sweep given: {USAGE}.")
+    out = Path(cfg.paths.output_dir).resolve()
+    scan = scan_or_fail(str(cfg.sweep), out)
+    if cfg.get("print_config", True):
+        print_config_tree(cfg)
+    metrics = [cfg.metrics] if isinstance(cfg.metrics, str) else list(cfg.metrics)
+    table = study_table(scan.runs, metrics=metrics, compare=cfg.get("compare"),
+                        compare_iou=str(cfg.get("compare_iou", "mean")))
+    facts = sweep_facts(scan, table)
+    digits = int(cfg.get("digits", 2))
+    files = {
+        "csv": write_csv(table, out / "report.csv"),
+        "md": write_markdown(table, facts, out / "report.md", scan.incomplete, digits),
+        "tex": write_tex(table, facts, out / "report.tex", scan.incomplete, digits),
+    }
+    plots = write_plots(table, out)
+    galleries = copy_galleries(scan.runs, table, out, int(cfg.get("galleries") or 0))
+    files["html"] = write_html(table, facts, out, plots, galleries, scan.incomplete, digits)
+
+    with open_dict(cfg):  # the W&B group: the evaluation runs' own, unless one was given
+        cfg.group = cfg.get("group") or common_group(scan.runs)
+    config = resolved_config(cfg)
+    write_config(config, out)
+    loggers = instantiate_loggers(cfg.get("logger"))
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    log_to_loggers(loggers, table, plots)
+    log.info("%d evaluation runs, %d incomplete; report folder: %s", len(scan.runs), len(scan.incomplete), out)
+    print(f"Open the report: {files['html']}")
+    return {name: str(path) for name, path in files.items()}
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="report")
+def main(cfg: DictConfig) -> None:
+    run_entry(report, cfg)
+
+
+if __name__ == "__main__":
+    main()
