@@ -48,6 +48,10 @@ def test_methods_localise_the_lesion_and_fail_parameter_randomisation(demo_run: 
             summary = json.loads((folder / "metrics.json").read_text())
             results[summary["method"]] = summary["methods"][summary["method"]]["metrics"]
             assert (folder / "per_image.csv").is_file() and offline_run_dirs(folder)
+            wandb_run = read_offline_run(offline_run_dirs(folder)[0])
+            # an evaluation joins its training run's W&B group
+            assert (wandb_run.group, wandb_run.job_type) == ("synthetic-random", "eval")
+            assert summary["method"] in wandb_run.tags
     assert set(results) == set(METHODS)
     random = results["random"]
     best = {name: max(results[m][name]["value"] for m in METHODS[:3]) for name in ("pointing_game", "iou@5", "iou@10")}

@@ -120,6 +120,22 @@ def test_sweep_runs_each_job_through_slurm(slurm, tmp_path: Path) -> None:
     assert (sweep_dir / ".submitit").is_dir()
 
 
+def test_ddp_job_gets_one_slurm_task_per_device(slurm, tmp_path: Path) -> None:
+    # launcher: tasks_per_node = trainer.devices; Lightning's SLURM environment joins the tasks
+    proc = subprocess.run(
+        _sweep_args(tmp_path, "seed=5", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"),
+        cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = _run_folders(tmp_path)
+    (attempt,) = read_attempts(run)  # rank 0 alone writes the run folder
+    assert attempt["slurm"]["ntasks"] == "2"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert len(offline_run_dirs(run)) == 1
+    assert _final_state(attempt["slurm"]["job_id"]) == "COMPLETED"
+
+
 def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
