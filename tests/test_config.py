@@ -68,7 +68,7 @@ def test_init_configs_name_the_study_files(compose_cfg, init: str, file: str) ->
 
 
 @pytest.mark.parametrize("group", ["dataset", "init", "optimizer", "scheduler", "model", "trainer",
-                                   "logger", "callbacks", "debug", "experiment"])
+                                   "logger", "callbacks", "debug", "experiment", "objective"])
 def test_every_option_of_every_group_composes(compose_cfg, group: str) -> None:
     options = sorted(p.stem for p in (REPO_ROOT / "conf" / group).glob("*.yaml"))
     assert options, group

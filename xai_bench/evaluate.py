@@ -19,10 +19,11 @@ from torch import nn
 
 from xai_bench.explain import build_method
 from xai_bench.models import load_checkpoint_safely
+from xai_bench.models.weights import load_trained_network
 from xai_bench.modules.evaluator import ExplanationEvaluator
 from xai_bench.report import flat_scalars, per_image_rows, summarise, write_per_image_csv
 from xai_bench.tracking import resolve_checkpoint, resolved_config, write_config, write_metrics
-from xai_bench.utils.errors import ConfigError, XaiBenchError
+from xai_bench.utils.errors import ConfigError
 from xai_bench.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from xai_bench.utils.resolvers import training_config
 from xai_bench.utils.rich_config import print_config_tree
@@ -31,7 +32,6 @@ from xai_bench.utils.task import run_entry, task_wrapper
 log = logging.getLogger(__name__)
 
 # prefixes Lightning and torch.compile put before the network's own parameter names
-_STATE_PREFIXES = ("net._orig_mod.", "net.")
 # sections of conf/evaluate.yaml that are copies of the training run's config
 RUN_SECTIONS = ("dataset", "init", "model")
 
@@ -44,23 +44,7 @@ def load_network(model_cfg: DictConfig, checkpoint: Path, state: dict[str, Any] 
     assert isinstance(cfg, dict)
     cfg["init"] = {"name": "random", "pretrained": False}
     net = hydra.utils.instantiate(cfg)
-    state = load_checkpoint_safely(checkpoint) if state is None else state
-    state = state.get("state_dict", state)
-    weights = {}
-    for key, value in state.items():
-        for prefix in _STATE_PREFIXES:
-            if key.startswith(prefix):
-                weights[key[len(prefix):]] = value
-                break
-    if not weights:
-        weights = dict(state)  # a plain state dict of the network
-    missing, unexpected = net.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise XaiBenchError(
-            f"checkpoint {checkpoint} does not match the model of its run config "
-            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})."
-        )
-    return net
+    return load_trained_network(net, checkpoint, state)
 
 
 def _datamodule(cfg: DictConfig, run_cfg: DictConfig) -> pl.LightningDataModule:
@@ -143,6 +127,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = ExplanationEvaluator(
         net, methods, metrics, num_classes=int(run_cfg.dataset.num_classes), mean=mean, std=std,
         overlay_ids=ids[: int(cfg.get("overlays") or 0)], overlay_dir=output_dir / "overlays", image_names=image_name,
+        multilabel=bool(run_cfg.dataset.get("multilabel", False)),
     )
     if cfg.split != "roi" and module.requires_mask and not any(getattr(loader.dataset, "has_mask", [True])):
         raise ConfigError(f"the localisation metrics need ROI masks, and split={cfg.split} has none: use split=roi.")

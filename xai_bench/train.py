@@ -15,8 +15,9 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from xai_bench.models import load_checkpoint_safely
+from xai_bench.models.weights import load_trained_network
 from xai_bench.modules import BestEpochTracker
-from xai_bench.tracking import resolved_config, write_config, write_metrics
+from xai_bench.tracking import resolve_checkpoint, resolved_config, write_config, write_metrics
 from xai_bench.tracking.cluster import record_attempt, resume_checkpoint, slurm_job
 from xai_bench.utils.class_weights import resolve_class_weights
 from xai_bench.utils.instantiate import instantiate_callbacks, instantiate_loggers
@@ -67,6 +68,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         resumed_at = {"checkpoint": str(ckpt_path), "epoch": state.get("epoch"), "global_step": state.get("global_step")}
         del state
     net = hydra.utils.instantiate(cfg.model)
+    if cfg.get("init_from"):  # a trained network of this task, head included (ATCON unsupervised)
+        load_trained_network(net, resolve_checkpoint(cfg.init_from))
+        log.info("network weights (head included) from %s", cfg.init_from)
 
     class_weights = resolve_class_weights(cfg.module.get("class_weights"), datamodule, cfg.dataset.num_classes)
     module = hydra.utils.instantiate(
@@ -76,6 +80,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         class_weights=class_weights,
     )
+    if module.uses_unlabeled:  # e.g. ATCON: training batches become labelled + unlabeled pairs
+        datamodule.pair_with_unlabeled()
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(

@@ -192,10 +192,10 @@ class _ClassificationDataModule(pl.LightningDataModule):
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         return self.datasets[split]
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, seed_offset: int = 0) -> DataLoader:
         generator = None
         if shuffle:
-            seed = self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()
+            seed = (self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()) + seed_offset
             generator = torch.Generator().manual_seed(int(seed))
             transform = getattr(dataset, "transform", None)
             if self.num_workers == 0 and hasattr(transform, "set_random_seed"):
@@ -224,9 +224,29 @@ class _ClassificationDataModule(pl.LightningDataModule):
     def test_dataset(self) -> Dataset:
         return self._dataset("test")
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled by a generator seeded from `shuffle_seed`, else from torch's seed."""
-        return self._loader(self.train_dataset, shuffle=True)
+    def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
+        """Shuffled by a generator seeded from `shuffle_seed`, else from torch's seed. Paired with
+        unlabeled images ({"labelled", "unlabeled"}, cycled to the longer) for objectives that
+        train on them (ATCON); Lightning gives each loader its own DistributedSampler."""
+        labelled = self._loader(self.train_dataset, shuffle=True)
+        if not getattr(self, "pair_unlabeled", False):
+            return labelled
+        return {"labelled": labelled, "unlabeled": self._loader(self.unlabeled_dataset(), shuffle=True, seed_offset=1)}
+
+    def pair_with_unlabeled(self) -> None:
+        """Yield {"labelled", "unlabeled"} training batches from now on."""
+        self.pair_unlabeled = True
+
+    def unlabeled_dataset(self) -> Dataset:
+        """The low-data regime's unlabeled pool; without one (or an empty one: fraction 1.0), the
+        training images themselves (an unsupervised objective never reads their labels)."""
+        self._dataset("train")
+        pool = getattr(self, "unlabeled", None)
+        return pool if pool is not None and len(pool) > 0 else self.train_dataset
+
+    def train_sizes(self) -> tuple[int, int]:
+        """(labelled, unlabeled) training images: ATCON's alternating share needs both."""
+        return len(self.train_dataset), len(self.unlabeled_dataset())  # type: ignore[arg-type]
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, shuffle=False)

@@ -24,18 +24,28 @@ The canonical prepared layout of a real dataset (what `ImageTableDataset` reads)
                              masks/ there. Same lookup rules as masks/.
 
 Multi-label datasets write the label column as ";"-separated class indices ("3;7") and set
-`multilabel: true`; their samples carry a float multi-hot label (C,).
+`multilabel: true`; their samples carry a float multi-hot label (C,). A multi-label dataset may
+also hold per-class object boxes (the weakly supervised localisation IoU, SPEC 3.2):
+
+    <root>/boxes.csv         columns: image (as in labels.csv), class (index or class name),
+                             x0, y0, x1, y1 (x1, y1 exclusive) in the stored image's pixels
+
+and then every sample also carries
+
+    class_masks  uint8 (C, H, W): 1 inside the union of class c's boxes, in the transformed frame
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import json
+import math
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import albumentations as A
@@ -50,7 +60,14 @@ from xai_bench.data.synthetic import SyntheticSamples, masks_to_boxes
 from xai_bench.data.transforms import imagenet_normalize
 from xai_bench.utils.errors import ConfigError, DatasetNotFoundError, XaiBenchError
 
-__all__ = ["SPLITS", "ImageTableDataset", "LabelTable", "SyntheticDataset", "read_label_table"]
+__all__ = [
+    "SPLITS",
+    "ImageTableDataset",
+    "LabelTable",
+    "SyntheticDataset",
+    "read_class_boxes",
+    "read_label_table",
+]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_COLUMNS: tuple[str, ...] = ("image", "label", "split")
@@ -65,20 +82,26 @@ def _normalize_only() -> A.Compose:
     return A.Compose([imagenet_normalize(), ToTensorV2()])
 
 
+def _as_mask_tensor(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
+    mask = torch.as_tensor(np.asarray(mask)) if isinstance(mask, np.ndarray) else mask
+    return (mask > 0).to(torch.uint8)
+
+
 def _apply_transform(
-    transform: Transform | None, image: np.ndarray, mask: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run image and mask through one transform; -> (float (3, H, W), uint8 mask (H, W[, C]))."""
+    transform: Transform | None, image: np.ndarray, mask: np.ndarray, extra: Sequence[np.ndarray] = ()
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Run image, mask and `extra` masks through ONE transform call, so random crops and flips
+    agree; -> (float (3, H, W), uint8 mask (H, W[, C]), [uint8 (H, W)] per extra mask)."""
     if transform is None:
         transform = _normalize_only()
-    out = transform(image=image, mask=mask)
-    img, msk = out["image"], out["mask"]
+    out = transform(image=image, mask=mask, masks=list(extra)) if len(extra) else transform(image=image, mask=mask)
+    img = out["image"]
     if isinstance(img, np.ndarray):  # the pipeline did not end with ToTensorV2
         img = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1) if img.ndim == 3 else img[None]))
     if img.dtype == torch.uint8:  # no Normalize in the pipeline: at least give the model floats
         img = img.float().div_(255.0)
-    msk = torch.as_tensor(np.asarray(msk)) if isinstance(msk, np.ndarray) else msk
-    return img.float(), (msk > 0).to(torch.uint8)
+    extra_t = [_as_mask_tensor(m) for m in out["masks"]] if len(extra) else []
+    return img.float(), _as_mask_tensor(out["mask"]), extra_t
 
 
 def _sample(
@@ -125,7 +148,7 @@ class SyntheticDataset(Dataset):
         mask = s.masks[index]
         if self.return_shortcut_mask:
             mask = np.stack([mask, s.shortcut_masks[index]], axis=-1)
-        image, mask = _apply_transform(self.transform, s.images[index], mask)
+        image, mask, _ = _apply_transform(self.transform, s.images[index], mask)
         extra = {}
         if self.return_shortcut_mask:
             mask, extra["shortcut_mask"] = mask[..., 0].contiguous(), mask[..., 1].contiguous()
@@ -327,11 +350,88 @@ def _read_mask(path: Path, height: int, width: int, policy: str = "resize") -> n
     return mask
 
 
+BOX_COLUMNS: tuple[str, ...] = ("image", "class", "x0", "y0", "x1", "y1")
+ClassBox = tuple[int, float, float, float, float]  # class, x0, y0, x1, y1 (exclusive), stored pixels
+
+
+def _box_class_names(root: Path, class_names: Sequence[str] | None) -> tuple[str, ...]:
+    """Names the class column may use: the config's, else prepare.json's (the prepare scripts
+    write names, e.g. PASCAL VOC's "person", and a test may build a datamodule without them)."""
+    if class_names is not None:
+        return tuple(class_names)
+    try:
+        return tuple(json.loads((root / "prepare.json").read_text()).get("class_names") or ())
+    except (OSError, ValueError, AttributeError):
+        return ()
+
+
+def _box_class(text: str, names: Sequence[str], num_classes: int) -> int:
+    index = int(text) if text.lstrip("-").isdigit() else (names.index(text) if text in names else None)
+    if index is None or not 0 <= index < num_classes:
+        known = f" or one of the class names {_listing(list(names))}" if names else ""
+        raise ValueError(f"class {text!r} is not a class index in 0..{num_classes - 1}{known}")
+    return index
+
+
+def _box_corners(row: Mapping[str, str]) -> tuple[float, float, float, float]:
+    texts = [row[k] for k in BOX_COLUMNS[2:]]
+    try:
+        x0, y0, x1, y1 = (float(t) for t in texts)
+    except ValueError:
+        raise ValueError(f"coordinates {texts} are not all numbers") from None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or not (x1 > x0 and y1 > y0):
+        raise ValueError(f"box x0={texts[0]}, y0={texts[1]}, x1={texts[2]}, y1={texts[3]} is empty or not "
+                         "finite (x1 > x0 and y1 > y0 are needed: x1, y1 are exclusive)")
+    return x0, y0, x1, y1
+
+
+def read_class_boxes(
+    path: str | Path, image_rel: Sequence[str], num_classes: int, class_names: Sequence[str] = ()
+) -> dict[int, list[ClassBox]]:
+    """boxes.csv as {row of labels.csv: [(class, x0, y0, x1, y1)]}. Validated when read, so a bad
+    row fails the run at construction with its file and line, not inside a loader worker."""
+    path = Path(path)
+    rows_of = {PurePosixPath(rel).as_posix(): i for i, rel in enumerate(image_rel)}
+    boxes: dict[int, list[ClassBox]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in BOX_COLUMNS if c not in columns]
+        if missing:
+            raise XaiBenchError(
+                f"{path} lacks column(s) {missing}; found {columns}. boxes.csv needs columns image (as in "
+                "labels.csv), class (index or name), x0, y0, x1, y1 (x1, y1 exclusive, stored-image pixels)."
+            )
+        reader.fieldnames = columns
+        for raw in reader:
+            row = {k: (v or "").strip() for k, v in raw.items() if k is not None}
+            try:
+                image = PurePosixPath(row["image"]).as_posix() if row["image"] else ""
+                if image not in rows_of:
+                    raise ValueError(f"image {row['image']!r} is not in labels.csv")
+                box = (_box_class(row["class"], class_names, num_classes), *_box_corners(row))
+            except ValueError as err:
+                raise XaiBenchError(f"{path} line {reader.line_num}: {err}.") from None
+            boxes.setdefault(rows_of[image], []).append(box)
+    return boxes
+
+
+def _class_mask(boxes: Sequence[ClassBox], height: int, width: int) -> np.ndarray:
+    """uint8 (H, W) union of the boxes: the prepare scripts' rule for box ROIs (pixels floor(x0)
+    .. ceil(x1) - 1), clipped to the image, so a box and its ROI mask cover the same pixels."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for _, x0, y0, x1, y1 in boxes:
+        c0, r0, c1, r1 = math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1)
+        mask[max(r0, 0): min(r1, height), max(c0, 0): min(c1, width)] = 1
+    return mask
+
+
 class ImageTableDataset(Dataset):
     """One split of a dataset in the canonical prepared layout (see the module docstring).
 
     The table is validated at construction (pass `table` to share one read between splits);
-    image files are read lazily, and an unreadable one raises XaiBenchError naming it.
+    image files are read lazily, and an unreadable one raises XaiBenchError naming it. A
+    multi-label dataset with <root>/boxes.csv gives every sample "class_masks" (C, H, W).
     """
 
     def __init__(
@@ -364,6 +464,17 @@ class ImageTableDataset(Dataset):
                 f"{self.root / 'labels.csv'} has label {int(self.table.labels.max())} but only "
                 f"{num_classes} class names are given: {list(self.class_names or ())}."
             )
+        self.class_boxes = self._read_class_boxes()
+
+    def _read_class_boxes(self) -> dict[int, list[ClassBox]] | None:
+        """Found by the dataset itself (no datamodule option): None without boxes.csv or when
+        single-label, so every sample of a dataset has the same keys."""
+        path = self.table.root / "boxes.csv"
+        if not self.table.multilabel or not path.is_file():
+            return None
+        rel = [p.relative_to(self.table.root).as_posix() for p in self.table.images]
+        names = _box_class_names(self.table.root, self.class_names)
+        return read_class_boxes(path, rel, int(self.table.labels.shape[1]), names)
 
     def __len__(self) -> int:
         return int(self.rows.size)
@@ -395,10 +506,19 @@ class ImageTableDataset(Dataset):
             if mask_path is not None and roi_path is None
             else np.zeros((h, w), dtype=np.uint8)
         )
-        image_t, mask_t = _apply_transform(self.transform, image, mask)
+        boxes = self.class_boxes.get(row, []) if self.class_boxes is not None else []
+        present = sorted({box[0] for box in boxes})
+        extra = [_class_mask([b for b in boxes if b[0] == cls], h, w) for cls in present]
+        image_t, mask_t, class_t = _apply_transform(self.transform, image, mask, extra)
+        out_h, out_w = image_t.shape[-2:]
         if roi_path is not None:
-            out_h, out_w = image_t.shape[-2:]
             mask_t = torch.from_numpy(_read_mask(roi_path, out_h, out_w, self.mask_size))
         label = self.table.labels[row]
         label_t = torch.from_numpy(label.astype(np.float32)) if self.table.multilabel else int(label)
-        return _sample(image_t, mask_t, label_t, mask_path is not None or roi_path is not None, index)
+        sample = _sample(image_t, mask_t, label_t, mask_path is not None or roi_path is not None, index)
+        if self.class_boxes is not None:
+            class_masks = torch.zeros((self.table.labels.shape[1], out_h, out_w), dtype=torch.uint8)
+            for cls, class_mask in zip(present, class_t, strict=True):
+                class_masks[cls] = class_mask
+            sample["class_masks"] = class_masks
+        return sample

@@ -30,7 +30,7 @@ class EvalBatch:
     """Everything a metric may need about one batch explained by one method."""
 
     images: torch.Tensor  # (B, C, H, W) as the model takes them
-    labels: torch.Tensor  # (B,)
+    labels: torch.Tensor  # (B,); multi-label: multi-hot (B, K)
     ids: torch.Tensor  # (B,) dataset index of each image: the key of the per-image table
     maps: torch.Tensor  # (B, H, W) the method's maps, post-processed
     target: torch.Tensor  # (B,) the class each map explains
@@ -39,6 +39,7 @@ class EvalBatch:
     method: ExplainMethod
     masks: torch.Tensor | None = None  # (B, H, W) ROI, nonzero = inside
     has_mask: torch.Tensor | None = None  # (B,) bool: the image has a ROI annotation
+    class_masks: torch.Tensor | None = None  # (B, K, H, W) per-class boxes (boxes.csv); None without
     mean: Sequence[float] = (0.485, 0.456, 0.406)  # input normalisation (for HAAS)
     std: Sequence[float] = (0.229, 0.224, 0.225)
 
@@ -48,7 +49,12 @@ class EvalBatch:
 
     @property
     def correct(self) -> torch.Tensor:
-        return self.predicted == self.labels.to(self.logits.device)
+        """(B,) the top class is right; multi-label: it is one of the image's labels (the class
+        a predicted-target map explains is then present)."""
+        labels = self.labels.to(self.logits.device)
+        if labels.ndim == 2:
+            return labels.gather(1, self.predicted[:, None]).squeeze(1) > 0
+        return self.predicted == labels
 
     def explain(self, images: torch.Tensor, target: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Re-run the method on other inputs (perturbed images, a randomised model, ...)."""

@@ -3,6 +3,9 @@
 Images without a ROI annotation score NaN (left out of every mean and counted). Images whose
 annotation is an EMPTY mask count as misses (score 0), as in the reference study; set
 `empty_mask: skip` to leave them out instead. Maps with NaNs score NaN.
+
+`wsl_iou` (ATCON, SPEC 3.2) judges the map against the boxes of the class it explains
+(a multi-label dataset's boxes.csv, the batch's "class_masks"), not against the ROI mask.
 """
 
 from __future__ import annotations
@@ -99,3 +102,23 @@ class RelevanceRank(_MaskMetric):
 
     def mask_scores(self, maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         return {self.key: F_loc.relevance_rank(maps, masks)}
+
+
+@register_metric("wsl_iou")
+class WslIoU(ImageMetric):
+    """ATCON's weakly supervised localisation IoU: the map binarised at `threshold` vs the union
+    of the explained class's boxes; 0 when that class has no box in the image, NaN for an
+    image without boxes (see functional.localisation.wsl_iou)."""
+
+    def __init__(self, key: str = "wsl_iou", threshold: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(key, **kwargs)
+        self.threshold = float(threshold)
+        self._add_columns([key])
+
+    def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        if batch.class_masks is None:
+            raise ConfigError(
+                f"metric {self.key} needs per-class boxes, and the dataset has no boxes.csv (a multi-label "
+                "dataset's <root>/boxes.csv, e.g. from scripts/prepare_pascal_voc.py without --resize)."
+            )
+        return {self.key: F_loc.wsl_iou(batch.maps.float(), batch.class_masks, batch.target, self.threshold)}

@@ -551,3 +551,32 @@ def load_weights_into(
         " and attention blocks" if fresh and not fresh_in_file else "",
     )
     return left
+
+
+# --------------------------------------------------------------------------------------------
+# xai_bench's own training checkpoints
+
+# how ClassifierModule names its network in a Lightning checkpoint (torch.compile adds _orig_mod)
+TRAINED_STATE_PREFIXES = ("net._orig_mod.", "net.")
+
+
+def load_trained_network(net: nn.Module, checkpoint: str | os.PathLike[str], state: Mapping[str, Any] | None = None) -> nn.Module:
+    """Load every weight of a network trained by xai_bench (head included) strictly, from its
+    Lightning checkpoint (read safely) or a plain state dict. `state`: the checkpoint already read."""
+    state = load_checkpoint_safely(checkpoint) if state is None else state
+    state = state.get("state_dict", state)
+    weights = {}
+    for key, value in state.items():
+        for prefix in TRAINED_STATE_PREFIXES:
+            if key.startswith(prefix):
+                weights[key[len(prefix):]] = value
+                break
+    if not weights:
+        weights = dict(state)  # a plain state dict of the network
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise XaiBenchError(
+            f"checkpoint {checkpoint} does not match the model of its run config "
+            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})."
+        )
+    return net

@@ -19,6 +19,7 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
+from xai_bench.modules.objectives import SupervisedObjective, labelled_part
 from xai_bench.utils.errors import ConfigError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -69,6 +70,7 @@ class ClassifierModule(pl.LightningModule):
         label_smoothing: float = 0.0,
         compile: bool = False,
         multilabel: bool = False,
+        objective: SupervisedObjective | None = None,
     ) -> None:
         super().__init__()
         if class_weights is not None and len(class_weights) != num_classes:
@@ -83,8 +85,11 @@ class ClassifierModule(pl.LightningModule):
                 "label_smoothing": float(label_smoothing),
                 "compile": bool(compile),
                 "multilabel": bool(multilabel),
+                "objective": (objective or SupervisedObjective()).hparams(),
             }
         )
+        # what a training step optimises (conf/objective/): supervised, or ATCON's modes
+        self.objective = objective or SupervisedObjective()
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -117,12 +122,29 @@ class ClassifierModule(pl.LightningModule):
         loss = self.criterion(logits.float(), target)
         return loss, logits
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    @property
+    def uses_unlabeled(self) -> bool:
+        """True when the objective also trains on unlabeled images (the data module pairs them)."""
+        return bool(self.objective.uses_unlabeled)
+
+    def supervised_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The supervised loss of a labelled training batch; updates and logs training accuracy."""
         loss, logits = self._shared_step(batch)
         self.train_acc(logits.detach(), batch["label"].long() if self.multilabel else batch["label"])
-        batch_size = batch["label"].shape[0]
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["label"].shape[0])
+        return loss, logits
+
+    def on_fit_start(self) -> None:
+        sizes = getattr(self.trainer.datamodule, "train_sizes", None)
+        if sizes is not None:
+            self.objective.bind(*sizes())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, parts = self.objective.training_loss(self, batch, self.global_step)
+        batch_size = labelled_part(batch)["image"].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         return loss
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> None:

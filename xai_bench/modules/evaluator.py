@@ -25,6 +25,13 @@ from xai_bench.utils.errors import ConfigError
 MetricFactory = Callable[..., ImageMetric]
 
 
+def _label_text(label: torch.Tensor) -> str:
+    """A class index, or a multi-hot row as its ";"-separated classes (as in labels.csv)."""
+    if label.ndim == 0:
+        return str(int(label))
+    return ";".join(str(c) for c in torch.nonzero(label > 0).flatten().tolist())
+
+
 class ExplanationEvaluator(pl.LightningModule):
     """Runs every method on every batch and updates each method's metrics.
 
@@ -32,7 +39,8 @@ class ExplanationEvaluator(pl.LightningModule):
         net: the trained classifier (frozen here).
         methods: name -> explain method (baselines included, they are methods too).
         metrics: key -> factory(key=...) building one metric; one instance per method.
-        num_classes: for balanced accuracy.
+        num_classes: for balanced accuracy and macro F1.
+        multilabel: sigmoid outputs and multi-hot labels (macro F1 at 0.5, exact-match accuracy).
         mean, std: the input normalisation (HAAS and overlays de-normalise with it).
         overlay_ids: image ids to render as overlay PNGs into `overlay_dir/<method>/`.
     """
@@ -48,6 +56,7 @@ class ExplanationEvaluator(pl.LightningModule):
         overlay_ids: Iterable[int] = (),
         overlay_dir: str | Path | None = None,
         image_names: Callable[[int], str] | None = None,
+        multilabel: bool = False,
     ) -> None:
         super().__init__()
         if not methods:
@@ -58,7 +67,7 @@ class ExplanationEvaluator(pl.LightningModule):
             {name: nn.ModuleDict({key: factory(key=key) for key, factory in metrics.items()}) for name in self.methods}
         )
         self.map_stats = nn.ModuleDict({name: MapStats() for name in self.methods})
-        self.predictions = PredictionTable(num_classes=num_classes)
+        self.predictions = PredictionTable(num_classes=num_classes, multilabel=multilabel)
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         self.overlay_ids = {int(i) for i in overlay_ids}
         self.overlay_dir = Path(overlay_dir) if overlay_dir is not None else None
@@ -81,6 +90,7 @@ class ExplanationEvaluator(pl.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         images, labels, ids = batch["image"], batch["label"], batch["index"]
         masks, has_mask = batch.get("mask"), batch.get("has_mask")
+        class_masks = batch.get("class_masks")  # only datasets with boxes.csv have them
         logits: torch.Tensor | None = None
         for position, (name, method) in enumerate(self.methods.items()):
             with torch.enable_grad():
@@ -93,7 +103,7 @@ class ExplanationEvaluator(pl.LightningModule):
                 context = EvalBatch(
                     images=images, labels=labels, ids=ids, maps=explanation.maps, target=explanation.target,
                     logits=logits, model=self.net, method=method, masks=masks, has_mask=has_mask,
-                    mean=self.mean, std=self.std,
+                    class_masks=class_masks, mean=self.mean, std=self.std,
                 )
                 if position == 0:  # predictions once per image, from the first method's forward
                     self.predictions.update(context)
@@ -109,7 +119,7 @@ class ExplanationEvaluator(pl.LightningModule):
             if image_id not in self.overlay_ids:
                 continue
             mask = context.masks[row] if context.masks is not None and bool(context.has_mask[row]) else None
-            label, target = int(context.labels[row]), int(context.target[row])
+            label, target = _label_text(context.labels[row]), int(context.target[row])
             pred = int(context.predicted[row])
             name = self.image_names(image_id) if self.image_names else str(image_id)
             save_overlay(

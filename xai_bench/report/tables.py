@@ -13,7 +13,7 @@ import torch
 
 from xai_bench.metrics.aggregate import bootstrap_summary
 from xai_bench.metrics.base import ImageMetric
-from xai_bench.metrics.predictions import MapStats, PredictionTable
+from xai_bench.metrics.predictions import MapStats, PredictionTable, class_set_texts
 
 __all__ = ["flat_scalars", "per_image_rows", "summarise", "write_per_image_csv"]
 
@@ -78,6 +78,10 @@ def per_image_rows(results: Mapping[str, Any], image_name: Callable[[int], str] 
                    **{c: _cell(float(predictions[c][row])) for c in PREDICTION_COLUMNS}}
         for row, image_id in enumerate(ids)
     }
+    for column in ("label", "pred"):  # multi-label: the sets as labels.csv writes them ("3;7")
+        texts = class_set_texts(predictions, f"{column}_set")
+        for image_id, text in zip(ids, texts or (), strict=False):
+            base[image_id][column] = text
     rows = []
     for method, per_method in results["methods"].items():
         columns: dict[int, dict[str, Any]] = {image_id: {} for image_id in ids}

@@ -20,6 +20,9 @@ Definitions follow the reference study (SPEC 2.5) and, where one exists, Quantus
 - ``relevance_mass``: ``sum(map inside mask) / sum(map)`` (Quantus ``RelevanceMassAccuracy``).
 - ``relevance_rank``: share of the top-``|mask|`` pixels of the map inside the mask (Quantus
   ``RelevanceRankAccuracy``), with ties at the cut-off resolved by their expected value.
+- ``wsl_iou`` (ATCON, SPEC 3.2): the map binarised at ``threshold`` (``>=``) against the union of
+  the boxes of the class the map explains, from per-class masks ``(B, C, H, W)``. It has its own
+  edge cases (see its docstring): no box of that class = 0.0, no boxes at all = NaN.
 
 Edge cases (no function raises on any of them; only invalid arguments raise ``ConfigError``),
 in order of precedence:
@@ -66,6 +69,7 @@ __all__ = [
     "pointing_game",
     "relevance_mass",
     "relevance_rank",
+    "wsl_iou",
 ]
 
 _CONSTANT_CHOICES = ("ties", "miss", "nan")
@@ -272,3 +276,40 @@ def relevance_rank(maps: Tensor, masks: Tensor) -> Tensor:
     hits = above_in + (kf - n_above) * tied_in / n_tied.clamp_min(1)
     scores = hits / kf.clamp_min(1)
     return _finish(scores, maps, masks)
+
+
+def _prepare_class_masks(maps: Tensor, class_masks: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Validate; -> (bool (B, C, H, W) class masks, long (B,) targets) on the maps' device."""
+    _check_maps(maps)
+    b, h, w = maps.shape
+    if not isinstance(class_masks, Tensor) or class_masks.ndim != 4 or class_masks.shape[0] != b \
+            or tuple(class_masks.shape[2:]) != (h, w):
+        shape = tuple(class_masks.shape) if isinstance(class_masks, Tensor) else type(class_masks).__name__
+        raise ConfigError(f"class_masks must be a (B, C, H, W) tensor matching the maps {(b, h, w)}, got {shape}")
+    targets = torch.as_tensor(targets, device=maps.device).long().view(-1)
+    num_classes = class_masks.shape[1]
+    if targets.numel() != b or bool(((targets < 0) | (targets >= num_classes)).any()):
+        raise ConfigError(f"targets must be {b} class indices in 0..{num_classes - 1}, got {targets.tolist()}")
+    return class_masks.to(maps.device) != 0, targets
+
+
+def wsl_iou(maps: Tensor, class_masks: Tensor, targets: Tensor, threshold: float = 0.5) -> Tensor:
+    """(B,) IoU of {map >= threshold} with the union of the boxes of class ``targets[i]``.
+
+    ATCON's weakly supervised localisation: the maps are min-max normalised, so one absolute
+    threshold means the same on every map. Edge cases, in order: a NaN map -> NaN; an image
+    without any class box (no annotation) -> NaN; a target class without a box in the image (the
+    map explains an absent class) -> 0.0, a miss; otherwise the IoU (an all-below-threshold map
+    scores 0, a constant map at or above it the box's area fraction).
+    """
+    level = _as_float(threshold)
+    if not math.isfinite(level):
+        raise ConfigError(f"wsl_iou threshold={threshold!r} is invalid; use a finite number (maps lie in [0, 1])")
+    masks, targets = _prepare_class_masks(maps, class_masks, targets)
+    b = maps.shape[0]
+    chosen = masks[torch.arange(b, device=maps.device), targets]  # (B, H, W) the explained class's boxes
+    kept = maps >= level
+    inter, union = _count(kept & chosen), _count(kept | chosen)
+    scores = inter.to(torch.float64) / union.clamp_min(1).to(torch.float64)  # no box: inter = 0 -> 0.0
+    undefined = ~_any(masks.flatten(1)) | has_nan(maps)
+    return torch.where(undefined, torch.full_like(scores, math.nan), scores).to(torch.float32)
