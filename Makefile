@@ -45,6 +45,7 @@ bench: install
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_explain.py
 	$(PY) scripts/bench_metrics.py
+	$(PY) scripts/bench_atcon.py
 
 clean:
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

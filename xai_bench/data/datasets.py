@@ -356,8 +356,10 @@ ClassBox = tuple[int, float, float, float, float]  # class, x0, y0, x1, y1 (excl
 
 def _box_class_names(root: Path, class_names: Sequence[str] | None) -> tuple[str, ...]:
     """Names the class column may use: the config's, else prepare.json's (the prepare scripts
-    write names, e.g. PASCAL VOC's "person", and a test may build a datamodule without them)."""
-    if class_names is not None:
+    write names, e.g. PASCAL VOC's "person", and a datamodule built without class_names only has
+    placeholders class_0, class_1, ...)."""
+    generic = class_names is not None and list(class_names) == [f"class_{i}" for i in range(len(class_names))]
+    if class_names is not None and not generic:  # the datamodule's placeholders name nothing
         return tuple(class_names)
     try:
         return tuple(json.loads((root / "prepare.json").read_text()).get("class_names") or ())
