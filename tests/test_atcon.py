@@ -199,6 +199,16 @@ def test_unsupervised_mode_never_reads_labels_and_multilabel_works() -> None:
     assert torch.isfinite(loss)
 
 
+def test_warmup_epochs_are_supervised_only() -> None:
+    module = _module(ATCONObjective(mode="combining", warmup_epochs=1))
+    module.log = lambda *a, **k: None
+    assert module.current_epoch == 0  # outside a Trainer
+    loss, parts = module.objective.training_loss(module, _pair(), step=0)
+    assert parts == {} and loss.item() == pytest.approx(module._shared_step(_pair()["labelled"])[0].item())
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        ATCONObjective(warmup_epochs=-1)
+
+
 def test_alternating_mode_takes_one_kind_of_step_per_draw() -> None:
     module = _module(ATCONObjective(mode="alternating", alpha=1.0, seed=0))
     module.log = lambda *a, **k: None
@@ -236,7 +246,7 @@ def test_datamodule_pairs_labelled_images_with_the_unlabeled_pool() -> None:
 @pytest.mark.slow
 def test_atcon_synthetic_experiment_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = run_cli(["xai_bench.train", "experiment=atcon_synthetic", "debug=tiny", "objective.mode=alternating",
+    proc = run_cli(["xai_bench.train", "experiment=atcon_synthetic", "debug=tiny", "objective.mode=alternating", "objective.warmup_epochs=0",
                     f"hydra.run.dir={out}"], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -250,7 +260,7 @@ def test_atcon_synthetic_experiment_runs_end_to_end(tmp_path: Path) -> None:
 
     # ATCON's unsupervised fine-tuning of that model: the whole network, head included
     tuned = tmp_path / "tuned"
-    proc = run_cli(["xai_bench.train", "experiment=atcon_synthetic", "debug=tiny", "objective.mode=unsupervised",
+    proc = run_cli(["xai_bench.train", "experiment=atcon_synthetic", "debug=tiny", "objective.mode=unsupervised", "objective.warmup_epochs=0",
                     f"init_from={out}", f"hydra.run.dir={tuned}"], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "head included" in (tuned / "train.log").read_text()

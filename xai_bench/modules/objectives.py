@@ -89,6 +89,7 @@ class ATCONObjective(SupervisedObjective):
         layer: str | None = None,
         gelu_rule: bool = True,
         gb_normalise: str = "minmax",
+        warmup_epochs: int = 0,
         seed: int = 0,
     ) -> None:
         if mode not in ATCON_MODES:
@@ -104,6 +105,9 @@ class ATCONObjective(SupervisedObjective):
         self.layer = layer
         self.gelu_rule = bool(gelu_rule)
         self.gb_normalise = gb_normalise
+        if int(warmup_epochs) < 0:
+            raise ConfigError(f"objective.warmup_epochs must be >= 0; got {warmup_epochs}.")
+        self.warmup_epochs = int(warmup_epochs)
         self.seed = int(seed)
         self.sampler: AlternatingSampler | None = None
 
@@ -114,7 +118,7 @@ class ATCONObjective(SupervisedObjective):
     def hparams(self) -> dict[str, Any]:
         return {"name": self.name, "mode": self.mode, "alpha": self.alpha, "mask_intensity": self.mask_intensity,
                 "similarity": self.similarity, "resolution": self.resolution, "layer": self.layer,
-                "gelu_rule": self.gelu_rule, "gb_normalise": self.gb_normalise, "seed": self.seed}
+                "gelu_rule": self.gelu_rule, "gb_normalise": self.gb_normalise, "warmup_epochs": self.warmup_epochs, "seed": self.seed}
 
     def bind(self, n_labelled: int, n_unlabeled: int) -> None:
         if self.mode == "alternating":
@@ -126,7 +130,7 @@ class ATCONObjective(SupervisedObjective):
         return result.loss
 
     def training_loss(self, module: ClassifierModule, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        if self.mode == "supervised":
+        if self.mode == "supervised" or module.current_epoch < self.warmup_epochs:
             return super().training_loss(module, batch, step)
         if "unlabeled" not in batch:
             raise ConfigError(f"ATCON's {self.mode} mode needs unlabeled batches: train it through "
