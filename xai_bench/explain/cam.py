@@ -19,6 +19,7 @@ study's configuration (SPEC 2.4).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,7 +37,7 @@ from xai_bench.explain.base import (
     upsample,
 )
 from xai_bench.explain.gradients import frozen_params
-from xai_bench.explain.vit_geometry import is_vit, tokens_to_grid
+from xai_bench.explain.vit_geometry import explicit_attention, is_vit, tokens_to_grid
 from xai_bench.utils.errors import ConfigError
 
 CAM_MODES = ("gradcam", "hirescam")
@@ -87,17 +88,12 @@ def layer_activations_and_grads(model: nn.Module, images: torch.Tensor, target: 
     def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
         store.append(out[0] if isinstance(out, tuple) else out)
 
-    # fused (flash) attention has no double backward: compute attention explicitly for create_graph
-    fused = [m for m in model.modules() if getattr(m, "fused_attn", False)] if create_graph else []
-    for m in fused:
-        m.fused_attn = False
     handle = module.register_forward_hook(hook)
     try:
-        logits = model(images)
+        with explicit_attention(model) if create_graph else contextlib.nullcontext():
+            logits = model(images)
     finally:
         handle.remove()
-        for m in fused:
-            m.fused_attn = True
     if len(store) != 1:
         raise ConfigError(f"the CAM layer ran {len(store)} times in one forward; choose a layer used once.")
     act = store[0]

@@ -64,3 +64,17 @@ def capture_attention(model: nn.Module, retain_grad: bool = False) -> Iterator[l
             handle.remove()
         for attn, flag in flags:
             attn.fused_attn = flag
+
+
+@contextmanager
+def explicit_attention(model: nn.Module) -> Iterator[None]:
+    """timm's fused (flash) attention has no double backward: compute attention explicitly
+    meanwhile (same output up to float rounding), then restore each module's flag."""
+    flags = [(m, m.fused_attn) for m in model.modules() if getattr(m, "fused_attn", False)]
+    for m, _ in flags:
+        m.fused_attn = False
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.fused_attn = flag

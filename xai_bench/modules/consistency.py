@@ -18,8 +18,6 @@ gradients are ~1e-3, so sigmoid(w * (gb - thr)) would be ~0.5 everywhere at the 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -28,25 +26,13 @@ from torch import nn
 
 from xai_bench.explain.cam import cam_from, layer_activations_and_grads
 from xai_bench.explain.gradients import guided_backprop_differentiable
+from xai_bench.explain.vit_geometry import explicit_attention
 from xai_bench.utils.errors import ConfigError
 
 SIMILARITIES = ("pearson", "ssim")
 GB_NORMALISATIONS = ("minmax", "none")
 RESOLUTIONS = ("feature", "input")
 _EPS = 1e-8
-
-
-@contextlib.contextmanager
-def explicit_attention(model: nn.Module) -> Iterator[None]:
-    """Fused (flash) attention has no double backward: compute attention explicitly meanwhile."""
-    fused = [m for m in model.modules() if getattr(m, "fused_attn", False)]
-    for m in fused:
-        m.fused_attn = False
-    try:
-        yield
-    finally:
-        for m in fused:
-            m.fused_attn = True
 
 
 def standardise(x: torch.Tensor) -> torch.Tensor:

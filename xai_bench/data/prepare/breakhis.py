@@ -23,16 +23,15 @@ Images are stored resized to 224x224 (the companion study's direct resize); no R
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
 from xai_bench.data.prepare.common import (
     PrepareReport,
     Record,
-    add_common_args,
     config_from_args,
     prepare_dataset,
+    prepare_parser,
     require_dir,
     run_prepare,
 )
@@ -88,8 +87,7 @@ def records(raw: Path, group_by: str = "slide") -> list[Record]:
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
     parser.add_argument("--group-by", choices=("slide", "number"), default="slide",
                         help="split unit: the slide id (14-22549AB, default) or its number alone (14-22549)")
     args = parser.parse_args(argv)

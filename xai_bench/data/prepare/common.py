@@ -43,6 +43,7 @@ __all__ = [
     "config_from_args",
     "config_with_publisher_test",
     "prepare_dataset",
+    "prepare_parser",
     "read_rgb",
     "require_dir",
     "run_prepare",
@@ -325,6 +326,14 @@ def attach_rois(out: Path, rois_dir: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- command line
+def prepare_parser(doc: str | None, default_resize: str | None) -> argparse.ArgumentParser:
+    """A prepare script's command line: its docstring's first line as description, plus the
+    arguments every dataset shares (add_common_args)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    add_common_args(parser, default_resize)
+    return parser
+
+
 def add_common_args(parser: argparse.ArgumentParser, default_resize: str | None) -> None:
     parser.add_argument("--raw", type=Path, required=True, help="the extracted official download")
     parser.add_argument("--out", type=Path, required=True, help="the prepared folder, e.g. data/<name>")

@@ -24,15 +24,14 @@ The companion resized to 224x224 in its transforms: the images are stored as pub
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from xai_bench.data.prepare.common import (
     PrepareReport,
     Record,
-    add_common_args,
     config_from_args,
     prepare_dataset,
+    prepare_parser,
     require_dir,
     run_prepare,
 )
@@ -79,8 +78,7 @@ def records(raw: Path, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) 
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     return prepare_dataset(records(args.raw, cfg.fractions), cfg, CLASS_NAMES, SOURCE)

@@ -21,7 +21,6 @@ used the 256x256 images as published (no preprocessing) and a Resize 224 test tr
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections import Counter
 from pathlib import Path
@@ -29,9 +28,9 @@ from pathlib import Path
 from xai_bench.data.prepare.common import (
     PrepareReport,
     Record,
-    add_common_args,
     config_with_publisher_test,
     prepare_dataset,
+    prepare_parser,
     require_dir,
     run_prepare,
 )
@@ -91,8 +90,7 @@ def warn_ambiguous_rois(recs: list[Record], rois: Path | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
     parser.add_argument("--subsets", nargs="+", choices=SUBSETS, default=list(SUBSETS),
                         help="which of CP-CHILD-A / CP-CHILD-B to include (default: both)")
     parser.add_argument("--val-fraction", type=float, default=0.1,

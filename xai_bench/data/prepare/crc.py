@@ -23,15 +23,14 @@ published (224x224).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from xai_bench.data.prepare.common import (
     PrepareReport,
     Record,
-    add_common_args,
     config_with_publisher_test,
     prepare_dataset,
+    prepare_parser,
     require_dir,
     run_prepare,
 )
@@ -76,8 +75,7 @@ def records(raw: Path, train_folder: str = TRAIN_FOLDER, test_folder: str = TEST
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
     parser.add_argument("--train-folder", default=TRAIN_FOLDER, help="under --raw (e.g. NCT-CRC-HE-100K-NONORM)")
     parser.add_argument("--test-folder", default=TEST_FOLDER, help="under --raw")
     parser.add_argument("--val-rule", choices=VAL_RULES, default="seeded",

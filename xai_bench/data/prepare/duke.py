@@ -34,7 +34,6 @@ Choices made here (documented in docs/datasets/duke.md):
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import re
@@ -48,9 +47,9 @@ import numpy as np
 from xai_bench.data.prepare.common import (
     PrepareReport,
     Record,
-    add_common_args,
     config_from_args,
     prepare_dataset,
+    prepare_parser,
     require_dir,
     run_prepare,
     to_uint8_rgb,
@@ -329,8 +328,7 @@ def _balance(positives: list[Record], negatives: list[Record], seed: int) -> tup
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
     parser.add_argument("--annotations", type=Path, default=None,
                         help="Annotation_Boxes.xlsx or its CSV export (default: looked up in and next to --raw)")
     parser.add_argument("--series", choices=sorted(SERIES_PATTERNS), default="pre",

@@ -20,7 +20,6 @@ grouped splits (`--fractions`).
 
 from __future__ import annotations
 
-import argparse
 import csv
 from collections import defaultdict
 from collections.abc import Sequence
@@ -29,9 +28,9 @@ from pathlib import Path
 from xai_bench.data.prepare.common import (
     PrepareReport,
     Record,
-    add_common_args,
     config_from_args,
     prepare_dataset,
+    prepare_parser,
     require_dir,
     run_prepare,
 )
@@ -235,8 +234,7 @@ def records(raw: Path, csv_path: Path | None = None, classes: Sequence[str] | No
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
     parser.add_argument("--csv", type=Path, default=None, help="label table: path,label[,split][,group]")
     parser.add_argument("--classes", nargs="+", default=None, help="class names in index order (default: sorted)")
     parser.add_argument("--masks", type=Path, default=None, help="folder of ROI masks, one per image")

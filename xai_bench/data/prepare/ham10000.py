@@ -25,16 +25,15 @@ masks/ (ROI) when their folder is present.
 
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
 
 from xai_bench.data.prepare.common import (
     PrepareReport,
     Record,
-    add_common_args,
     config_from_args,
     prepare_dataset,
+    prepare_parser,
     require_dir,
     run_prepare,
 )
@@ -115,8 +114,7 @@ def records(raw: Path, use_masks: bool = True) -> list[Record]:
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
     parser.add_argument("--no-masks", action="store_true", help=f"ignore {MASK_FOLDER}/ even when present")
     args = parser.parse_args(argv)
     return prepare_dataset(records(args.raw, use_masks=not args.no_masks), config_from_args(args), CLASS_NAMES, SOURCE)

@@ -26,7 +26,6 @@ are stored resized to 224x224 (the survey's direct resize). No ROI.
 
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
 
@@ -36,9 +35,9 @@ from xai_bench.data.prepare.common import (
     PrepareReport,
     Reader,
     Record,
-    add_common_args,
     config_from_args,
     prepare_dataset,
+    prepare_parser,
     require_dir,
     run_prepare,
     to_uint8_rgb,
@@ -116,8 +115,7 @@ def records(raw: Path, drop_duplicates: bool = False) -> list[Record]:
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
     parser.add_argument("--drop-duplicates", action="store_true", help=f"leave out image_name_2 of each pair in {DUPLICATES}")
     args = parser.parse_args(argv)
     return prepare_dataset(records(args.raw, args.drop_duplicates), config_from_args(args), CLASS_NAMES, SOURCE)

@@ -12,15 +12,14 @@ images with the shortest side 256 (aspect kept) and evaluated a CenterCrop 224.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from xai_bench.data.prepare.common import (
     PrepareReport,
     Record,
-    add_common_args,
     config_from_args,
     prepare_dataset,
+    prepare_parser,
     require_dir,
     run_prepare,
 )
@@ -45,8 +44,7 @@ def records(raw: Path) -> list[Record]:
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
     args = parser.parse_args(argv)
     return prepare_dataset(records(args.raw), config_from_args(args), CLASS_NAMES, SOURCE)
 

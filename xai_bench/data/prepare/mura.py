@@ -23,7 +23,6 @@ MURA publishes no boxes: the only ROIs are those evaluation masks.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import re
 from pathlib import Path
@@ -31,10 +30,10 @@ from pathlib import Path
 from xai_bench.data.prepare.common import (
     PrepareReport,
     Record,
-    add_common_args,
     assign_splits,
     config_from_args,
     prepare_dataset,
+    prepare_parser,
     require_dir,
     run_prepare,
 )
@@ -133,8 +132,7 @@ def records(raw: Path, val_fraction: float = 0.1, seed: int = 42) -> list[Record
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of the train patients held out as val (the official valid set is the test "
                              "split; --fractions is not used)")

@@ -17,7 +17,6 @@ weakly supervised localisation IoU of the predicted class.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -27,9 +26,9 @@ import numpy as np
 from xai_bench.data.prepare.common import (
     PrepareReport,
     Record,
-    add_common_args,
     config_from_args,
     prepare_dataset,
+    prepare_parser,
     require_dir,
     run_prepare,
 )
@@ -101,8 +100,7 @@ def write_boxes(out: Path, boxes: dict[str, list]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     recs, boxes = records(args.raw, val_fraction=cfg.fractions[1] / max(cfg.fractions[0] + cfg.fractions[1], 1e-9),
