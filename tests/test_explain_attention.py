@@ -1,6 +1,6 @@
 """Attention map, rollout, Chefer generic (ICCV 2021) and Chefer LRP (CVPR 2021) on tiny ViTs.
 
-No pip oracle exists for these methods (SPEC 4): hand computations on depth-1/2 models, a
+No pip oracle exists for these methods: hand computations on depth-1/2 models, a
 naive per-image reference of the LRP written with autograd, and invariants.
 """
 
@@ -190,6 +190,66 @@ def test_rollout_last_start_layer_is_normalised_a_plus_i() -> None:
     torch.testing.assert_close(AttentionRollout(start_layer=2)(model, x, 0).raw, raw)
     with pytest.raises(ConfigError):
         AttentionRollout(start_layer=3)(model, x, 0)
+
+
+def _rownorm_plus_i(a: torch.Tensor) -> torch.Tensor:
+    """Abnar & Zuidema's per-layer matrix: 0.5 A + 0.5 I for a row-stochastic A, i.e. rows of
+    (A + I) normalised."""
+    a = a + torch.eye(a.shape[-1], dtype=a.dtype)
+    return a / a.sum(-1, keepdim=True)
+
+
+def test_rollout_order_two_layers_by_hand() -> None:
+    """Rollout at layer L is A~_L = A_L A~_(L-1) (Abnar & Zuidema 2020, eq. for i > j): the later
+    layer multiplies from the LEFT. Two hand-computed layers whose products differ by order:
+
+      A_0 = [[0, 1], [1, 0]] -> rownorm(A_0 + I) = [[.5, .5], [.5, .5]] = U
+      A_1 = [[1, 0], [1, 0]] -> rownorm(A_1 + I) = [[1, 0], [.5, .5]] = P
+      P @ U = [[.5, .5], [.5, .5]]    (the definition)
+      U @ P = [[.75, .25], [.75, .25]] (the reversed product `rolled @ a`)
+    """
+    a0 = torch.tensor([[0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    a1 = torch.tensor([[1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    as_probs = [a.view(1, 1, 2, 2) for a in (a0, a1)]  # (B=1, heads=1, N, N)
+    rolled = rollout_matrix(as_probs)
+    half = torch.full((2, 2), 0.5, dtype=torch.float64)
+    torch.testing.assert_close(rolled[0], half, atol=0, rtol=0)
+    reversed_product = torch.tensor([[0.75, 0.25], [0.75, 0.25]], dtype=torch.float64)
+    assert (rolled[0] - reversed_product).abs().max() >= 0.25
+    # start_layer=1 keeps only P
+    p = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(rollout_matrix(as_probs, start_layer=1)[0], p, atol=0, rtol=0)
+
+
+def test_rollout_order_three_layers_two_heads_by_definition() -> None:
+    """Three non-commuting layers with two heads each (head mean, + I, row-normalised):
+    R = A~_2 A~_1 A~_0 written out, never A~_0 A~_1 A~_2; a start layer drops the first factors."""
+    g = torch.Generator().manual_seed(3)
+    logits = [4 * torch.randn(2, 2, 5, 5, generator=g, dtype=torch.float64) for _ in range(3)]
+    attns = [torch.softmax(z, -1) for z in logits]
+    m0, m1, m2 = (_rownorm_plus_i(a.mean(dim=1)) for a in attns)
+    expected = m2 @ m1 @ m0
+    reversed_product = m0 @ m1 @ m2
+    assert (expected - reversed_product).abs().max() > 0.05  # the order matters for these matrices
+    rolled = rollout_matrix(attns)
+    torch.testing.assert_close(rolled, expected, atol=1e-14, rtol=0)
+    assert not torch.allclose(rolled, reversed_product, atol=1e-3)
+    torch.testing.assert_close(rollout_matrix(attns, start_layer=1), m2 @ m1, atol=1e-14, rtol=0)
+    torch.testing.assert_close(rollout_matrix(attns, start_layer=-1), m2, atol=1e-14, rtol=0)
+
+
+def test_rollout_order_on_a_depth3_vit_from_the_qkv_weights() -> None:
+    """The model path: attention recomputed from the qkv weights (hand_attention), rolled out by
+    the definition, equals the method's raw map; the reversed product does not."""
+    model, x = tiny_vit(depth=3), images(2)
+    m0, m1, m2 = (_rownorm_plus_i(hand_attention(model, x, block=b)) for b in range(3))
+    expected = (m2 @ m1 @ m0)[:, 0, 1:].reshape(2, 4, 4)
+    reversed_map = (m0 @ m1 @ m2)[:, 0, 1:].reshape(2, 4, 4)
+    raw = AttentionRollout()(model, x, 0).raw
+    torch.testing.assert_close(raw, expected, atol=1e-12, rtol=0)
+    assert (raw - reversed_map).abs().max() > 1e-3
+    torch.testing.assert_close(AttentionRollout(start_layer=1)(model, x, 0).raw,
+                               (m2 @ m1)[:, 0, 1:].reshape(2, 4, 4), atol=1e-12, rtol=0)
 
 
 def test_rollout_discard_keeps_cls_column() -> None:

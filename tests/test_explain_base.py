@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -136,3 +138,72 @@ def test_target_from_own_forward_equals_explicit_target(name: str) -> None:
     explicit = method(model, x, target=predicted)
     assert torch.equal(implicit.target, predicted)
     assert torch.allclose(implicit.maps, explicit.maps, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- centre prior
+def _pooled_linear() -> torch.nn.Module:
+    """Any image size in, two logits out (the centre prior only runs it for the logits)."""
+    nn = torch.nn
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+
+
+def _centre_by_hand(height: int, width: int, sigma: float) -> torch.Tensor:
+    """The documented definition written out pixel by pixel: pixel centres (i + 0.5, j + 0.5),
+    offsets from the image centre (H / 2, W / 2) as fractions of the side, an unnormalised
+    Gaussian exp(-(dy^2 + dx^2) / (2 sigma^2)) with sigma a fraction of the side."""
+    out = torch.empty(height, width, dtype=torch.float64)
+    for i in range(height):
+        for j in range(width):
+            dy, dx = (i + 0.5 - height / 2) / height, (j + 0.5 - width / 2) / width
+            out[i, j] = math.exp(-(dy * dy + dx * dx) / (2 * sigma * sigma))
+    return out
+
+
+@pytest.mark.parametrize(
+    "height,width,sigma", [(8, 8, 0.25), (7, 7, 0.25), (6, 10, 0.1), (9, 4, 0.5)]
+)
+def test_centre_prior_is_the_documented_gaussian(height: int, width: int, sigma: float) -> None:
+    from xai_bench.explain import build_method
+
+    model = _pooled_linear()
+    images = torch.randn(3, 3, height, width)
+    out = build_method("centre", sigma=sigma)(model, images)
+    assert out.raw.shape == (3, height, width) and out.raw.dtype == torch.float32
+    assert out.maps.shape == (3, height, width) and out.maps.dtype == torch.float32
+    expected = _centre_by_hand(height, width, sigma)
+    for b in range(3):  # every image gets the same map, whatever its content
+        torch.testing.assert_close(out.raw[b].double(), expected, atol=1e-6, rtol=0)
+    # min-max of the same map: 1 at the centre, 0 at the corners
+    ref = (expected - expected.min()) / (expected.max() - expected.min())
+    torch.testing.assert_close(out.maps[0].double(), ref, atol=1e-5, rtol=0)
+
+
+def test_centre_prior_symmetry_peak_and_batch_independence() -> None:
+    from xai_bench.explain import build_method
+
+    model = _pooled_linear()
+    method = build_method("centre")
+    assert method.sigma == 0.25 and method.needs_grad is False
+    odd = method(model, torch.randn(2, 3, 9, 9)).raw[0]
+    # odd side: one centre pixel, exactly 1 (zero offset), strictly the maximum
+    assert odd[4, 4].item() == 1.0 and (odd.flatten().topk(2).values[1] < 1.0).item()
+    even = method(model, torch.randn(2, 3, 8, 12)).raw[0]
+    # even sides: the 2 x 2 central pixels tie at the maximum; mirror-symmetric on both axes
+    central = torch.zeros_like(even, dtype=torch.bool)
+    central[3:5, 5:7] = True
+    assert torch.equal(even == even.max(), central)
+    for raw in (odd, even):
+        assert torch.equal(raw, raw.flip(0)) and torch.equal(raw, raw.flip(1))
+    assert torch.equal(odd, odd.T)  # square: isotropic
+    # values fall monotonically from the centre along a row and a column
+    assert (odd[4, 4:].diff() < 0).all() and (odd[4:, 4].diff() < 0).all()
+    # batch independence: batch size, image content, target and dtype do not matter
+    x = torch.randn(5, 3, 9, 9)
+    batch = method(model, x, 0).raw
+    assert all(torch.equal(batch[b], odd) for b in range(5))
+    assert torch.equal(method(model, torch.zeros(1, 3, 9, 9), 1).raw[0], odd)
+    assert torch.equal(method(model.double(), x.double()[:2]).raw[1], odd)
+    with pytest.raises(ConfigError):
+        build_method("centre", sigma=0)
+    with pytest.raises(ConfigError):
+        build_method("centre", sigma=-0.1)

@@ -1,4 +1,4 @@
-"""Grad-CAM / HiResCAM against pytorch-grad-cam and captum, and their invariants."""
+"""Grad-CAM / HiResCAM against pytorch-grad-cam, captum and hand-computed cases, and invariants."""
 
 from __future__ import annotations
 
@@ -81,6 +81,26 @@ def _library(model: nn.Module, mode: str, x: torch.Tensor, target: torch.Tensor,
     return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
 
+def _library_raw(
+    model: nn.Module, mode: str, x: torch.Tensor, target: torch.Tensor, eigen: bool
+) -> torch.Tensor:
+    """pytorch-grad-cam's raw map at the layer's resolution (before its ReLU and scaling): its
+    get_cam_image on the activations and gradients its own hooks recorded (after its
+    reshape_transform for ViT tokens). Nothing of xai_bench's CAM code is involved."""
+    vit = hasattr(model, "blocks")
+    layer = model.blocks[-1].norm1 if vit else model.feature_layer
+    lib = LIB[mode](model, [layer], reshape_transform=_drop_prefix(model) if vit else None)
+    targets = [ClassifierOutputTarget(int(t)) for t in target]
+    try:
+        lib(x, targets, eigen_smooth=eigen)  # forward + backward; the hooks keep what they saw
+        acts = lib.activations_and_grads.activations[0].cpu().numpy()
+        grads = lib.activations_and_grads.gradients[0].cpu().numpy()
+        raw = lib.get_cam_image(x, layer, targets, acts, grads, eigen_smooth=eigen)
+    finally:
+        lib.activations_and_grads.release()
+    return torch.from_numpy(np.asarray(raw)).to(x.dtype)
+
+
 def _case(request: pytest.FixtureRequest, name: str) -> tuple[nn.Module, torch.Tensor]:
     model = request.getfixturevalue(name)
     return model, _images(size=32 if name == "vit" else 16)
@@ -99,9 +119,13 @@ def test_matches_pytorch_grad_cam(request: pytest.FixtureRequest, capsys: pytest
     assert out.maps.shape == ref.shape
     assert out.raw.shape == ((3, 4, 4) if name == "vit" else (3, 8, 8))
     torch.testing.assert_close(out.maps, ref, atol=1e-4, rtol=0)
-    # at feature resolution our standard chain is ReLU -> min-max of the same raw map
-    lib_raw = C.cam_from(*C.layer_activations_and_grads(model, x, TARGET)[:2], mode, eigen, "library")
-    torch.testing.assert_close(out.raw, lib_raw)
+    # at token / feature resolution, before ReLU and scaling: the library's own raw map (its
+    # eigen projection is returned as float32, hence the looser tolerance there)
+    lib_raw = _library_raw(model, mode, x, TARGET, eigen)
+    scale = float(lib_raw.abs().max())
+    tol = dict(atol=1e-6 * scale, rtol=1e-6) if eigen else dict(atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(out.raw, lib_raw, **tol)
+    assert lib_raw.abs().max() > 1e-3 and (lib_raw < 0).any()  # raw: signed, before the ReLU
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -178,6 +202,50 @@ def test_eigen_sign_options(vit: nn.Module) -> None:
         build_method("gradcam", eigen_sign="random")
     with pytest.raises(ConfigError):
         build_method("gradcam", eigen_smooth=True, eigen_sign="library", differentiable=True)
+
+
+class KnownHead(nn.Module):
+    """The explained layer is the input itself (nn.Identity), followed by Flatten -> Linear with
+    hand-set weights: d logit_t / dA is the weight map W_t, so both CAMs can be written down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Identity()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8, 2))
+        with torch.no_grad():
+            self.head[1].weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 1.0, 2.0, 2.0, -2.0, 2.0],
+                                                    [0.0, 1.0, -1.0, 0.0, 1.0, 1.0, 1.0, 1.0]]))
+            self.head[1].bias.copy_(torch.tensor([0.25, -0.5]))
+        set_feature_layer(self, self.features, "features")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_gradcam_and_hirescam_hand_computed_on_known_weights() -> None:
+    """A = [[1, 2], [3, 4]] (channel 0), [[0, 1], [1, 0]] (channel 1); class 0's weights
+    W_0 = [[1, 0], [0, 1]], [[2, 2], [-2, 2]], channel means 0.5 and 1.0.
+      Grad-CAM = 0.5 * A_0 + 1.0 * A_1 = [[0.5, 2], [2.5, 2]]
+      HiResCAM = sum_c W_0c * A_c = [[1, 2], [-2, 4]], summing to the logit minus the bias, 5.
+    Class 1: W_1 = [[0, 1], [-1, 0]], [[1, 1], [1, 1]] (means 0 and 1): Grad-CAM = A_1,
+    HiResCAM = [[0, 3], [-2, 0]]."""
+    model = KnownHead().double().eval()
+    image = [[[1.0, 2.0], [3.0, 4.0]], [[0.0, 1.0], [1.0, 0.0]]]
+    x = torch.tensor(image, dtype=torch.float64)[None].repeat(2, 1, 1, 1)
+    target = torch.tensor([0, 1])
+    grad = build_method("gradcam")(model, x, target)
+    hires = build_method("hirescam")(model, x, target)
+
+    def check(got: torch.Tensor, expected: list[list[float]], atol: float = 1e-12) -> None:
+        torch.testing.assert_close(got, torch.tensor(expected, dtype=got.dtype), atol=atol, rtol=0)
+
+    check(grad.raw[0], [[0.5, 2.0], [2.5, 2.0]])
+    check(grad.raw[1], [[0.0, 1.0], [1.0, 0.0]])
+    check(hires.raw[0], [[1.0, 2.0], [-2.0, 4.0]])
+    check(hires.raw[1], [[0.0, 3.0], [-2.0, 0.0]])
+    # post-processing: ReLU then min-max (no resize: the map is at input resolution)
+    check(hires.maps[0], [[0.25, 0.5], [0.0, 1.0]], atol=1e-6)
+    check(grad.maps[0], [[0.0, 0.75], [1.0, 0.75]], atol=1e-6)
 
 
 def test_gradcam_matches_captum_layergradcam(gap_cnn: nn.Module, flat_cnn: nn.Module) -> None:

@@ -102,7 +102,8 @@ def test_region_perturbation_partial_tiles_matches_quantus_where_rankings_coinci
     """Partial tiles: quantus pads H and W to a multiple of patch_size, floor(p/2) before and
     ceil(p/2) after, and ranks by the sum over the zero-padded block. Irreducible differences:
     with more than one pixel of padding its grid is shifted (centred) while ours starts at (0, 0),
-    and a partial tile's sum is not its mean (we rank by the mean, SPEC 3.1). With 15 px and
+    and a partial tile's sum is not its mean (we rank by the mean, as the faithfulness study did).
+    With 15 px and
     patch 4 the padding is (0, 1) so the grids coincide; per-tile constant maps whose partial
     tiles rank lowest both by sum and by mean then give the same computation.
     """
@@ -290,6 +291,128 @@ def test_noise_fill_range_fresh_per_step_and_once() -> None:
     model = Recorder()
     FF.region_perturbation(model, x, maps, target, region=4, fill="mean")
     torch.testing.assert_close(model.seen[4], x.mean(dim=(2, 3), keepdim=True).expand_as(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# AOPC with the study's noise fill against a plain loop written from the definition
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64's finaliser (Steele et al. 2014), the mixer behind the per-image noise seeds."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _noise_draw(seed: int, image_id: int, stream: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """U[0, 1) float32 for one (seed, image id, stream): a CPU generator seeded with the 63-bit
+    mix of the three, one draw of the whole (C, H, W) image."""
+    key = _splitmix64(_splitmix64(_splitmix64(seed) ^ image_id) ^ stream) >> 1
+    return torch.rand(shape, generator=torch.Generator().manual_seed(key))
+
+
+def _aopc_by_definition(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    target: torch.Tensor,
+    ids: torch.Tensor,
+    region: int,
+    fill: str,
+    seed: int,
+) -> tuple[list[list[float]], list[float]]:
+    """One image at a time, one step at a time (Samek et al. 2016):
+    tiles of region x region px (partial at the right / bottom edge), each scored by the mean of
+    the map over its real pixels; ranked descending (ties: lower tile index first); the first k
+    removed cumulatively, every removed pixel of every channel replaced by uniform noise in
+    [min(x), max(x)] of that image, a fresh noise image at step k ("noise") or one drawn once
+    ("noise_once"); p_k the softmax probability of the target; AOPC = mean_k (p_0 - p_k)."""
+    _, channels, height, width = x.shape
+    curves, scores = [], []
+    for b in range(x.shape[0]):
+        tiles = []
+        for top in range(0, height, region):
+            for left in range(0, width, region):
+                tile = maps[b, top : top + region, left : left + region]
+                tiles.append((top, left, tile.double().mean().item()))
+        ranked = sorted(range(len(tiles)), key=lambda t: (-tiles[t][2], t))
+        low, high = x[b].min().item(), x[b].max().item()
+        removed = torch.zeros(height, width, dtype=torch.bool)
+        probs = []
+        for k in range(len(ranked) + 1):
+            if k > 0:
+                top, left, _ = tiles[ranked[k - 1]]
+                removed[top:top + region, left:left + region] = True
+            stream = k if fill == "noise" else 0
+            u = _noise_draw(seed, int(ids[b]), stream, (channels, height, width))
+            noise = low + (high - low) * u
+            xk = torch.where(removed, noise.clamp(max=high), x[b])
+            with torch.no_grad():
+                probs.append(torch.softmax(model(xk[None]), dim=-1)[0, target[b]].item())
+        curves.append(probs)
+        scores.append(sum(probs[0] - p for p in probs) / len(probs))
+    return curves, scores
+
+
+def test_noise_draw_is_the_seeded_noise_source() -> None:
+    ids = torch.tensor([0, 17, 123456])
+    for stream in (0, 3):
+        expected = torch.stack([_noise_draw(5, int(i), stream, (2, 3, 4)) for i in ids])
+        assert torch.equal(seeded_uniform(ids, (2, 3, 4), seed=5, stream=stream), expected)
+
+
+@pytest.mark.parametrize("fill", ["noise", "noise_once"])
+# region 4 on 12 px: 3 x 3 whole tiles; region 3 on 10 px: 4 x 4 tiles, partial at the edges
+@pytest.mark.parametrize("region", [4, 3])
+def test_aopc_noise_fill_matches_a_plain_loop(fill: str, region: int) -> None:
+    size = 12 if region == 4 else 10
+    torch.manual_seed(14)
+    model = _tiny_cnn(size=size)
+    x = torch.randn(3, 3, size, size) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1)
+    maps = torch.rand(3, size, size)
+    target = torch.tensor([2, 0, 1])
+    ids = torch.tensor([41, 7, 300])
+    curve = FF.region_perturbation(
+        model, x, maps, target, region=region, order="morf", fill=fill, seed=11, ids=ids
+    )
+    ref_curves, ref_aopc = _aopc_by_definition(model, x, maps, target, ids, region, fill, seed=11)
+    np.testing.assert_allclose(curve.numpy(), np.array(ref_curves), atol=2e-6, rtol=0)
+    np.testing.assert_allclose(FF.aopc(curve).numpy(), ref_aopc, atol=2e-6, rtol=0)
+    assert max(ref_aopc) - min(ref_aopc) > 1e-3  # the curves are not flat: the check has teeth
+
+
+def test_aopc_metric_study_settings_match_the_plain_loop() -> None:
+    """The metric as the study's config builds it (fill noise, MoRF, several region sizes,
+    explaining the predicted class, only correctly classified images scored)."""
+    from xai_bench.metrics import build_metric
+    from xai_bench.metrics.base import EvalBatch
+
+    torch.manual_seed(15)
+    model = _tiny_cnn(size=12)
+    x, maps = torch.randn(4, 3, 12, 12), torch.rand(4, 12, 12)
+    ids = torch.tensor([9, 2, 40, 5])
+    with torch.no_grad():
+        logits = model(x)
+    predicted = logits.argmax(1)
+    labels = predicted.clone()
+    labels[1] = (labels[1] + 1) % 3  # image id 2 is misclassified: no score
+    metric = build_metric("aopc", region=[4, 6], seed=3)
+    batch = EvalBatch(images=x, labels=labels, ids=ids, maps=maps, target=predicted,
+                      logits=logits, model=model, method=None)
+    metric.update(batch)
+    out = metric.compute()
+    order = out["id"].argsort()
+    assert out["id"][order].tolist() == [2, 5, 9, 40]
+    for region in (4, 6):
+        _, ref = _aopc_by_definition(model, x, maps, predicted, ids, region, "noise", seed=3)
+        got = out[f"aopc@{region}"]
+        by_id = dict(zip(out["id"].tolist(), got.tolist(), strict=True))
+        assert math.isnan(by_id[2])
+        for b in (0, 2, 3):
+            assert by_id[int(ids[b])] == pytest.approx(ref[b], abs=2e-6)
 
 
 @pytest.mark.parametrize("order", ["random", "morf"])

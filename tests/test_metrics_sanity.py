@@ -142,3 +142,150 @@ def test_invalid_settings_raise_config_errors() -> None:
         ParameterRandomisation(similarity=["pearson"])
     with pytest.raises(ConfigError, match="order"):
         ParameterRandomisation(order="bottom_up")
+
+
+# ----------------------------------------------------------------------------------------------
+# quantus 0.6.0 MPRT as the oracle
+#
+# Where quantus.MPRT and ours differ by design, and how the comparison bridges it:
+# - steps: quantus randomises every module that has `reset_parameters`, output side first
+#   (`layer_order="top_down"` = cascading, "independent"); that is our granularity="modules" on
+#   models whose parameters all live in such modules (plain CNNs). Our default granularity
+#   "blocks" groups them, and parameters no module resets (ViT class token, position embedding)
+#   are drawn by us and left alone by quantus.
+# - seeds: quantus calls torch.manual_seed(seed + 1) before every layer's reset (every layer of
+#   one shape gets the same weights); we seed each step by (seed, step). The tests inject
+#   quantus' seed into our step seeding, which makes the randomised models bit-identical (the
+#   first test checks that), so the similarity scores must agree.
+# - similarity: quantus' default correlation_spearman (scipy) is our "spearman"; its ssim
+#   (skimage, 7 x 7 uniform window, data range of the pair) is not our SSIM (11 x 11 Gaussian,
+#   sigma 1.5, data range 1, torchmetrics), so SSIM is checked against its definition instead.
+# - quantus' abs / normalise preprocessing is switched off (abs=False, normalise=False): our maps
+#   are already min-max normalised and Spearman is invariant to that monotone map.
+
+QUANTUS_SEED = 42
+
+
+def _mprt_cnn() -> nn.Module:
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3),
+    )
+    with torch.no_grad():  # non-trivial batch-norm state, so resetting it changes the maps
+        model[1].running_mean.uniform_(-0.5, 0.5)
+        model[1].running_var.uniform_(0.5, 2.0)
+        model[1].weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _quantus_seeding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every step of ours seeded as quantus seeds every layer: torch.manual_seed(seed + 1)."""
+    from xai_bench.metrics.functional import sanity as F_sanity
+
+    monkeypatch.setattr(F_sanity, "image_seed", lambda seed, step, stream=0: QUANTUS_SEED + 1)
+
+
+ORDER_PAIRS = [("cascading", "top_down"), ("independent", "independent")]  # ours, quantus'
+
+
+@pytest.mark.parametrize("order,quantus_order", ORDER_PAIRS)
+def test_randomised_models_equal_quantus_given_its_seed(monkeypatch: pytest.MonkeyPatch, order: str,
+                                                        quantus_order: str) -> None:
+    from quantus.helpers.model.pytorch_model import PyTorchModel
+
+    model = _mprt_cnn()
+    _quantus_seeding(monkeypatch)
+    ours = [(name, _params(m)) for name, m in randomised_models(model, "modules", order, seed=0)]
+    wrapped = PyTorchModel(model, channel_first=True, softmax=False, device="cpu")
+    generator = wrapped.get_random_layer_generator(order=quantus_order, seed=QUANTUS_SEED)
+    theirs = [(name, _params(m)) for name, m in generator]
+    names = ["6", "3", "1", "0"]
+    assert [name for name, _ in ours] == names
+    # quantus' "independent" walks the modules bottom-up; each step starts from the original
+    assert [name for name, _ in theirs] == (names if order == "cascading" else names[::-1])
+    theirs_by_name = dict(theirs)
+    original = _params(model)
+    for step, (name, a) in enumerate(ours):
+        b = theirs_by_name[name]
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+        changed = {k for k in a if not torch.equal(a[k], original[k])}
+        # cascading: this step's module and every one above it; independent: this module only
+        randomised = names[: step + 1] if order == "cascading" else [name]
+        assert {k.split(".")[0] for k in changed} == set(randomised), name
+
+
+@pytest.mark.parametrize("method_name,kwargs", [("saliency", {}), ("gradcam", {"layer": "4"})])
+@pytest.mark.parametrize("order,quantus_order", ORDER_PAIRS)
+@pytest.mark.filterwarnings("ignore")
+def test_spearman_scores_match_quantus_mprt(
+    monkeypatch: pytest.MonkeyPatch, method_name: str, kwargs: dict, order: str, quantus_order: str
+) -> None:
+    import quantus
+
+    model = _mprt_cnn()
+    images = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    method = build_method(method_name, **kwargs)
+    exp = method(model, images, ids=torch.arange(5))
+    batch = EvalBatch(images=images, labels=exp.target, ids=torch.arange(5), maps=exp.maps,
+                      target=exp.target, logits=exp.logits, model=model, method=method)
+    _quantus_seeding(monkeypatch)
+    metric = ParameterRandomisation(granularity="modules", order=order, similarity=["spearman"])
+    metric.update(batch)
+    ours = metric.compute()
+
+    def explain_func(
+        model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **_: object
+    ) -> np.ndarray:
+        out = method(model, torch.from_numpy(inputs), target=torch.from_numpy(np.asarray(targets)))
+        return out.maps.numpy()
+
+    mprt = quantus.MPRT(layer_order=quantus_order, seed=QUANTUS_SEED, abs=False, normalise=False,
+                        disable_warnings=True)
+    theirs = mprt(model=model, x_batch=images.numpy(), y_batch=exp.target.numpy(),
+                  a_batch=exp.maps.numpy(), explain_func=explain_func, device="cpu")
+    names = ["6", "3", "1", "0"]  # ours: output side first; quantus "independent" runs bottom-up
+    assert list(theirs) == ["original", *(names if order == "cascading" else names[::-1])]
+    # scipy gives NaN where a map is constant (a Grad-CAM map whose ReLU left nothing); ours
+    # defines it (one constant map 0, both 1: see `spearman`)
+    constant = exp.maps.flatten(1).std(1) == 0
+    assert np.array_equal(np.isnan(theirs["original"]), constant.numpy())
+    np.testing.assert_allclose(np.asarray(theirs["original"])[~constant.numpy()], 1.0, atol=1e-6)
+    for step, name in enumerate(names):
+        mine, ref = ours[f"mprt/spearman/{step}_{name}"].numpy(), np.asarray(theirs[name])
+        defined = ~np.isnan(ref)
+        np.testing.assert_allclose(mine[defined], ref[defined], atol=1e-5, err_msg=name)
+        assert set(mine[~defined].tolist()) <= {0.0, 1.0}, name
+    assert np.nanmin(theirs["0"]) < 0.9  # the test is not vacuous: randomising changes the maps
+
+
+def _ssim_by_definition(a: np.ndarray, b: np.ndarray) -> float:
+    """Wang et al. 2004 SSIM with an 11-tap Gaussian window (sigma 1.5), data range 1, K1 0.01,
+    K2 0.03, population (co)variances, the window mirrored at the borders (d c b | a b c d) and
+    the index averaged over every pixel (torchmetrics' convention; skimage crops the borders)."""
+    from scipy.ndimage import gaussian_filter
+
+    def blur(img: np.ndarray) -> np.ndarray:
+        return gaussian_filter(img, sigma=1.5, truncate=3.5, mode="mirror")
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = np.maximum(blur(a * a) - mu_a**2, 0)
+    var_b = np.maximum(blur(b * b) - mu_b**2, 0)
+    cov = blur(a * b) - mu_a * mu_b
+    numerator = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    index = numerator / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(index.mean())
+
+
+def test_ssim_matches_its_definition() -> None:
+    gen = torch.Generator().manual_seed(4)
+    a = torch.rand(3, 24, 20, generator=gen)
+    b = (0.6 * a + 0.4 * torch.rand(3, 24, 20, generator=gen)).clamp(0, 1)
+    ours = ssim(a, b)
+    for row in range(3):
+        expected = _ssim_by_definition(a[row].double().numpy(), b[row].double().numpy())
+        assert ours[row].item() == pytest.approx(expected, abs=1e-5)
+    assert 0.2 < float(ours.min()) < 0.95

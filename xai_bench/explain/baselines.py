@@ -1,4 +1,4 @@
-"""Trivial maps that every table reports beside the methods (SPEC 2.5).
+"""Trivial maps that every table reports beside the methods.
 
 On the study's own masks a random map already scores IoU 0.43 / 0.59 on cp_child / kvasir, and
 a constant map wins the pointing game on every non-empty mask under the tie rule: a method's
@@ -39,7 +39,9 @@ class RandomMap(ExplainMethod):
 
 @register_method("centre")
 class CentrePrior(ExplainMethod):
-    """A centred isotropic Gaussian, sigma = `sigma` x the image side: the photographer's bias
+    """A centred Gaussian exp(-(dy^2 + dx^2) / (2 sigma^2)), peak 1, with dy, dx each pixel
+    centre's offset from the image centre as a fraction of the height / width: sigma = `sigma` x
+    the side, isotropic on square images (the study's 224 x 224). The photographer's bias
     (lesions are usually framed in the middle) with no model at all."""
 
     needs_grad = False

@@ -1,5 +1,5 @@
 """Batched faithfulness metrics: region perturbation / AOPC, deletion-insertion, Max-Sensitivity
-and HAAS (SPEC 3.1).
+and HAAS, as the Grad-CAM vs HiResCAM faithfulness study defined them.
 
 Definitions (images x (B, C, H, W) as the model takes them, maps A (B, H, W), target y (B,)):
 
@@ -22,8 +22,8 @@ Definitions (images x (B, C, H, W) as the model takes them, maps A (B, H, W), ta
   (set to the fill) / inserted (copied from x into a start image: "blur" or a fill). AUC =
   trapezoid of p_k over the fraction axis n_k / (H * W) in [0, 1].
 - Max-Sensitivity (Yeh et al. 2019): max over draws j of || explain(x + d_j) - A ||_F with
-  d_j ~ U[-radius, radius] on every input element (no clipping); SPEC 3.1 does not divide by
-  || A ||_F, captum's sensitivity_max and quantus do (normalise=True).
+  d_j ~ U[-radius, radius] on every input element (no clipping); the faithfulness study does not
+  divide by || A ||_F, captum's sensitivity_max and quantus do (normalise=True).
 - HAAS (highlighted-image accuracy): HA = clip(x_pm1 * (1 + A), -1, 1) with x_pm1 the image in the
   [-1, 1] frame; HAAS = accuracy(HA) / accuracy(x).
 
