@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,27 @@ def test_same_seed_same_result(tmp_path: Path) -> None:
 
 
 def test_bf16_mixed_precision_on_cpu(tmp_path: Path) -> None:
-    out, _ = _train(tmp_path, "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1.0", "logger=none")
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["val"]["loss"] == metrics["val"]["loss"]  # finite, not NaN
-    assert yaml.safe_load((out / "config.yaml").read_text())["trainer"]["precision"] == "bf16-mixed"
+    """bf16-mixed trains to finite metrics close to the float32 run of the same seed and data.
+
+    Tolerance: |loss difference| <= 0.01 and accuracy within 0.05 (3 of 64 images). Measured on
+    this tiny run: 1.0e-4 (val loss), 8e-5 (test loss), equal accuracies. float32 reruns are
+    bit-identical (test_same_seed_same_result), so unequal losses show bf16 autocast really ran.
+    """
+    runs = {}
+    for precision in ("bf16-mixed", "32-true"):
+        out, _ = _train(tmp_path, f"trainer.precision={precision}", "trainer.gradient_clip_val=1.0",
+                        "logger=none", run_dir=precision)
+        config = yaml.safe_load((out / "config.yaml").read_text())
+        assert config["trainer"]["precision"] == precision
+        runs[precision] = json.loads((out / "metrics.json").read_text())
+    bf16, fp32 = runs["bf16-mixed"], runs["32-true"]
+    for split in ("val", "test"):
+        for name in ("loss", "acc", "balanced_acc", "f1_macro", "auroc"):
+            value = bf16[split][name]  # null (a NaN written to JSON) or a non-number fails here
+            is_number = isinstance(value, int | float) and not isinstance(value, bool)
+            assert is_number and math.isfinite(value), (split, name, value)
+        pair = (split, bf16[split], fp32[split])
+        assert abs(bf16[split]["loss"] - fp32[split]["loss"]) <= 0.01, pair
+        assert abs(bf16[split]["acc"] - fp32[split]["acc"]) <= 0.05, pair
+    same = bf16["val"]["loss"] == fp32["val"]["loss"]
+    assert not same, "bf16-mixed gave the float32 result bit for bit"
