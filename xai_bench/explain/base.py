@@ -5,10 +5,18 @@ the raw map at token / feature resolution (B, h, w) before upsampling and normal
 class each map explains. Methods are plain batched torch code on the model's device; they never
 change the model (train/eval mode, fused-attention flags and requires_grad are restored) and
 never change its predictions.
+
+Precision: maps are computed in the model's precision (float32, or float64 in tests), never in
+a mixed-precision context's bf16 / fp16: inside `torch.autocast` (Lightning's `*-mixed`
+precision) autocast is switched off for the call and the images are cast to the weights' dtype.
+Attention rows, rollout products, LRP ratios and SVD signs are not trustworthy in 8 mantissa
+bits (maps of one method differed by up to 0.3 on a 0-1 scale). Half-precision weights
+(`16-true`, `bf16-true`) are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -80,6 +88,32 @@ def normalize(maps: torch.Tensor, mode: str = "minmax", eps: float = 1e-7) -> to
     lo = flat.min(dim=1).values.view(-1, *([1] * (maps.dim() - 1)))
     hi = flat.max(dim=1).values.view(-1, *([1] * (maps.dim() - 1)))
     return (maps - lo) / (hi - lo + eps)
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Leave a caller's autocast (Lightning's *-mixed precision) for the enclosed code; nothing
+    to do on devices without autocast."""
+    available = getattr(torch.amp, "is_autocast_available", lambda _: device_type in ("cpu", "cuda"))
+    if not available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def compute_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's weights, in which maps are computed (float32 without
+    weights); half-precision weights are refused."""
+    for param in model.parameters():
+        if param.is_floating_point():
+            if param.dtype in HALF_DTYPES:
+                raise ConfigError(
+                    f"the model's weights are {param.dtype}: explanations need float32 weights; "
+                    "evaluate with trainer.precision=32-true (or load the model in float32)."
+                )
+            return param.dtype
+    return torch.float32
 
 
 class model_state:  # noqa: N801 - used as a context manager, reads like a function
@@ -180,9 +214,14 @@ class ExplainMethod:
         """`ids` (B,) identify the images (dataset indices) for methods that draw random numbers:
         seeded per image, their maps do not depend on batching or DDP rank."""
         spec = self.target if target is None else target
+        dtype = compute_dtype(model)
+        if images.is_floating_point() and images.dtype != dtype:
+            images = images.to(dtype)
         self.current_ids = ids
         try:
-            return self._explain(model, images, spec, labels)
+            # full precision even inside a caller's autocast (module docstring)
+            with autocast_off(images.device.type):
+                return self._explain(model, images, spec, labels)
         finally:
             self.current_ids = None
 

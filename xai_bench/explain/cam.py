@@ -121,6 +121,8 @@ def eigen_projection(weighted: torch.Tensor, sign: str = "align") -> torch.Tenso
         raise ConfigError(f"eigen_sign must be one of {EIGEN_SIGNS}; got {sign!r}.")
     batch, _, height, width = weighted.shape
     x = weighted.flatten(2).transpose(1, 2)  # (B, h*w, C)
+    if x.dtype in (torch.float16, torch.bfloat16):  # neither numpy nor the SVD take half floats
+        x = x.float()
     x = torch.where(torch.isnan(x), torch.zeros_like(x), x)
     x = x - x.mean(dim=1, keepdim=True)
     if sign == "library":
@@ -231,17 +233,17 @@ class CAM(ExplainMethod):
         maps = normalize(maps, self.normalize_mode, self.eps)  # the library: min-max before resizing
         return normalize(upsample(maps, size, self.upsample_mode), self.normalize_mode, self.eps)
 
-    def __call__(self, model: nn.Module, images: torch.Tensor, target: Target = None,
-                 labels: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> Explanation:
+    def _explain(self, model: nn.Module, images: torch.Tensor, spec: Target,
+                 labels: torch.Tensor | None) -> Explanation:
         """With aug_smooth, each augmentation's map is post-processed and the maps averaged (the
         library's aug_smooth); with order=standard the average is min-max normalised again. The
         target is resolved once, on the original images."""
         if not self.aug_smooth:
-            return super().__call__(model, images, target, labels, ids)
+            return super()._explain(model, images, spec, labels)
         with model_state(model):
             with torch.no_grad():
                 logits = model(images)
-            tgt = resolve_target(self.target if target is None else target, logits, labels)
+            tgt = resolve_target(spec, logits, labels)
             per_view = self.augmented_raw(model, images, tgt)
         size = tuple(images.shape[-2:])
         maps = torch.stack([self.postprocess(r.detach().float(), size) for r in per_view]).mean(dim=0)

@@ -7,8 +7,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
@@ -18,7 +20,18 @@ from torchmetrics.classification import (
     MultilabelExactMatch,
     MultilabelF1Score,
 )
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_auroc,
+    multiclass_f1_score,
+    multilabel_accuracy,
+    multilabel_auroc,
+    multilabel_exact_match,
+    multilabel_f1_score,
+)
+from torchmetrics.utilities import dim_zero_cat
 
+from xai_bench.modules.distributed import adapt_ddp_strategy
 from xai_bench.modules.objectives import SupervisedObjective, labelled_part
 from xai_bench.utils.errors import ConfigError
 
@@ -52,12 +65,73 @@ def classification_metrics(num_classes: int, prefix: str, multilabel: bool = Fal
     )
 
 
+class SplitMetrics(Metric):
+    """A validation or test split's loss and classification metrics, each image counted once.
+
+    Under DDP, Lightning's DistributedSampler pads the split so that every rank gets as many
+    batches: up to world_size - 1 images are scored twice. Like the evaluation metrics
+    (xai_bench.metrics.base), this keeps one row per image (id, probabilities, label, loss
+    terms), gathers the rows of every rank, drops repeated ids and scores the rest, sorted by
+    id: two ranks give one process's numbers. The loss is the split's weighted mean,
+    sum(loss_i) / sum(weight_i), which is what the criterion's mean gives on one batch. Rows
+    with id -1 (a dataset without image rows) are never merged.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, prefix: str, multilabel: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_classes, self.prefix, self.multilabel = int(num_classes), prefix, bool(multilabel)
+        for state in ("ids", "probs", "labels", "loss", "weight"):
+            self.add_state(state, default=[], dist_reduce_fx="cat")
+
+    def update(self, ids: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor,
+               loss: torch.Tensor, weight: torch.Tensor) -> None:
+        """One batch: image ids (B,), probabilities (B, K), labels, per-image loss, weight (B,)."""
+        self.ids.append(ids.detach().long().view(-1))
+        self.probs.append(probs.detach().float())
+        self.labels.append(labels.detach().long())
+        self.loss.append(loss.detach().double().view(-1))
+        self.weight.append(weight.detach().double().view(-1))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        if isinstance(self.ids, list) and not self.ids:  # nothing scored (a list until synced)
+            return {}
+        ids = dim_zero_cat(self.ids)
+        order = torch.argsort(ids, stable=True)
+        first = torch.ones_like(order, dtype=torch.bool)
+        first[1:] = ids[order][1:] != ids[order][:-1]
+        first |= ids[order] < 0  # rows without an image id are all kept
+        keep = order[first]
+        probs, labels = dim_zero_cat(self.probs)[keep], dim_zero_cat(self.labels)[keep]
+        loss = dim_zero_cat(self.loss)[keep].sum() / dim_zero_cat(self.weight)[keep].sum()
+        k = self.num_classes
+        if self.multilabel:
+            values = {
+                "acc": multilabel_exact_match(probs, labels, k),
+                "balanced_acc": multilabel_accuracy(probs, labels, k, average="macro"),
+                "f1_macro": multilabel_f1_score(probs, labels, k, average="macro"),
+                "auroc": multilabel_auroc(probs, labels, k, average="macro"),
+            }
+        else:
+            values = {
+                "acc": multiclass_accuracy(probs, labels, k, average="micro"),
+                "balanced_acc": multiclass_accuracy(probs, labels, k, average="macro"),
+                "f1_macro": multiclass_f1_score(probs, labels, k, average="macro"),
+                "auroc": multiclass_auroc(probs, labels, k, average="macro"),
+            }
+        values["loss"] = loss.float()
+        return {f"{self.prefix}{name}": value for name, value in values.items()}
+
+
 class ClassifierModule(pl.LightningModule):
     """Trains any image classifier on batches of {"image", "label", ...} dicts.
 
     The network, optimizer and schedule are injected (Hydra builds them), so the same module
     trains ViTs and CNNs with every grid row. Metrics are torchmetrics objects: they accumulate
-    over the epoch and sync across DDP ranks.
+    over the epoch and sync across DDP ranks; validation and test count each image once
+    (`SplitMetrics`).
     """
 
     def __init__(
@@ -90,6 +164,13 @@ class ClassifierModule(pl.LightningModule):
         )
         # what a training step optimises (conf/objective/): supervised, or ATCON's modes
         self.objective = objective or SupervisedObjective()
+        if compile and self.objective.second_order:
+            raise ConfigError(
+                f"module.compile=true cannot train objective={self.objective.name} "
+                f"mode={getattr(self.objective, 'mode', '?')}: its loss differentiates gradients "
+                "again (create_graph), which torch.compile does not support; set "
+                "module.compile=false."
+            )
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -104,9 +185,16 @@ class ClassifierModule(pl.LightningModule):
         else:
             self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
             self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_metrics = classification_metrics(num_classes, "val/", self.multilabel)
-        self.test_metrics = classification_metrics(num_classes, "test/", self.multilabel)
+        # each image once, also under DDP (a padded DistributedSampler repeats a few)
+        self.val_metrics = SplitMetrics(num_classes, "val/", self.multilabel)
+        self.test_metrics = SplitMetrics(num_classes, "test/", self.multilabel)
         self._compile = compile
+
+    def setup(self, stage: str) -> None:
+        """Before the strategy wraps the network: DDP settings that depend on the objective and
+        the network (xai_bench.modules.distributed)."""
+        if stage == "fit":
+            adapt_ddp_strategy(self.trainer.strategy, self.net, self.objective)
 
     def configure_model(self) -> None:
         if self._compile and not getattr(self, "_compiled", False):
@@ -147,27 +235,54 @@ class ClassifierModule(pl.LightningModule):
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         return loss
 
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str, metrics: MetricCollection) -> None:
-        loss, logits = self._shared_step(batch)
+    def per_image_loss(self, logits: torch.Tensor,
+                       labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss_i, weight_i) per image with sum(loss_i) / sum(weight_i) = the criterion's mean:
+        cross-entropy weighs image i by its class weight, BCE averages over the K outputs."""
+        logits = logits.float()
         if self.multilabel:
-            metrics.update(logits.float().sigmoid(), batch["label"].long())
-        else:
-            metrics.update(logits.float().softmax(dim=-1), batch["label"])
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch["label"].shape[0], sync_dist=True)
+            terms = F.binary_cross_entropy_with_logits(
+                logits, labels.float(), pos_weight=self.criterion.pos_weight, reduction="none"
+            )
+            return terms.sum(dim=-1), torch.full_like(terms[:, 0], terms.shape[-1])
+        weight = self.criterion.weight
+        loss = F.cross_entropy(logits, labels, weight=weight, reduction="none",
+                               label_smoothing=self.criterion.label_smoothing)
+        return loss, (torch.ones_like(loss) if weight is None else weight[labels])
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], metrics: SplitMetrics) -> None:
+        logits = self(batch["image"]).float()
+        loss, weight = self.per_image_loss(logits, batch["label"])
+        probs = logits.sigmoid() if self.multilabel else logits.softmax(dim=-1)
+        ids = batch.get("index")
+        if ids is None:  # a dataset without image rows: every row counts (-1: never merged)
+            if self._trainer is not None and self.trainer.world_size > 1:
+                rank_zero_warn("validation/test batches carry no 'index' (every xai_bench dataset "
+                               "returns one): images DDP's padding repeats are counted twice.")
+            ids = torch.full_like(loss, -1, dtype=torch.long)
+        metrics.update(ids, probs, batch["label"], loss, weight)
+
+    def _log_split(self, metrics: SplitMetrics) -> None:
+        """Log a split's metrics: already gathered and identical on every rank (`max` syncs
+        them exactly; a mean over ranks could round)."""
+        values = metrics.compute()
+        metrics.reset()
+        loss_key = f"{metrics.prefix}loss"
+        if loss_key in values:
+            self.log(loss_key, values.pop(loss_key), prog_bar=True, sync_dist=True, reduce_fx="max")
+        self.log_dict(values, sync_dist=True, reduce_fx="max")
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_metrics)
+        self._eval_step(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=False)
-        self.val_metrics.reset()
+        self._log_split(self.val_metrics)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_metrics)
+        self._eval_step(batch, self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
-        self.test_metrics.reset()
+        self._log_split(self.test_metrics)
 
     def on_train_epoch_start(self) -> None:
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)

@@ -4,6 +4,12 @@ Separate from training so it runs on a checkpoint, on one or many devices, with 
 methods and metrics. Each rank explains its share of the images; every metric keeps per-image
 rows keyed by the image id, and `on_test_epoch_end` gathers them (all ranks take part), so the
 results equal a single-process run's. The entry point (xai_bench.evaluate) writes the files.
+
+Precision: everything runs in float32 (`trainer.precision: 32-true`). A `*-mixed` precision is
+overridden (autocast is off in `test_step`, with a warning); half-precision weights (`16-true`,
+`bf16-true`) are refused. TF32 matmuls and convolutions (CUDA, Ampere and later) are off during
+the evaluation unless `allow_tf32`: with TF32 a GPU rounds products to 10 mantissa bits, so maps
+differ from a CPU's or from another GPU's beyond float32 rounding.
 """
 
 from __future__ import annotations
@@ -14,15 +20,52 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from xai_bench.explain.base import ExplainMethod
+from xai_bench.explain.base import ExplainMethod, autocast_off
 from xai_bench.metrics.base import EvalBatch, ImageMetric
 from xai_bench.metrics.predictions import MapStats, PredictionTable
 from xai_bench.report.overlays import denormalize, save_overlay
 from xai_bench.utils.errors import ConfigError
 
 MetricFactory = Callable[..., ImageMetric]
+FULL_PRECISIONS = ("32-true", "64-true", "32", "64")
+
+
+def check_precision(precision: str) -> bool:
+    """True when `precision` (Lightning's string) computes in full precision; False for a
+    `*-mixed` one (overridden: evaluation turns autocast off); half weights are refused."""
+    precision = str(precision)
+    if precision in FULL_PRECISIONS:
+        return True
+    if precision.endswith("-mixed"):
+        return False
+    raise ConfigError(
+        f"trainer.precision={precision} puts the model's weights in half precision: explanations "
+        "and their metrics need float32; use trainer.precision=32-true (conf/evaluate.yaml's "
+        "default)."
+    )
+
+
+class tf32_disabled:  # noqa: N801 - used as a context manager, reads like a function
+    """Turn TF32 off for CUDA matmuls and cuDNN convolutions (unless `allow`), restoring the
+    flags found. The legacy `allow_tf32` flags are used: every supported torch has them."""
+
+    def __init__(self, allow: bool = False) -> None:
+        self.allow = bool(allow)
+        self.saved: tuple[bool, bool] | None = None
+
+    def __enter__(self) -> tf32_disabled:
+        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = self.allow
+        torch.backends.cudnn.allow_tf32 = self.allow
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.saved is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+            self.saved = None
 
 
 def _label_text(label: torch.Tensor) -> str:
@@ -43,6 +86,8 @@ class ExplanationEvaluator(pl.LightningModule):
         multilabel: sigmoid outputs and multi-hot labels (macro F1 at 0.5, exact-match accuracy).
         mean, std: the input normalisation (HAAS and overlays de-normalise with it).
         overlay_ids: image ids to render as overlay PNGs into `overlay_dir/<method>/`.
+        allow_tf32: let CUDA use TF32 for float32 matmuls / convolutions (faster on Ampere and
+            later, not reproducible to float32 rounding); off by default.
     """
 
     def __init__(
@@ -57,8 +102,10 @@ class ExplanationEvaluator(pl.LightningModule):
         overlay_dir: str | Path | None = None,
         image_names: Callable[[int], str] | None = None,
         multilabel: bool = False,
+        allow_tf32: bool = False,
     ) -> None:
         super().__init__()
+        self.tf32 = tf32_disabled(allow_tf32)
         if not methods:
             raise ConfigError("evaluation needs at least one method (method=... or baselines=[...]).")
         self.net = net.eval().requires_grad_(False)
@@ -82,12 +129,30 @@ class ExplanationEvaluator(pl.LightningModule):
     def requires_mask(self) -> bool:
         return any(m.requires_mask for per in self.method_metrics.values() for m in per.values())
 
+    def setup(self, stage: str) -> None:
+        """Refuse half-precision weights before the strategy converts them (module docstring)."""
+        if not check_precision(self.trainer.precision):
+            rank_zero_warn(f"trainer.precision={self.trainer.precision} is ignored: evaluation "
+                           "computes in float32 (maps are compared to float32 rounding).")
+
     def on_test_start(self) -> None:
         if torch.is_inference_mode_enabled():
             raise ConfigError("evaluation computes gradients: build the Trainer with inference_mode=False.")
         self.net.eval()
+        self.tf32.__enter__()
+
+    def on_test_end(self) -> None:
+        self.tf32.__exit__(None, None, None)
+
+    def teardown(self, stage: str) -> None:
+        self.tf32.__exit__(None, None, None)  # also after an error (no-op when already restored)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        # float32 even inside a *-mixed precision's autocast (which leaves the inputs float32)
+        with autocast_off(batch["image"].device.type):
+            self._explain_and_score(batch)
+
+    def _explain_and_score(self, batch: dict[str, torch.Tensor]) -> None:
         images, labels, ids = batch["image"], batch["label"], batch["index"]
         masks, has_mask = batch.get("mask"), batch.get("has_mask")
         class_masks = batch.get("class_masks")  # only datasets with boxes.csv have them

@@ -39,6 +39,10 @@ class SupervisedObjective:
 
     name = "supervised"
     uses_unlabeled = False
+    # the loss differentiates a gradient again (create_graph): no torch.compile, no SyncBatchNorm
+    second_order = False
+    # some steps leave parameters without gradient: DDP must look for them (find_unused_parameters)
+    unused_parameters = False
 
     def hparams(self) -> dict[str, Any]:
         return {"name": self.name}
@@ -114,6 +118,19 @@ class ATCONObjective(SupervisedObjective):
     @property
     def uses_unlabeled(self) -> bool:  # type: ignore[override]
         return self.mode != "supervised"
+
+    @property
+    def second_order(self) -> bool:  # type: ignore[override]
+        """Every mode but supervised trains through the CAMs' gradients (create_graph=True)."""
+        return self.mode != "supervised"
+
+    @property
+    def unused_parameters(self) -> bool:  # type: ignore[override]
+        """Consistency-only steps give no gradient to the classifier's bias (a CAM depends on
+        d logit / d features only), nor on a ViT to the final LayerNorm's bias (measured:
+        ResNet34 fc.bias; ViT norm.bias, head.bias); combining mode adds the supervised loss,
+        which reaches every parameter."""
+        return self.mode in ("unsupervised", "alternating")
 
     def hparams(self) -> dict[str, Any]:
         return {"name": self.name, "mode": self.mode, "alpha": self.alpha, "mask_intensity": self.mask_intensity,
