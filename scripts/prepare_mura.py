@@ -1,5 +1,6 @@
-"""MURA v1.1 -> data/mura: `python scripts/prepare_mura.py --raw MURA-v1.1 --out data/mura
---rois ../shared/seed_rois/mura` (see xai_bench/data/prepare/mura.py for the layout)."""
+"""MURA v1.1 -> data/mura: `python scripts/prepare_mura.py --raw MURA-v1.1 --out data/mura`
+attaches the reference study's ROI masks, shipped with xai_bench (`--rois study`, the default;
+or `--rois <folder>` | `none`); see xai_bench/data/prepare/mura.py for the layout."""
 
 from xai_bench.data.prepare.common import run_prepare
 from xai_bench.data.prepare.mura import main

@@ -121,7 +121,7 @@ def make_csv_dataset(root: Path, patients: int = 12, per_patient: int = 2) -> tu
 # ----------------------------------------------------------------------------- CP-CHILD
 def test_cp_child_publisher_split_labels_and_rois(tmp_path: Path) -> None:
     make_cp_child(tmp_path / "raw")
-    rois = tmp_path / "seed_rois"
+    rois = tmp_path / "roi_masks"
     roi = np.zeros((224, 224, 3), np.uint8)
     roi[40:120, 60:200] = 255
     rois.mkdir()

@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, get_worker_info
 
 from xai_bench.data.datasets import (
     SPLITS,
     ImageTableDataset,
     LabelTable,
     SyntheticDataset,
+    check_mask_sizes,
     read_label_table,
 )
 from xai_bench.data.synthetic import SyntheticSamples, generate_synthetic, parse_shortcut
@@ -38,6 +39,11 @@ _STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
     "predict": ("test",),
     None: SPLITS,
 }
+
+
+def _mixed_seed(*parts: int) -> int:
+    """A well-mixed 32-bit seed from non-negative integers (loaders' and ranks' own streams)."""
+    return int(np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(1)[0])
 
 
 def split_seed(data_seed: int, split: str) -> int:
@@ -192,18 +198,54 @@ class _ClassificationDataModule(pl.LightningDataModule):
             self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
         return self.datasets[split]
 
+    def _distributed_shard(self) -> tuple[int, int] | None:
+        """(world size, rank) while a distributed trainer drives this module (and leaves the
+        samplers to it: use_distributed_sampler, Lightning's default), else None."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None
+        kwargs = trainer.distributed_sampler_kwargs
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if not getattr(connector, "use_distributed_sampler", True):
+            return None
+        if not kwargs or int(kwargs.get("num_replicas", 1)) < 2:
+            return None
+        return int(kwargs["num_replicas"]), int(kwargs["rank"])
+
     def _loader(self, dataset: Dataset, shuffle: bool, seed_offset: int = 0) -> DataLoader:
+        """A loader over `dataset`. Shuffled loaders draw their order from `shuffle_seed` (else
+        torch's seed) plus `seed_offset`, so two loaders over one dataset differ.
+
+        Under DDP the loader gets its own DistributedSampler, which Lightning keeps (it replaces
+        only samplers that are not distributed, and would seed every replacement with the same
+        global seed: the labelled and unlabeled orders would coincide). Every rank draws the
+        same permutation from (seed, epoch) and keeps its own share, disjoint from the others'
+        (a few images are repeated to even the shares, as Lightning does); the unlabeled
+        loader's seed is mixed, not seed + 1, because the sampler uses seed + epoch. Augmentation
+        streams differ per rank. Unshuffled (val/test) loaders keep their order; the classifier
+        drops the images a padded share repeats when it scores a split."""
+        shard = self._distributed_shard()
+        world, rank = shard if shard is not None else (1, 0)
+        base = self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()
+        seed = int(base) + seed_offset
+        sampler: DistributedSampler | None = None
+        if shard is not None:
+            order_seed = seed if seed_offset == 0 else _mixed_seed(int(base), seed_offset)
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle,
+                                         seed=order_seed, drop_last=False)
         generator = None
         if shuffle:
-            seed = (self.shuffle_seed if self.shuffle_seed is not None else torch.initial_seed()) + seed_offset
-            generator = torch.Generator().manual_seed(int(seed))
+            # rank 0 (and a single process) keeps the seed; other ranks get their own streams
+            aug_seed = seed if rank == 0 else _mixed_seed(seed, rank)
+            generator = torch.Generator().manual_seed(aug_seed)
             transform = getattr(dataset, "transform", None)
             if self.num_workers == 0 and hasattr(transform, "set_random_seed"):
-                transform.set_random_seed(int(seed) % 2**32)
+                transform.set_random_seed(aug_seed % 2**32)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
             generator=generator,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -227,7 +269,7 @@ class _ClassificationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
         """Shuffled by a generator seeded from `shuffle_seed`, else from torch's seed. Paired with
         unlabeled images ({"labelled", "unlabeled"}, cycled to the longer) for objectives that
-        train on them (ATCON); Lightning gives each loader its own DistributedSampler."""
+        train on them (ATCON), in an order of their own (under DDP too: see `_loader`)."""
         labelled = self._loader(self.train_dataset, shuffle=True)
         if not getattr(self, "pair_unlabeled", False):
             return labelled
@@ -418,12 +460,16 @@ class ImageTableDataModule(_ClassificationDataModule):
         )
 
     def check(self) -> None:
-        """Fail fast, before a model is built: the folder, then the whole table (read once)."""
+        """Fail fast, before a model is built: the folder, the whole table (read once: paths
+        inside the folder, labels, splits, files present) and every ROI mask's size against
+        its frame (file headers only), so nothing of this kind surfaces after training."""
         if self.table is not None:
             return
         if not (self.root / "labels.csv").is_file():
             raise DatasetNotFoundError(self.not_found_message())
-        self.table = read_label_table(self.root, self.num_classes, self.multilabel)
+        table = read_label_table(self.root, self.num_classes, self.multilabel)
+        check_mask_sizes(table, self.mask_size, self.eval_transform)
+        self.table = table  # only a table that passed every check is kept (check() returns early)
 
     def _build(self, split: str) -> Dataset:
         assert self.table is not None

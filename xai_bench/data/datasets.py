@@ -55,6 +55,7 @@ from albumentations.pytorch import ToTensorV2
 from PIL import Image
 from torch.utils.data import Dataset
 
+from xai_bench.data.containment import paths_outside
 from xai_bench.data.images import read_rgb
 from xai_bench.data.synthetic import SyntheticSamples, masks_to_boxes
 from xai_bench.data.transforms import imagenet_normalize
@@ -65,6 +66,7 @@ __all__ = [
     "ImageTableDataset",
     "LabelTable",
     "SyntheticDataset",
+    "check_mask_sizes",
     "read_class_boxes",
     "read_label_table",
 ]
@@ -182,6 +184,17 @@ def _listing(items: Sequence[str], total: int | None = None) -> str:
     return shown + (f", ... ({total} in all)" if total > _MAX_LISTED else "")
 
 
+def _outside_message(what: str, where: Path, root: Path, items: Sequence[str], total: int) -> str:
+    """`items`: the offending entries, already quoted; the first few are shown."""
+    shown = ", ".join(items[:_MAX_LISTED]) + (", ..." if len(items) > _MAX_LISTED else "")
+    return (
+        f"{where}: {len(items)} of {total} {what} lead outside the dataset folder "
+        f"{os.path.realpath(root)}: {shown}. Paths must stay inside the dataset folder (no "
+        "absolute paths, no '..' or symlinks leading out): copy those files into it "
+        "(scripts/prepare_folder.py does) and fix the entries."
+    )
+
+
 def _mask_index(root: Path, image_rel: Sequence[str], folder: str = "masks") -> list[Path | None]:
     """Find each image's mask once, from one walk of `folder` (no per-image stat calls)."""
     mask_dir = root / folder
@@ -214,6 +227,11 @@ def _mask_index(root: Path, image_rel: Sequence[str], folder: str = "masks") -> 
             f"stem. Store such masks under {folder}/ mirroring the image paths "
             f"({folder}/<image path with .png suffix>)."
         )
+    present_masks = [p for p in found if p is not None]
+    outside = paths_outside(root, present_masks)
+    if outside:
+        names = [repr(present_masks[i].relative_to(root).as_posix()) for i in outside]
+        raise DatasetNotFoundError(_outside_message(f"{folder}/ files", mask_dir, root, names, len(present_masks)))
     return found
 
 
@@ -289,6 +307,10 @@ def read_label_table(root: str | Path, num_classes: int | None = None, multilabe
     if empty:
         raise DatasetNotFoundError(f"{csv_path}: empty image path on lines {_listing([str(i) for i in empty])}.")
     images = tuple(root / r for r in rel)
+    outside = paths_outside(root, images)
+    if outside:
+        rows_out = [f"line {i + 2} {rel[i]!r}" for i in outside]
+        raise DatasetNotFoundError(_outside_message("image paths", csv_path, root, rows_out, len(rows)))
     missing_files = [r for r, p in zip(rel, images, strict=True) if not p.is_file()]
     if missing_files:
         raise DatasetNotFoundError(
@@ -336,18 +358,87 @@ def _read_mask(path: Path, height: int, width: int, policy: str = "resize") -> n
     mask = (arr > 0).astype(np.uint8)
     h, w = mask.shape
     if (h, w) != (height, width):
-        if policy == "reject":
+        if not _mask_fits((w, h), (width, height), policy):
             raise XaiBenchError(
-                f"mask {path} is {w}x{h} but its image is {width}x{height} (dataset.mask_size=reject; "
-                "set dataset.mask_size=resize to scale masks with nearest neighbours)."
-            )
-        if abs(h / w - height / width) > 0.01:
-            raise XaiBenchError(
-                f"mask {path} is {w}x{h} but its image is {width}x{height}: masks must be in the image's "
-                "frame (same size, or the same aspect ratio)."
+                f"mask {path} is {w}x{h} but its image is {width}x{height}: {_MASK_SIZE_FIX[policy]}"
             )
         mask = np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST))
     return mask
+
+
+_MASK_SIZE_FIX = {
+    "reject": "dataset.mask_size=reject refuses masks of another size; re-export them at their image's size, "
+              "or set dataset.mask_size=resize to scale masks with nearest neighbours.",
+    "resize": "masks must be in the image's frame (the same size, or the same aspect ratio, which "
+              "dataset.mask_size=resize scales); re-export them in that frame.",
+}
+
+
+def _mask_fits(mask_size: tuple[int, int], size: tuple[int, int], policy: str) -> bool:
+    """Whether a (w, h) mask can be used for a (w, h) frame under `policy` (see _read_mask)."""
+    (w, h), (width, height) = mask_size, size
+    if (w, h) == (width, height):
+        return True
+    return policy == "resize" and abs(h / w - height / width) <= 0.01
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header: PIL reads no pixels until asked."""
+    with Image.open(path) as image:
+        return image.size
+
+
+def check_mask_sizes(table: LabelTable, policy: str, eval_transform: Transform | None) -> None:
+    """Every ROI mask a run will read, checked against its frame from file headers only, so a
+    wrong size fails before training instead of in the test loop: masks/ against the stored
+    image, rois/ (val/test images) against the network input that `eval_transform` makes of it.
+    Same rule as when the masks are read (`policy`: resize | reject); one error lists them all."""
+    if policy not in MASK_SIZE_POLICIES:
+        raise ConfigError(f"dataset.mask_size must be one of {list(MASK_SIZE_POLICIES)}; got {policy!r}.")
+    use_rois = any(table.rois)  # as ImageTableDataset: val/test images use rois/ when there are any
+    input_frames: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def input_frame(size: tuple[int, int]) -> tuple[int, int]:
+        if size not in input_frames:
+            width, height = size
+            image, _, _ = _apply_transform(eval_transform, np.zeros((height, width, 3), np.uint8),
+                                           np.zeros((height, width), np.uint8))
+            input_frames[size] = (int(image.shape[-1]), int(image.shape[-2]))
+        return input_frames[size]
+
+    wrong: list[str] = []
+    unreadable: list[str] = []
+    roi_frames = False
+    for row, image_path in enumerate(table.images):
+        roi = table.rois[row] if use_rois and table.splits[row] != "train" else None
+        mask = table.masks[row] if roi is None else None
+        if mask is None and roi is None:
+            continue
+        try:
+            image_size = _header_size(image_path)
+        except Exception as err:  # PIL raises OSError, SyntaxError, ... for bad files
+            unreadable.append(f"{image_path.relative_to(table.root).as_posix()} ({type(err).__name__})")
+            continue
+        path, frame, what = (mask, image_size, "image") if roi is None else (roi, input_frame(image_size), "input frame")
+        try:
+            size = _header_size(path)
+        except Exception as err:
+            unreadable.append(f"{path.relative_to(table.root).as_posix()} ({type(err).__name__})")
+            continue
+        if not _mask_fits(size, frame, policy):
+            roi_frames = roi_frames or roi is not None
+            wrong.append(f"{path.relative_to(table.root).as_posix()} {size[0]}x{size[1]} "
+                         f"({what} {frame[0]}x{frame[1]})")
+    problems = []
+    if wrong:
+        frames = " (rois/ masks are in the network-input frame, after the eval transform)" if roi_frames else ""
+        problems.append(f"{len(wrong)} ROI masks do not fit their image: {_listing(wrong)}; "
+                        f"{_MASK_SIZE_FIX[policy].rstrip('.')}{frames}")
+    if unreadable:
+        problems.append(f"{len(unreadable)} files cannot be read: {_listing(unreadable)}; re-export them or "
+                        "drop their rows / masks")
+    if problems:
+        raise XaiBenchError(f"{table.root}: " + "; ".join(problems) + ".")
 
 
 BOX_COLUMNS: tuple[str, ...] = ("image", "class", "x0", "y0", "x1", "y1")

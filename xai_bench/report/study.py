@@ -158,6 +158,16 @@ def _training_metrics(cfg: dict[str, Any], metrics: dict[str, Any]) -> tuple[flo
     return None, None
 
 
+def _wandb_group(cfg: dict[str, Any], run_dir: Path) -> str | None:
+    """The run's W&B group. The report puts it into its own config (its W&B logger's group),
+    where a string holding `${...}` would be evaluated (`${oc.create:...}` builds a `_target_`):
+    a run folder is untrusted input, so such a value is refused."""
+    from xai_bench.tracking.trusted_config import trusted_container
+
+    group = trusted_container(_get(cfg, "logger.wandb.group"), "logger.wandb.group", run_dir / "config.yaml")
+    return None if group is None or isinstance(group, dict | list) else str(group)
+
+
 def _failure(run_dir: Path) -> str:
     error = run_dir / "error.txt"
     if error.is_file():
@@ -187,7 +197,7 @@ def read_eval_run(run_dir: Path, cfg: dict[str, Any]) -> EvalRun | SkippedRun:
         baselines={b: methods[b].get("metrics") or {} for b in metrics.get("baselines") or [] if b in methods and b != method},
         accuracy=accuracy,
         best_epoch=best_epoch,
-        group=_get(cfg, "logger.wandb.group"),
+        group=_wandb_group(cfg, run_dir),
         seed=cfg.get("seed"),
         run_name=str(cfg.get("run_name") or run_dir.name),
         checkpoint=str(metrics.get("checkpoint") or cfg.get("ckpt") or run_dir),

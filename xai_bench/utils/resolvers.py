@@ -34,9 +34,13 @@ def _concat(*lists: Any) -> list[Any]:
 @functools.lru_cache(maxsize=8)
 def _training_config(ckpt: str, run_config: str | None) -> DictConfig:
     from xai_bench.tracking.run_folder import find_run_config, load_run_config, resolve_checkpoint
+    from xai_bench.tracking.trusted_config import check_run_config
 
     checkpoint = resolve_checkpoint(ckpt)
-    return load_run_config(find_run_config(checkpoint, run_config))
+    path = find_run_config(checkpoint, run_config)
+    cfg = load_run_config(path)
+    check_run_config(cfg, path)  # untrusted input: refused before any of it is resolved or built
+    return cfg
 
 
 def training_config(root: DictConfig) -> DictConfig:
@@ -68,7 +72,10 @@ def _run_value(key: str, default: Any = _REQUIRED, *, _root_: DictConfig) -> Any
         if default is not _REQUIRED:
             return default
         raise ConfigError(f"the training run's config.yaml has no '{key}'.")
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+    from xai_bench.tracking.trusted_config import trusted_container
+
+    # the value lands in this config, where the loggers (and anything else) may build it
+    return trusted_container(value, key, f"the training run's config.yaml (ckpt={_root_.ckpt})")
 
 
 def _slurm_gpus(accelerator: str, devices: Any) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from xai_bench.data.containment import paths_outside
 from xai_bench.data.images import read_rgb, to_uint8_rgb
 from xai_bench.utils.errors import ConfigError, DatasetNotFoundError, XaiBenchError
 
@@ -46,6 +48,8 @@ __all__ = [
     "prepare_parser",
     "read_rgb",
     "require_dir",
+    "roi_files",
+    "rois_folder",
     "run_prepare",
     "split_sizes",
     "to_uint8_rgb",
@@ -81,7 +85,7 @@ class PrepareConfig:
     seed: int = 42
     on_corrupt: str = "error"  # error | skip
     overwrite: bool = False
-    rois: Path | None = None  # folder of input-frame ROI masks (seed_rois format) to attach
+    rois: Path | None = None  # folder of input-frame ROI masks (one PNG per image stem) to attach
 
 
 @dataclass
@@ -222,6 +226,8 @@ def prepare_dataset(
     if clashes:
         raise XaiBenchError(f"output names {clashes[:5]} are used by several source images; the prepare script must make them unique.")
     resize = _parse_resize(cfg.resize)
+    if cfg.rois:
+        roi_files(cfg.rois)  # a missing or escaping ROI folder fails before anything is written
     assign_splits(records, cfg.fractions, cfg.seed)
     for sub in ("images", "masks", "rois"):
         if cfg.overwrite and (out / sub).exists():
@@ -299,20 +305,40 @@ def _csv_cell(value: str) -> str:
     return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
 
+def roi_files(rois_dir: Path) -> list[Path]:
+    """The ROI masks of a --rois folder (its *.png), refused when the folder is missing or a file
+    is a symlink leading out of it (that would copy another file into the prepared dataset)."""
+    rois_dir = Path(rois_dir)
+    if not rois_dir.is_dir():
+        raise DatasetNotFoundError(
+            f"ROI folder {rois_dir.resolve()} does not exist: pass a folder of input-frame ROI masks "
+            f"(one PNG per image stem), --rois {STUDY_ROIS} for the reference study's (cp_child, duke, "
+            "kvasir, mura) or --rois none."
+        )
+    masks = sorted(rois_dir.glob("*.png"))
+    outside = paths_outside(rois_dir, masks)
+    if outside:
+        shown = ", ".join(repr(masks[i].name) for i in outside[:5]) + (", ..." if len(outside) > 5 else "")
+        raise ConfigError(
+            f"{rois_dir}: {len(outside)} ROI files are symlinks leading outside the folder "
+            f"{os.path.realpath(rois_dir)}: {shown}. Copy the masks into the folder instead of linking them."
+        )
+    return masks
+
+
 def attach_rois(out: Path, rois_dir: Path) -> dict[str, Any]:
-    """Copy input-frame ROI masks (one PNG per image stem, e.g. the study's seed_rois/<dataset>)
+    """Copy input-frame ROI masks (one PNG per image stem, e.g. the study's, xai_bench.data.study_rois)
     to <out>/rois/, matching them to the prepared images by file stem. Masks without an image
     and evaluation images without a mask are reported, not fatal."""
     rois_dir = Path(rois_dir)
-    if not rois_dir.is_dir():
-        raise DatasetNotFoundError(f"ROI folder {rois_dir.resolve()} does not exist.")
+    masks = roi_files(rois_dir)
     stems: dict[str, str] = {}
     for path in (Path(out) / "images").rglob("*.png"):
         stems.setdefault(path.stem, path.relative_to(Path(out) / "images").with_suffix("").as_posix())
     target = Path(out) / "rois"
     target.mkdir(parents=True, exist_ok=True)
     attached, without_image = 0, []
-    for mask in sorted(rois_dir.glob("*.png")):
+    for mask in masks:
         if mask.stem not in stems:
             without_image.append(mask.name)
             continue
@@ -326,29 +352,59 @@ def attach_rois(out: Path, rois_dir: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- command line
-def prepare_parser(doc: str | None, default_resize: str | None) -> argparse.ArgumentParser:
+def prepare_parser(
+    doc: str | None, default_resize: str | None, study_rois: str | None = None
+) -> argparse.ArgumentParser:
     """A prepare script's command line: its docstring's first line as description, plus the
-    arguments every dataset shares (add_common_args)."""
+    arguments every dataset shares (add_common_args). `study_rois`: the dataset's name when the
+    reference study published ROI masks for it (attached by default)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
-    add_common_args(parser, default_resize)
+    add_common_args(parser, default_resize, study_rois)
     return parser
 
 
-def add_common_args(parser: argparse.ArgumentParser, default_resize: str | None) -> None:
+STUDY_ROIS = "study"
+
+
+def rois_folder(value: str | Path | None, study_dataset: str | None = None) -> Path | None:
+    """--rois: `study` -> the reference study's masks shipped with xai_bench (for `study_dataset`),
+    `none` -> no ROIs, anything else -> a folder of the user's (./study for a folder so named)."""
+    if value is None or str(value).strip().lower() in ("", "none"):
+        return None
+    if str(value) == STUDY_ROIS:
+        from xai_bench.data import study_rois
+
+        if study_dataset is None:
+            raise ConfigError(
+                f"--rois {STUDY_ROIS}: the reference study published ROI masks for "
+                f"{', '.join(study_rois.DATASETS)} only; pass a folder of your own masks or leave --rois out."
+            )
+        return study_rois.path(study_dataset)
+    return Path(value).expanduser()
+
+
+def add_common_args(parser: argparse.ArgumentParser, default_resize: str | None, study_rois: str | None = None) -> None:
     parser.add_argument("--raw", type=Path, required=True, help="the extracted official download")
     parser.add_argument("--out", type=Path, required=True, help="the prepared folder, e.g. data/<name>")
     parser.add_argument("--resize", default=default_resize, help="WxH | shortN | none (default: the study's)")
     parser.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--on-corrupt", choices=("error", "skip"), default="error")
-    parser.add_argument("--rois", type=Path, default=None, help="input-frame ROI masks to attach (seed_rois/<name>)")
+    if study_rois:
+        rois_help = (f"input-frame ROI masks to attach: '{STUDY_ROIS}' (default: the reference study's 50 "
+                     f"{study_rois} masks, shipped with xai_bench), a folder of your own, or 'none'")
+    else:
+        rois_help = "a folder of input-frame ROI masks to attach (one PNG per image stem); default none"
+    parser.add_argument("--rois", default=STUDY_ROIS if study_rois else None, help=rois_help)
+    parser.set_defaults(study_rois_dataset=study_rois)
     parser.add_argument("--overwrite", action="store_true")
 
 
 def config_from_args(args: argparse.Namespace) -> PrepareConfig:
     resize = None if str(args.resize).lower() in ("none", "null", "") else args.resize
     return PrepareConfig(out=args.out, resize=resize, fractions=tuple(args.fractions), seed=args.seed,
-                         on_corrupt=args.on_corrupt, overwrite=args.overwrite, rois=args.rois)
+                         on_corrupt=args.on_corrupt, overwrite=args.overwrite,
+                         rois=rois_folder(args.rois, getattr(args, "study_rois_dataset", None)))
 
 
 def config_with_publisher_test(args: argparse.Namespace, test_source: str) -> PrepareConfig:

@@ -90,7 +90,7 @@ def warn_ambiguous_rois(recs: list[Record], rois: Path | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE, study_rois="cp_child")  # --rois study by default
     parser.add_argument("--subsets", nargs="+", choices=SUBSETS, default=list(SUBSETS),
                         help="which of CP-CHILD-A / CP-CHILD-B to include (default: both)")
     parser.add_argument("--val-fraction", type=float, default=0.1,
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> PrepareReport:
     args = parser.parse_args(argv)
     cfg = config_with_publisher_test(args, "the publisher's Test folders")
     recs = records(args.raw, tuple(args.subsets))
-    warn_ambiguous_rois(recs, args.rois)
+    warn_ambiguous_rois(recs, cfg.rois)
     return prepare_dataset(recs, cfg, CLASS_NAMES, SOURCE)
 
 

@@ -14,7 +14,7 @@ dataset authors' tutorial (sites.duke.edu/mazurowski, "breast-mri-cancer-detect-
 whose extraction code: uses the fat-saturated pre-contrast series ("pre" in the path), 1-based
 slice numbers, positives = slices inside the box, negatives = slices at least 5 slices outside,
 PNG names `<DICOM file stem>-<patient number>.png` (e.g. 1-084-149.png: the stems of the study's
-evaluation ROIs, so --rois ../shared/seed_rois/duke attaches them); pixels scaled to uint8.
+evaluation ROIs, so the study's masks, attached by default (--rois study), find them); pixels scaled to uint8.
 The column order of Annotation_Boxes (rows, columns, slices) is confirmed by public loaders.
 
 Choices made here (documented in docs/datasets/duke.md):
@@ -328,7 +328,7 @@ def _balance(positives: list[Record], negatives: list[Record], seed: int) -> tup
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE, study_rois="duke")  # --rois study by default
     parser.add_argument("--annotations", type=Path, default=None,
                         help="Annotation_Boxes.xlsx or its CSV export (default: looked up in and next to --raw)")
     parser.add_argument("--series", choices=sorted(SERIES_PATTERNS), default="pre",

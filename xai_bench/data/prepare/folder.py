@@ -6,9 +6,10 @@ Two input forms (`--raw` is always the image root):
                     (or --classes: those folders only, in the order that fixes the indices);
                     nested sub-folders are kept in the output names
     CSV             --csv table.csv with columns path,label[,split][,group]
-                    path: relative to --raw (or absolute); label: a class name or a class index;
+                    path: relative to --raw (or absolute, below --raw); label: a class name or a class index;
                     split: train|val|test (empty = assigned); group: patient/lesion/slide id, never
-                    split across train/val/test
+                    split across train/val/test. Every path must stay inside --raw (no '..' or
+                    symlinks leading out): a row pointing elsewhere is refused, nothing is copied
 
 ROIs (optional): `--masks DIR` holds one mask per image, `DIR/<image path relative to --raw, any
 image suffix>` or `DIR/<image stem>.<suffix>` (any pixel > 0 = inside, same size as the image);
@@ -21,10 +22,12 @@ grouped splits (`--fractions`).
 from __future__ import annotations
 
 import csv
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from xai_bench.data.containment import paths_outside
 from xai_bench.data.prepare.common import (
     PrepareReport,
     Record,
@@ -103,6 +106,15 @@ def csv_records(raw: Path, table: Path, classes: Sequence[str] | None = None) ->
         names = sorted(set(labels))
     index = {name: i for i, name in enumerate(names)}
 
+    outside = paths_outside(raw, [raw / row["path"] for row in rows])
+    if outside:  # refused before any file is looked at or copied
+        shown = ", ".join(f"line {i + 2} {rows[i]['path']!r}" for i in outside[:_MAX_LISTED])
+        raise ConfigError(
+            f"{table}: {len(outside)} of {len(rows)} paths lead outside --raw {os.path.realpath(raw)}: "
+            f"{shown}{', ...' if len(outside) > _MAX_LISTED else ''}. Paths must be relative to --raw and stay "
+            "inside it (no '..' or symlinks leading out, absolute paths only below --raw): move those "
+            "images under --raw and fix the rows."
+        )
     out: list[Record] = []
     bad_labels, bad_splits, missing_files = [], [], []
     for line, row in enumerate(rows, start=2):
@@ -118,8 +130,7 @@ def csv_records(raw: Path, table: Path, classes: Sequence[str] | None = None) ->
         if split_text not in SPLIT_ALIASES:
             bad_splits.append(f"line {line}: {row.get('split')!r}")
             continue
-        path = Path(row["path"]).expanduser()
-        path = path if path.is_absolute() else raw / path
+        path = raw / row["path"]  # an absolute path stays as it is (and lies below --raw)
         if not path.is_file():
             missing_files.append(row["path"])
             continue
@@ -141,6 +152,14 @@ def attach_masks(recs: list[Record], raw: Path, masks: Path) -> int:
     """Set Record.mask from DIR/<relative path>.<suffix> or DIR/<stem>.<suffix>; -> masks found."""
     masks = require_dir(masks, "mask folder", "Pass the folder with one mask image per image as --masks.")
     files = [p for p in masks.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    outside = paths_outside(masks, files)
+    if outside:
+        shown = ", ".join(repr(files[i].relative_to(masks).as_posix()) for i in outside[:_MAX_LISTED])
+        raise ConfigError(
+            f"{masks}: {len(outside)} mask files are symlinks leading outside the mask folder "
+            f"{os.path.realpath(masks)}: {shown}{', ...' if len(outside) > _MAX_LISTED else ''}. "
+            "Copy the masks into the folder instead of linking them."
+        )
     by_rel = {p.relative_to(masks).with_suffix("").as_posix(): p for p in files}
     by_stem: dict[str, list[Path]] = defaultdict(list)
     for p in files:

@@ -44,7 +44,7 @@ def records(raw: Path) -> list[Record]:
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE, study_rois="kvasir")  # --rois study by default
     args = parser.parse_args(argv)
     return prepare_dataset(records(args.raw), config_from_args(args), CLASS_NAMES, SOURCE)
 

@@ -17,7 +17,7 @@ competition is hidden, so the official valid set is our test split, and val is a
 label-stratified split of the train patients (--val-fraction, default 0.1); group = patient.
 Images are stored with the shortest side 256 (aspect kept), as the study did; its test
 transform is CenterCrop 224. Output names keep the stems of the study's evaluation ROIs
-(`XR_WRIST/patient11188_study1_positive_image3.png`), so --rois ../shared/seed_rois/mura attaches them.
+(`XR_WRIST/patient11188_study1_positive_image3.png`), so the study's masks attach (--rois study, the default).
 MURA publishes no boxes: the only ROIs are those evaluation masks.
 """
 
@@ -132,7 +132,7 @@ def records(raw: Path, val_fraction: float = 0.1, seed: int = 42) -> list[Record
 
 
 def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
+    parser = prepare_parser(__doc__, DEFAULT_RESIZE, study_rois="mura")  # --rois study by default
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of the train patients held out as val (the official valid set is the test "
                              "split; --fractions is not used)")
