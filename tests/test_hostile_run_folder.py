@@ -336,3 +336,21 @@ def test_every_genuine_training_config_passes(compose_cfg, tmp_path: Path, overr
     check_run_config(written, "config.yaml")
     for section in ("dataset", "model"):
         trusted_container(written[section], section)
+
+
+def test_listing_a_sweep_never_resolves_a_run_folder_interpolation(tmp_path: Path) -> None:
+    """study_eval lists a sweep's runs: a planted `${...}` in task_name must not be resolved."""
+    from xai_bench.tracking.sweeps import training_runs
+
+    calls: list[str] = []
+    OmegaConf.register_new_resolver("xai_test.spy", lambda: calls.append("resolved") or "train",
+                                    replace=True)
+    for name, task in (("0_genuine", "train"), ("1_planted", "${xai_test.spy:}"),
+                       ("2_broken", "[unclosed")):
+        run = tmp_path / name
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "best.ckpt").write_bytes(b"x")
+        (run / "config.yaml").write_text(f"task_name: '{task}'\n" if "$" in task else
+                                         f"task_name: {task}\n")
+    assert training_runs(tmp_path) == [tmp_path / "0_genuine"]
+    assert calls == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 from xai_bench.tracking.run_folder import CONFIG_FILE
@@ -41,7 +42,13 @@ def _is_training_run(folder: Path) -> bool:
     config = folder / CONFIG_FILE
     if not (folder / BEST_CHECKPOINT).is_file() or not config.is_file():
         return False
-    return OmegaConf.load(config).get("task_name") == "train"
+    # read the plain YAML: a run folder is untrusted, and OmegaConf would resolve an
+    # interpolation planted in task_name while we merely list the sweep
+    try:
+        values = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(values, dict) and values.get("task_name") == "train"
 
 
 def _job_number(folder: Path) -> tuple[int, str]:
