@@ -64,3 +64,23 @@ def test_bad_config_value_fails_clearly(tmp_path: Path) -> None:
     proc = run_cli(["xai_bench.train", "debug=tiny", "optimizer.name=rmsprop"], cwd=tmp_path, timeout=180)
     err = _fails_cleanly(proc)
     assert "rmsprop" in err
+
+
+def test_a_missing_mandatory_value_names_the_key() -> None:
+    """dataset=folder without dataset.num_classes used to end in OmegaConf's error chain."""
+    from omegaconf import OmegaConf
+
+    from xai_bench.utils.errors import ConfigError
+    from xai_bench.utils.task import user_error
+
+    cfg = OmegaConf.create({"dataset": {"num_classes": "???"}, "model": {"num_classes": "${dataset.num_classes}"}})
+    for read in (lambda: cfg.model.num_classes, lambda: cfg.dataset.num_classes):
+        try:
+            read()
+        except Exception as err:  # noqa: BLE001 - the error under test
+            found = user_error(err)
+        else:
+            raise AssertionError("reading a ??? value did not raise")
+        assert isinstance(found, ConfigError)
+        assert str(found).startswith("dataset.num_classes must be set"), str(found)
+        assert "dataset.num_classes=<value>" in str(found)

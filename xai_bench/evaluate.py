@@ -14,17 +14,23 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from xai_bench.explain import build_method
 from xai_bench.models import load_checkpoint_safely
 from xai_bench.models.weights import load_trained_network
-from xai_bench.modules.evaluator import ExplanationEvaluator
+from xai_bench.modules.evaluator import ExplanationEvaluator, check_precision
 from xai_bench.report import flat_scalars, per_image_rows, summarise, write_per_image_csv
 from xai_bench.tracking import resolve_checkpoint, resolved_config, write_config, write_metrics
-from xai_bench.utils.errors import ConfigError
-from xai_bench.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from xai_bench.tracking.trusted_config import trusted_container
+from xai_bench.utils.errors import ConfigError, XaiBenchError
+from xai_bench.utils.instantiate import (
+    instantiate_callbacks,
+    instantiate_loggers,
+    instantiate_node,
+    start_loggers,
+)
 from xai_bench.utils.resolvers import training_config
 from xai_bench.utils.rich_config import print_config_tree
 from xai_bench.utils.task import run_entry, task_wrapper
@@ -39,8 +45,9 @@ RUN_SECTIONS = ("dataset", "init", "model")
 def load_network(model_cfg: DictConfig, checkpoint: Path, state: dict[str, Any] | None = None) -> nn.Module:
     """Rebuild the trained network from its config (no pretrained weights: the checkpoint
     overwrites every parameter) and load the checkpoint's weights strictly. `state`: the
-    checkpoint already read (safely); read here when not given."""
-    cfg = OmegaConf.to_container(model_cfg, resolve=True)
+    checkpoint already read (safely); read here when not given. The config comes from a run
+    folder: only allowlisted targets are built (xai_bench.tracking.trusted_config)."""
+    cfg = trusted_container(model_cfg, "model")
     assert isinstance(cfg, dict)
     cfg["init"] = {"name": "random", "pretrained": False}
     net = hydra.utils.instantiate(cfg)
@@ -48,7 +55,9 @@ def load_network(model_cfg: DictConfig, checkpoint: Path, state: dict[str, Any] 
 
 
 def _datamodule(cfg: DictConfig, run_cfg: DictConfig) -> pl.LightningDataModule:
-    dataset_cfg = OmegaConf.to_container(run_cfg.dataset, resolve=True)
+    """The training run's data module (only allowlisted targets: the config is untrusted), with
+    the user's `data.*` overrides."""
+    dataset_cfg = trusted_container(run_cfg.dataset, "dataset")
     assert isinstance(dataset_cfg, dict)
     for key, value in (cfg.get("data") or {}).items():
         if value is not None:
@@ -111,6 +120,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("print_config", True):
         print_config_tree(cfg)
     pl.seed_everything(cfg.seed, workers=True)
+    check_precision(str(cfg.trainer.get("precision", "32-true")))  # half weights: refused before any file
 
     datamodule = _datamodule(cfg, run_cfg)
     net = load_network(run_cfg.model, checkpoint, load_checkpoint_safely(checkpoint))  # read once, safely
@@ -127,17 +137,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = ExplanationEvaluator(
         net, methods, metrics, num_classes=int(run_cfg.dataset.num_classes), mean=mean, std=std,
         overlay_ids=ids[: int(cfg.get("overlays") or 0)], overlay_dir=output_dir / "overlays", image_names=image_name,
-        multilabel=bool(run_cfg.dataset.get("multilabel", False)),
+        multilabel=bool(run_cfg.dataset.get("multilabel", False)), allow_tf32=bool(cfg.get("allow_tf32", False)),
     )
     if cfg.split != "roi" and module.requires_mask and not any(getattr(loader.dataset, "has_mask", [True])):
         raise ConfigError(f"the localisation metrics need ROI masks, and split={cfg.split} has none: use split=roi.")
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
+    config = resolved_config(cfg)
     if trainer.is_global_zero:
-        write_config(resolved_config(cfg), output_dir)
+        start_loggers(loggers)  # a W&B failure (no API key) stops here, before any file is written
+        write_config(config, output_dir)
     for logger in loggers:
-        logger.log_hyperparams(resolved_config(cfg))
+        logger.log_hyperparams(config)
 
     trainer.test(module, dataloaders=loader, verbose=False)
 
@@ -152,14 +164,36 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "baselines": [m for m in methods if m != cfg.method.name],
         "world_size": trainer.world_size,
     })
+    all_nan = nan_map_methods(summary)
     if trainer.is_global_zero:
         rows = per_image_rows(module.results, image_name)
-        write_metrics(summary, output_dir)
         write_per_image_csv(rows, output_dir / "per_image.csv")
-        _log_to_loggers(loggers, summary, rows, output_dir / "overlays")
-        _print_summary(summary)
+        if not all_nan:
+            write_metrics(summary, output_dir)
+            _log_to_loggers(loggers, summary, rows, output_dir / "overlays")
+            _print_summary(summary)
         log.info("Run folder: %s", output_dir)
+    if all_nan:  # every rank holds the same gathered summary: all stop here
+        raise XaiBenchError(
+            f"every map of {', '.join(all_nan)} is NaN ({summary['counts']['images']} images), so its scores "
+            f"are meaningless: no metrics.json was written (per_image.csv in {output_dir} has the rows, "
+            "nan_map=1). A diverged training run has NaN weights (check the training run's metrics.json "
+            "and train.log); otherwise check the method's settings (method.*)."
+        )
     return summary
+
+
+def nan_map_methods(summary: dict[str, Any]) -> list[str]:
+    """The methods whose every map is NaN (warning for those with some NaN maps)."""
+    images = int(summary["counts"]["images"])
+    failed = []
+    for method, entry in summary["methods"].items():
+        nan_maps = int(entry.get("counts", {}).get("nan_maps", 0))
+        if images and nan_maps == images:
+            failed.append(method)
+        elif nan_maps:
+            log.warning("%d of %d maps of %s are NaN: its scores leave those images out", nan_maps, images, method)
+    return failed
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

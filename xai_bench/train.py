@@ -2,6 +2,10 @@
 
 Thin entry point: Hydra composes the config (conf/train.yaml), `train` builds the parts from it
 and fills the run folder (see xai_bench.tracking.run_folder for the contract).
+
+An attempt validates everything it can before it writes a file (config values, the optimizer
+and schedule it will build, the checkpoint it continues from against the model, that the run
+folder holds this run, W&B): a refused rerun into a finished run folder changes nothing there.
 """
 
 from __future__ import annotations
@@ -15,12 +19,37 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from xai_bench.models import load_checkpoint_safely
-from xai_bench.models.weights import load_trained_network
+from xai_bench.models.weights import load_trained_network, state_dict_mismatch
 from xai_bench.modules import BestEpochTracker
-from xai_bench.tracking import resolve_checkpoint, resolved_config, write_config, write_metrics
-from xai_bench.tracking.cluster import record_attempt, resume_checkpoint, slurm_job
+from xai_bench.modules.callbacks import AtomicCheckpointIO
+from xai_bench.tracking import resolve_checkpoint, resolved_config, write_metrics
+from xai_bench.tracking.cluster import (
+    RESUMABLE_KEYS,
+    ResumePoint,
+    find_resume_point,
+    next_attempt,
+    record_attempt,
+    resume_mode,
+    slurm_job,
+)
+from xai_bench.tracking.run_folder import (
+    CONFIG_FILE,
+    ERROR_FILE,
+    archive_earlier_attempt,
+    saved_checkpoints,
+    start_attempt,
+)
 from xai_bench.utils.class_weights import resolve_class_weights
-from xai_bench.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from xai_bench.utils.errors import ConfigError, XaiBenchError
+from xai_bench.utils.instantiate import (
+    instantiate_callbacks,
+    instantiate_loggers,
+    instantiate_node,
+    start_loggers,
+    unexpected_keyword,
+    unknown_setting,
+)
+from xai_bench.utils.preflight import check_inputs
 from xai_bench.utils.rich_config import print_config_tree
 from xai_bench.utils.task import run_entry, task_wrapper
 
@@ -40,13 +69,115 @@ def _best_epoch(trainer: pl.Trainer) -> int | None:
     return None
 
 
-def _cluster_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:
-    """Under SLURM the launcher (submitit) requeues interrupted jobs: Lightning must not too."""
-    if slurm_job() is None or trainer_cfg.get("plugins"):
+def _trainer_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """Checkpoint saves that never leave a truncated file (AtomicCheckpointIO); under SLURM the
+    launcher (submitit) requeues interrupted jobs, so Lightning must not too. A config that sets
+    trainer.plugins itself keeps exactly its own."""
+    if trainer_cfg.get("plugins"):
+        log.info("trainer.plugins is set: checkpoint saves use its plugins, not AtomicCheckpointIO")
         return {}
-    from lightning_fabric.plugins.environments import SLURMEnvironment
+    plugins: list[Any] = [AtomicCheckpointIO()]
+    if slurm_job() is not None:
+        from lightning_fabric.plugins.environments import SLURMEnvironment
 
-    return {"plugins": [SLURMEnvironment(auto_requeue=False)]}
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return {"plugins": plugins}
+
+
+def _resume_point(cfg: DictConfig, output_dir: Path) -> ResumePoint:
+    """What this attempt continues from: the run folder's own checkpoint when `resume` allows
+    (a requeued job, even one first started from ckpt_path), else `ckpt_path`, else nothing."""
+    point = find_resume_point(output_dir, cfg.get("resume"))
+    explicit = cfg.get("ckpt_path")
+    if explicit and not Path(str(explicit)).expanduser().is_file():
+        raise XaiBenchError(f"ckpt_path={explicit}: no such file. Pass a checkpoint of a training run "
+                            "(<run>/checkpoints/last.ckpt), or leave ckpt_path unset.")
+    if point.checkpoint is not None:
+        if explicit:
+            log.info("continuing this run folder's own %s (ckpt_path=%s was where it started)", point.checkpoint, explicit)
+        return point
+    if not explicit:
+        return point
+    path = Path(str(explicit)).expanduser()
+    state = load_checkpoint_safely(path)  # refuses pickled objects before Lightning sees it
+    missing = [key for key in RESUMABLE_KEYS if key not in state]
+    if missing:
+        raise XaiBenchError(
+            f"ckpt_path={explicit} is not a full training checkpoint (no {', '.join(missing)}), so training "
+            f"cannot continue from it: to start from its weights, use init_from={explicit}."
+        )
+    return ResumePoint(checkpoint=path, state=state, skipped=point.skipped)
+
+
+def _check_resume_fits(module: pl.LightningModule, point: ResumePoint, output_dir: Path) -> None:
+    """The checkpoint to continue from must fit the model this config builds: Lightning's own
+    strict load would fail only after the config was written (a size-mismatch traceback)."""
+    assert point.state is not None
+    problem = state_dict_mismatch(
+        module.state_dict(), point.state.get("state_dict", {}), check_keys=getattr(module, "strict_loading", True)
+    )
+    if problem is None:
+        return
+    own = point.checkpoint is not None and point.checkpoint.parent == output_dir / "checkpoints"
+    if own:
+        fix = (
+            f"this run folder holds a run with other model settings: continue it with the settings in its "
+            f"{CONFIG_FILE}, or train into a new folder (hydra.run.dir=...)"
+        )
+    else:
+        fix = "pass a checkpoint of this model (or the model settings it was trained with)"
+    raise XaiBenchError(f"{point.checkpoint} does not fit the model this config builds ({problem}): {fix}.")
+
+
+def _check_run_folder(cfg: DictConfig, output_dir: Path, point: ResumePoint) -> bool:
+    """A run folder holds one training run: a fit that would not continue from the checkpoints
+    already there is refused (its files would mix with theirs). Returns True when this attempt
+    starts over in the folder (resume=fresh, nothing readable to continue from)."""
+    if not cfg.get("train"):
+        return False
+    existing = saved_checkpoints(output_dir)
+    if not existing or (point.checkpoint is not None and point.checkpoint in existing):
+        return False
+    mode = resume_mode(cfg.get("resume"))
+    if mode == "fresh" and point.checkpoint is None:
+        return True
+    why = f"ckpt_path={cfg.ckpt_path}" if point.checkpoint is not None else "resume=false"
+    names = ", ".join(p.name for p in existing[:4])
+    raise XaiBenchError(
+        f"{output_dir} already holds checkpoints of an earlier run ({names}) and this attempt would not "
+        f"continue from them ({why}): train into a new folder (hydra.run.dir=...), or continue this run "
+        "with resume=true."
+    )
+
+
+def _check_optimization(module: pl.LightningModule, cfg: DictConfig) -> None:
+    """Build the optimizer and the schedule once, in memory, as configure_optimizers will: a bad
+    value (optimizer.lr=-1) or a mistyped key (+optimizer.lrr=1) fails now, not inside fit."""
+    optimizer_factory = getattr(module, "optimizer_factory", None)
+    if optimizer_factory is None:
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    try:
+        optimizer = optimizer_factory(params=params)
+    except TypeError as err:
+        name = unexpected_keyword(err)
+        if name is None:
+            raise
+        raise unknown_setting("optimizer", name, cfg.optimizer.get("_target_")) from err
+    scheduler_factory = getattr(module, "scheduler_factory", None)
+    if scheduler_factory is None:
+        return
+    interval = getattr(scheduler_factory, "keywords", {}).get("interval", "epoch")
+    max_epochs = cfg.trainer.get("max_epochs")
+    if interval == "epoch" and (max_epochs is None or int(max_epochs) < 1):
+        raise ConfigError("the cosine schedule needs a finite trainer.max_epochs (T_max = max epochs).")
+    try:
+        scheduler_factory(optimizer=optimizer, total=max(int(max_epochs or 1), 1))
+    except TypeError as err:
+        name = unexpected_keyword(err)
+        if name is None:
+            raise
+        raise unknown_setting("scheduler", name, cfg.scheduler.get("_target_")) from err
 
 
 @task_wrapper
@@ -56,45 +187,56 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print_config_tree(cfg)
     pl.seed_everything(cfg.seed, workers=True)
 
-    # Cheap checks first: a missing dataset or weights file fails before anything is built.
-    datamodule = hydra.utils.instantiate(cfg.dataset)
-    if hasattr(datamodule, "check"):
-        datamodule.check()
+    # Cheap checks first: missing data, weights or init_from fail, all in one message, before anything is built.
+    datamodule = check_inputs(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(output_dir, cfg.get("resume"))
-    resumed_at: dict[str, Any] | None = None
-    if ckpt_path:
-        state = load_checkpoint_safely(ckpt_path)  # refuses pickled objects before Lightning sees it
-        resumed_at = {"checkpoint": str(ckpt_path), "epoch": state.get("epoch"), "global_step": state.get("global_step")}
-        del state
-    net = hydra.utils.instantiate(cfg.model)
+    point = _resume_point(cfg, output_dir)
+    net = instantiate_node(cfg.model, "model")
     if cfg.get("init_from"):  # a trained network of this task, head included (ATCON unsupervised)
-        load_trained_network(net, resolve_checkpoint(cfg.init_from))
+        load_trained_network(
+            net, resolve_checkpoint(cfg.init_from), config="this run's model config",
+            fix="init_from needs a run trained with the same model settings (model.*)",
+        )
         log.info("network weights (head included) from %s", cfg.init_from)
 
     class_weights = resolve_class_weights(cfg.module.get("class_weights"), datamodule, cfg.dataset.num_classes)
-    module = hydra.utils.instantiate(
+    module = instantiate_node(
         cfg.module,
+        "module",
         net=net,
-        optimizer=hydra.utils.instantiate(cfg.optimizer),
-        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        optimizer=instantiate_node(cfg.optimizer, "optimizer"),
+        scheduler=instantiate_node(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
         class_weights=class_weights,
     )
     if module.uses_unlabeled:  # e.g. ATCON: training batches become labelled + unlabeled pairs
         datamodule.pair_with_unlabeled()
+    _check_optimization(module, cfg)
+    if point.checkpoint is not None:
+        _check_resume_fits(module, point, output_dir)
+    fresh_start = _check_run_folder(cfg, output_dir, point)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, **_cluster_plugins(cfg.trainer)
+    trainer: pl.Trainer = instantiate_node(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **_trainer_plugins(cfg.trainer)
     )
 
+    # Validated: from here on this attempt writes into the run folder.
     config = resolved_config(cfg)
+    resumed_at = point.summary()
+    ckpt_path = point.checkpoint
     if trainer.is_global_zero:
-        write_config(config, output_dir)
-        attempt = record_attempt(output_dir, resumed_at)
-        log.info("run folder: %s%s", output_dir, f" (SLURM job {attempt['slurm']['job_id']})" if attempt["slurm"] else "")
+        start_loggers(loggers)  # a W&B failure (no API key) stops here, before any file is written
+        attempt = next_attempt(output_dir)
+        archive_earlier_attempt(output_dir, attempt - 1, move_results=fresh_start)
+        start_attempt(output_dir, config, attempt)
+        entry = record_attempt(
+            output_dir, resumed_at, attempt, **({"skipped_checkpoints": point.skipped} if point.skipped else {})
+        )
+        slurm = f" (SLURM job {entry['slurm']['job_id']})" if entry["slurm"] else ""
+        log.info("run folder: %s, attempt %d%s", output_dir, attempt, slurm)
         if resumed_at:
             log.info("resuming from %s (epoch %s done)", ckpt_path, resumed_at["epoch"])
+    point.state = None  # the checkpoint's tensors: Lightning reads the file again
     study_row = cfg.get("study_row")
     if study_row and study_row.optimizer != cfg.optimizer.name:
         log.warning(
@@ -125,7 +267,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["test"] = {k.removeprefix("test/"): v for k, v in test[0].items()} if test else {}
     if trainer.is_global_zero:
         write_metrics(metrics, output_dir)
-        (output_dir / "error.txt").unlink(missing_ok=True)  # an interrupted attempt's, now resolved
+        (output_dir / ERROR_FILE).unlink(missing_ok=True)  # an interrupted attempt's, now resolved
         if metrics["best_epoch"] is not None:
             for logger in loggers:
                 logger.log_metrics({"best_epoch": metrics["best_epoch"]})

@@ -560,9 +560,49 @@ def load_weights_into(
 TRAINED_STATE_PREFIXES = ("net._orig_mod.", "net.")
 
 
-def load_trained_network(net: nn.Module, checkpoint: str | os.PathLike[str], state: Mapping[str, Any] | None = None) -> nn.Module:
+def state_dict_mismatch(
+    own: Mapping[str, torch.Tensor], found: Mapping[str, Any], *, check_keys: bool = True
+) -> str | None:
+    """What keeps `found` (a checkpoint's state dict) from loading into a model whose state dict
+    is `own`, as one line (shape mismatches first: they say "another architecture"); None when
+    it fits. torch.compile's `_orig_mod.` is ignored on both sides."""
+
+    def plain(key: str) -> str:
+        return key.replace("_orig_mod.", "")
+
+    own_shapes = {plain(k): tuple(v.shape) for k, v in own.items()}
+    found_shapes = {plain(k): tuple(v.shape) for k, v in found.items() if isinstance(v, torch.Tensor)}
+    mismatched = [
+        f"{k} (checkpoint {found_shapes[k]}, model {shape})"
+        for k, shape in own_shapes.items()
+        if k in found_shapes and found_shapes[k] != shape
+    ]
+    problems = [f"{len(mismatched)} tensor(s) of another shape: {_first(mismatched, 3)}"] if mismatched else []
+    if check_keys:
+        missing = [k for k in own_shapes if k not in found_shapes]
+        unexpected = [k for k in found_shapes if k not in own_shapes]
+        if missing:
+            problems.append(f"{len(missing)} missing: {_first(missing, 3)}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected: {_first(unexpected, 3)}")
+    return "; ".join(problems) or None
+
+
+def load_trained_network(
+    net: nn.Module,
+    checkpoint: str | os.PathLike[str],
+    state: Mapping[str, Any] | None = None,
+    *,
+    config: str = "its run config",
+    fix: str = "evaluate a checkpoint with the config of the run that trained it (its run folder's "
+    "config.yaml, or run_config=...)",
+) -> nn.Module:
     """Load every weight of a network trained by xai_bench (head included) strictly, from its
-    Lightning checkpoint (read safely) or a plain state dict. `state`: the checkpoint already read."""
+    Lightning checkpoint (read safely) or a plain state dict. `state`: the checkpoint already read.
+
+    A checkpoint of another architecture (same keys, other shapes) is refused in one line that
+    names the first differing tensors; `config` says where the model came from and `fix` what to do.
+    """
     state = load_checkpoint_safely(checkpoint) if state is None else state
     state = state.get("state_dict", state)
     weights = {}
@@ -573,10 +613,10 @@ def load_trained_network(net: nn.Module, checkpoint: str | os.PathLike[str], sta
                 break
     if not weights:
         weights = dict(state)  # a plain state dict of the network
-    missing, unexpected = net.load_state_dict(weights, strict=False)
-    if missing or unexpected:
+    problem = state_dict_mismatch(net.state_dict(), weights)
+    if problem:
         raise XaiBenchError(
-            f"checkpoint {checkpoint} does not match the model of its run config "
-            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})."
+            f"checkpoint {checkpoint} does not match the model of {config} ({problem}): {fix}."
         )
+    net.load_state_dict(weights, strict=True)
     return net

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import html
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from xai_bench.report.study import Cell, EvalRun, SkippedRun, StudyTable  # noqa: E402
 from xai_bench.report.writers import cell_parts, fmt, footnotes, header_cells, metric_title  # noqa: E402
+from xai_bench.tracking.run_folder import atomic_open, atomic_write_bytes, atomic_write_text  # noqa: E402
 
 __all__ = ["GalleryImage", "copy_galleries", "plot_dataset", "write_html", "write_plots"]
 
@@ -111,9 +111,11 @@ def plot_dataset(table: StudyTable, dataset: str, path: str | Path) -> Path:
     fig.suptitle(dataset, fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_open(path, "wb", fsync=False) as handle:
+            fig.savefig(handle, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -169,7 +171,7 @@ def copy_galleries(runs: Sequence[EvalRun], table: StudyTable, out: Path, per_ga
             (out / folder).mkdir(parents=True, exist_ok=True)
             images = []
             for png in run.overlays(entry)[:per_gallery]:
-                shutil.copyfile(png, out / folder / _safe(png.name))
+                atomic_write_bytes(out / folder / _safe(png.name), png.read_bytes(), fsync=False)
                 images.append(GalleryImage(str(folder / _safe(png.name)), captions.get(png.stem, png.stem)))
             galleries.setdefault(row, {})[entry] = images
     return galleries
@@ -248,6 +250,4 @@ def write_html(table: StudyTable, facts: Sequence[tuple[str, str]], out: Path, p
     lines += _gallery_section(table, galleries)
     lines += _skipped_section(incomplete)
     lines.append("</body></html>")
-    path = out / "index.html"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(out / "index.html", "\n".join(lines) + "\n")

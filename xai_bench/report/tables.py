@@ -14,6 +14,7 @@ import torch
 from xai_bench.metrics.aggregate import bootstrap_summary
 from xai_bench.metrics.base import ImageMetric
 from xai_bench.metrics.predictions import MapStats, PredictionTable, class_set_texts
+from xai_bench.tracking.run_folder import atomic_open
 
 __all__ = ["flat_scalars", "per_image_rows", "summarise", "write_per_image_csv"]
 
@@ -100,7 +101,7 @@ def write_per_image_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     fields: list[str] = []
     for row in rows:
         fields.extend(k for k in row if k not in fields)
-    with path.open("w", newline="") as handle:
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from xai_bench.report.study import Cell, SkippedRun, StudyTable, lower_is_better
+from xai_bench.tracking.run_folder import atomic_open, atomic_write_text
 
 __all__ = [
     "LONG_COLUMNS",
@@ -73,7 +74,7 @@ def _csv_value(value: Any) -> Any:
 
 def write_csv(table: StudyTable, path: str | Path) -> Path:
     path = Path(path)
-    with path.open("w", newline="") as handle:
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LONG_COLUMNS)
         writer.writeheader()
         for row in long_rows(table):
@@ -168,9 +169,7 @@ def write_markdown(table: StudyTable, facts: Sequence[tuple[str, str]], path: st
     for metric in table.metrics:
         lines += ["", f"## {metric_title(metric)}", "", *markdown_table(table, metric, digits)]
     lines += ["", "## Notes", ""] + [f"- {_md_escape(n)}" for n in footnotes(table, incomplete)]
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,9 +237,7 @@ def write_tex(table: StudyTable, facts: Sequence[tuple[str, str]], path: str | P
     for metric in table.metrics:
         lines += tex_table(table, metric, digits)
     lines += [f"% {tex_escape(n)}" for n in footnotes(table, incomplete)]
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,19 +1,45 @@
-"""The run-folder contract that evaluation and reports build on.
+"""The run-folder contract that evaluation and reports build on, and the one way to write it.
 
-<run>/config.yaml         resolved config + `meta` (git revision, package version, start time)
-<run>/checkpoints/        best.ckpt (lowest validation loss) and last.ckpt
-<run>/metrics.json        final validation and test metrics of best.ckpt, best_epoch
-<run>/wandb/              the W&B offline run
+<run>/config.yaml          resolved config + `meta` (git revision, package version, start time) of
+                           the latest attempt that ran in this folder (see attempts/ for earlier ones)
+<run>/checkpoints/         best.ckpt (lowest validation loss) and last.ckpt
+<run>/metrics.json         final validation and test metrics of best.ckpt, best_epoch; written only
+                           when the run succeeded (a failed run has error.txt instead)
+<run>/jobs.jsonl           one line per attempt that started (xai_bench.tracking.cluster)
+<run>/attempts/            what each attempt n ran with: config.<n>.yaml (its resolved config) and
+                           Hydra's record of its launch (hydra-config.<n>.yaml, hydra.<n>.yaml,
+                           overrides.<n>.yaml); with resume=fresh, the earlier attempt's
+                           checkpoints.<n>/ and metrics.<n>.json
+<run>/error.txt            why the latest attempt failed (not written when a refused rerun left a
+                           finished run untouched: that message is on the terminal only)
+<run>/wandb/               the W&B offline run(s), one per attempt
+
+Rules that keep a run folder trustworthy:
+- An attempt is validated completely (config values, the checkpoint it resumes from against the
+  model it builds, W&B) before it writes anything; a refused rerun changes no file.
+- Hydra itself rewrites <run>/.hydra/ at every launch, before any of our code runs, even one
+  that is then refused: .hydra/ is the record of the latest launch, attempts/ keeps each attempt's.
+- Every file is written to a temporary file in the same folder, flushed to disk and renamed over
+  the target (`atomic_write_text`, `atomic_open`): a crash or a full disk leaves the previous
+  version or none, never a truncated one. A full disk raises DiskFullError: which file, the folder
+  and the free space, in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import os
 import platform
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,6 +49,146 @@ from xai_bench.utils.git import git_revision
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+ERROR_FILE = "error.txt"
+ATTEMPTS_DIR = "attempts"
+CHECKPOINT_DIR = "checkpoints"
+HYDRA_DIR = ".hydra"
+# .hydra/<name> -> attempts/<stem>.<n>.yaml
+HYDRA_RECORD = {"config.yaml": "hydra-config", "hydra.yaml": "hydra", "overrides.yaml": "overrides"}
+# errnos of a full disk or an exhausted quota
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+# --------------------------------------------------------------------------------------------
+# Writing files
+
+
+class DiskFullError(XaiBenchError):
+    """No space left (or the quota is exhausted) while writing a run file; the previous version
+    of the file, if any, is intact."""
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"  # pragma: no cover - the loop always returns
+
+
+def free_space(folder: str | os.PathLike[str]) -> str:
+    """'<free> free of <total>' on the filesystem of `folder` (or its nearest existing parent)."""
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return "free space unknown"
+    return f"{_human_size(usage.free)} free of {_human_size(usage.total)}"
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.\d+\.[0-9a-f]{8}\.tmp$")
+
+
+def disk_full_message(path: str | os.PathLike[str] | None) -> str:
+    """One line: which file, which folder, how much room is left, and what to do."""
+    file = Path(path if path is not None else ".").absolute()
+    temp = _TEMP_NAME.match(file.name)
+    if temp:  # atomic_open's temporary file: name the file being written
+        file = file.with_name(temp.group("target"))
+    where = f"{file.name} in {file.parent}" if path is not None else f"a file (working folder {file})"
+    return (
+        f"disk full while writing {where} ({free_space(file if path is None else file.parent)}): "
+        "free space there (or point paths.log_dir / hydra.run.dir to a disk with room) and run the "
+        "same command again; the files written before are intact."
+    )
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS
+
+
+def disk_full_cause(err: BaseException) -> OSError | None:
+    """The full-disk OSError in the chain of `err` (torch.save, for one, re-raises a failed write
+    as a RuntimeError whose context is the OSError), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if is_disk_full(current):
+            assert isinstance(current, OSError)
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename durable (POSIX); folders cannot be opened on Windows."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", *, fsync: bool = True, newline: str | None = None
+) -> Iterator[IO[Any]]:
+    """Open `path` for writing through a temporary file in the same folder, renamed over `path`
+    only when the block ends without an error (os.replace is atomic within a filesystem).
+
+    On any error the temporary file is removed and `path` keeps its previous content; a full
+    disk becomes DiskFullError. `fsync` flushes file and folder to disk before returning, so a
+    power cut cannot leave an empty file behind a completed rename.
+    """
+    if "w" not in mode or "+" in mode:
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', got {mode!r}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # a hidden name no glob of the run folder matches (*.ckpt, *.json); "x": never clobber
+    temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    text = "b" not in mode
+    try:
+        with open(
+            temp,
+            mode.replace("w", "x"),
+            encoding="utf-8" if text else None,
+            newline=newline if text else None,
+        ) as handle:
+            yield handle
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(temp, target)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        if disk_full_cause(err) is not None:
+            raise DiskFullError(disk_full_message(target)) from err
+        raise
+    if fsync:
+        _fsync_folder(target.parent)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = True) -> Path:
+    """Write `text` (UTF-8) to `path` atomically (see atomic_open)."""
+    with atomic_open(path, "w", fsync=fsync) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
+    """Write `data` to `path` atomically (see atomic_open)."""
+    with atomic_open(path, "wb", fsync=fsync) as handle:
+        handle.write(data)
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# The run's files
 
 
 def run_metadata() -> dict[str, Any]:
@@ -42,11 +208,13 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     return container
 
 
+def config_text(container: dict[str, Any]) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(container))
+
+
 def write_config(container: dict[str, Any], output_dir: str | Path) -> Path:
-    path = Path(output_dir) / CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(OmegaConf.create(container)))
-    return path
+    """<run>/config.yaml, atomically (evaluation and report folders; training uses start_attempt)."""
+    return atomic_write_text(Path(output_dir) / CONFIG_FILE, config_text(container))
 
 
 def _plain(value: Any) -> Any:
@@ -63,9 +231,81 @@ def _plain(value: Any) -> Any:
 
 
 def write_metrics(metrics: dict[str, Any], output_dir: str | Path) -> Path:
-    path = Path(output_dir) / METRICS_FILE
-    path.write_text(json.dumps(_plain(metrics), indent=2, sort_keys=True) + "\n")
-    return path
+    text = json.dumps(_plain(metrics), indent=2, sort_keys=True) + "\n"
+    return atomic_write_text(Path(output_dir) / METRICS_FILE, text)
+
+
+def write_error(output_dir: str | Path, text: str) -> Path | None:
+    """<run>/error.txt, atomically; never raises (the original error matters more), so a full
+    disk leaves the previous error.txt (or none) instead of an empty file."""
+    try:
+        return atomic_write_text(Path(output_dir) / ERROR_FILE, text)
+    except Exception:  # noqa: BLE001 - never hide the original error
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Attempts: every start of a training run in this folder
+
+
+def attempts_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / ATTEMPTS_DIR
+
+
+def _archive_copy(source: Path, target: Path) -> None:
+    """Copy `source` to `target` unless `target` exists (an archive is written once)."""
+    if source.is_file() and not target.exists():
+        atomic_write_bytes(target, source.read_bytes())
+
+
+def archive_earlier_attempt(output_dir: str | Path, attempt: int, *, move_results: bool = False) -> None:
+    """Keep what attempt `attempt` (the one before this) left at the top of the run folder.
+
+    Its config.yaml is copied to attempts/config.<attempt>.yaml when not archived yet (folders
+    written before attempts/ existed). With `move_results` (resume=fresh: this attempt starts
+    over), its checkpoints/ and metrics.json move to attempts/checkpoints.<attempt>/ and
+    attempts/metrics.<attempt>.json: renames on the same disk, nothing is deleted.
+    """
+    root = Path(output_dir)
+    archive = attempts_dir(root)
+    _archive_copy(root / CONFIG_FILE, archive / f"config.{attempt}.yaml")
+    if not move_results:
+        return
+    archive.mkdir(parents=True, exist_ok=True)
+    for source, name in ((root / CHECKPOINT_DIR, f"checkpoints.{attempt}"), (root / METRICS_FILE, f"metrics.{attempt}.json")):
+        if source.exists():
+            target = archive / name
+            suffix = 1
+            while target.exists():
+                suffix += 1
+                target = archive / f"{name}-{suffix}"
+            os.replace(source, target)
+
+
+def start_attempt(output_dir: str | Path, container: dict[str, Any], attempt: int) -> Path:
+    """Write attempt `attempt`'s config: attempts/config.<n>.yaml, Hydra's record of this launch
+    (attempts/hydra-config.<n>.yaml, hydra.<n>.yaml, overrides.<n>.yaml) and <run>/config.yaml.
+    Called by rank zero once the attempt is fully validated, and only then."""
+    root = Path(output_dir)
+    archive = attempts_dir(root)
+    text = config_text(container)
+    atomic_write_text(archive / f"config.{attempt}.yaml", text)
+    for name, stem in HYDRA_RECORD.items():
+        _archive_copy(root / HYDRA_DIR / name, archive / f"{stem}.{attempt}.yaml")
+    return atomic_write_text(root / CONFIG_FILE, text)
+
+
+def saved_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The run's checkpoints/*.ckpt, newest first."""
+    folder = Path(output_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.glob("*.ckpt") if p.is_file()]
+    return sorted(files, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a run folder
 
 
 CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")

@@ -2,7 +2,13 @@
 
 It guarantees what a multirun needs: the W&B run of a job is always finished (otherwise the next
 job of the sweep logs into it), a failure is written to the run folder before it propagates, and
-a user-fixable XaiBenchError reaches the terminal as one message, not a traceback.
+a user-fixable error reaches the terminal as one message with exit status 2, not a traceback:
+an XaiBenchError, a full disk (which file, the folder, the free space) and W&B's own errors
+(no API key, no network: how to stay offline).
+
+A refused rerun leaves a finished run as it was: when the folder holds metrics.json and the
+failing attempt did not change its config.yaml, no error.txt is written there (the message is on
+the terminal and in the log).
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
-from xai_bench.utils.errors import XaiBenchError
+from xai_bench.utils.errors import ConfigError, XaiBenchError
 
 R = TypeVar("R")
 log = logging.getLogger(__name__)
+# numpy's seed range, which Lightning's seed_everything enforces
+SEED_RANGE = (0, 2**32 - 1)
 
 
 def finish_wandb(exit_code: int = 0) -> None:
@@ -37,21 +46,47 @@ def finish_wandb(exit_code: int = 0) -> None:
             log.warning("could not finish the W&B run cleanly: %s", err)
 
 
+def check_seed(cfg: DictConfig) -> None:
+    """`seed` must be an integer in numpy's range (or null): refused before anything is built."""
+    if "seed" not in cfg:
+        return
+    seed = cfg.get("seed")
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ConfigError(
+            f"seed={seed} is not an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}: pass e.g. seed=42."
+        )
+
+
+def _config_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def task_wrapper(task: Callable[[DictConfig], R]) -> Callable[[DictConfig], R]:
     @functools.wraps(task)
     def wrapped(cfg: DictConfig) -> R:
+        from xai_bench.tracking.run_folder import CONFIG_FILE, METRICS_FILE, write_error
+
         exit_code = 0
+        output_dir = cfg.get("paths", {}).get("output_dir") if isinstance(cfg, DictConfig) else None
+        folder = Path(output_dir) if output_dir else None
+        config_before = _config_stamp(folder / CONFIG_FILE) if folder else None
         try:
+            check_seed(cfg)
             return task(cfg)
         except BaseException as err:
             exit_code = 1
-            output_dir = cfg.get("paths", {}).get("output_dir") if isinstance(cfg, DictConfig) else None
-            if output_dir:
-                try:
-                    Path(output_dir).mkdir(parents=True, exist_ok=True)
-                    (Path(output_dir) / "error.txt").write_text("".join(traceback.format_exception(err)))
-                except Exception:  # noqa: BLE001 - never hide the original error
-                    pass
+            if folder is not None:
+                untouched = config_before is not None and _config_stamp(folder / CONFIG_FILE) == config_before
+                if untouched and (folder / METRICS_FILE).is_file():
+                    log.info("the finished run in %s was left as it was", folder)
+                else:
+                    write_error(folder, "".join(traceback.format_exception(err)))
             raise
         finally:
             finish_wandb(exit_code)
@@ -59,16 +94,45 @@ def task_wrapper(task: Callable[[DictConfig], R]) -> Callable[[DictConfig], R]:
     return wrapped
 
 
-def user_error(err: BaseException) -> XaiBenchError | None:
-    """The XaiBenchError behind `err`, if any: Hydra's instantiate wraps errors of a _target_."""
+def _chain(err: BaseException) -> list[BaseException]:
     seen: set[int] = set()
+    chain = []
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def user_error(err: BaseException) -> XaiBenchError | None:
+    """The user-fixable error behind `err`, if any: an XaiBenchError (Hydra's instantiate wraps
+    errors of a _target_), a full disk, or a W&B error, as an XaiBenchError with one line."""
+    from xai_bench.tracking.run_folder import DiskFullError, disk_full_cause, disk_full_message
+    from xai_bench.utils.instantiate import wandb_error_message
+
+    chain = _chain(err)
+    for current in chain:
         if isinstance(current, XaiBenchError):
             return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
+    full = disk_full_cause(err)
+    if full is not None:
+        return DiskFullError(disk_full_message(full.filename))
+    for current in chain:
+        message = wandb_error_message(current)
+        if message is not None:
+            return XaiBenchError(message)
+        if isinstance(current, MissingMandatoryValue | InterpolationToMissingValueError):
+            return ConfigError(missing_value_message(current))
     return None
+
+
+def missing_value_message(err: Exception) -> str:
+    """A `???` left in the config (e.g. dataset.num_classes of dataset=folder): name the key."""
+    text = str(err).splitlines()[0] if str(err) else ""
+    key = text.rsplit(":", 1)[-1].strip() if "Missing mandatory value" in text else ""
+    key = key or str(getattr(err, "full_key", "") or "a setting")
+    return f"{key} must be set (the config leaves it as ???): add {key}=<value> to the command."
 
 
 def run_entry(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
