@@ -48,3 +48,45 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict[str, str
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+# a tiny finished training run (seconds on a CPU) that CLI tests rerun, resume or evaluate
+TINY_RUN = ["debug=tiny", "dataset.num_train=64", "dataset.num_val=32", "dataset.num_test=32",
+            "logger=none", "print_config=false"]
+
+
+def fails_cleanly(proc, *needles: str) -> str:
+    """Assert a CLI run failed as a user-fixable error: exit 2, no traceback, one `error:` line
+    holding every needle; returns that line."""
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny run, kept as a read-only template; `run_copy` restores it at the path it
+    was trained in (checkpoints record their folder: Lightning versions files of a moved run)."""
+    base = tmp_path_factory.mktemp("finished")
+    out = base / "run"
+    proc = run_cli(["xai_bench.train", *TINY_RUN, f"hydra.run.dir={out}"], cwd=base, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    template = base / "template"
+    out.rename(template)
+    return template
+
+
+@pytest.fixture
+def run_copy(finished_run: Path) -> Iterator[Path]:
+    """A fresh copy of `finished_run` at its training path, removed afterwards."""
+    import shutil
+
+    out = finished_run.parent / "run"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(finished_run, out)
+    yield out
+    shutil.rmtree(out, ignore_errors=True)

@@ -31,7 +31,8 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import run_cli
+from conftest import TINY_RUN, run_cli
+from conftest import fails_cleanly as _fails_cleanly
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import nn
@@ -41,8 +42,7 @@ from xai_bench.modules.callbacks import AtomicCheckpointIO, NonFiniteLossError, 
 from xai_bench.utils.errors import ConfigError
 from xai_bench.utils.instantiate import instantiate_loggers, wandb_mode
 
-TINY = ["debug=tiny", "dataset.num_train=64", "dataset.num_val=32", "dataset.num_test=32", "logger=none",
-        "print_config=false"]
+TINY = TINY_RUN
 HYDRA_OWN = ("train.log", "evaluate.log", ".hydra")
 
 
@@ -54,14 +54,6 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
-def _fails_cleanly(proc, *needles: str) -> str:
-    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,26 +169,7 @@ def test_nan_loss_on_one_ddp_rank_stops_every_rank(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------------------------
 # CLI fixtures: a finished run (restored at its own path for each test) and a wider model's run
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("finished")
-    out = base / "run"
-    proc = run_cli(["xai_bench.train", *TINY, f"hydra.run.dir={out}"], cwd=base, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    template = base / "template"
-    out.rename(template)
-    return template
-
-
-@pytest.fixture
-def run_copy(finished_run: Path) -> Iterator[Path]:
-    out = finished_run.parent / "run"
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(finished_run, out)
-    yield out
-    shutil.rmtree(out, ignore_errors=True)
+# (finished_run and run_copy: conftest.py)
 
 
 @pytest.fixture(scope="module")

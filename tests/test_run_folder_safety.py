@@ -21,13 +21,13 @@ import json
 import os
 import shutil
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import run_cli
+from conftest import TINY_RUN, run_cli
+from conftest import fails_cleanly as _fails_cleanly
 
 from xai_bench.modules.callbacks import AtomicCheckpointIO
 from xai_bench.report.tables import write_per_image_csv
@@ -42,8 +42,7 @@ from xai_bench.tracking.run_folder import (
 )
 from xai_bench.utils.errors import XaiBenchError
 
-TINY = ["debug=tiny", "dataset.num_train=64", "dataset.num_val=32", "dataset.num_test=32", "logger=none",
-        "print_config=false"]
+TINY = TINY_RUN
 
 # A full disk, simulated without filling one: files whose name matches XAI_FAULT_GLOB, opened for
 # writing, raise OSError(ENOSPC) after XAI_FAULT_BYTES bytes, from the (XAI_FAULT_SKIP + 1)-th
@@ -151,18 +150,6 @@ def _digest(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
 HYDRA_OWN = ("train.log", ".hydra")
 
 
-def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def _fails_cleanly(proc, *needles: str) -> str:
-    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-5000:]
-    lines = _error_lines(proc.stderr)
-    assert len(lines) == 1, proc.stderr[-3000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,29 +269,7 @@ def test_no_readable_checkpoint_stops_with_a_message(tmp_path: Path, damage: str
 
 
 # --------------------------------------------------------------------------------------------
-# CLI: a finished run folder, rerun
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished tiny run, kept as a template; `run_copy` restores it at the path it was
-    trained in (checkpoints record their folder: Lightning versions files of a moved run)."""
-    base = tmp_path_factory.mktemp("finished")
-    out = base / "run"
-    proc = run_cli(["xai_bench.train", *TINY, f"hydra.run.dir={out}"], cwd=base, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    template = base / "template"
-    out.rename(template)
-    return template
-
-
-@pytest.fixture
-def run_copy(finished_run: Path) -> Iterator[Path]:
-    out = finished_run.parent / "run"
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(finished_run, out)
-    yield out
-    shutil.rmtree(out, ignore_errors=True)
+# CLI: a finished run folder (conftest.py's finished_run / run_copy), rerun
 
 
 def _rerun(run: Path, *overrides: str, env: dict[str, str] | None = None, timeout: float = 600):
