@@ -19,9 +19,9 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
+from xai_bench import prepare as prepare_cli
 from xai_bench.data import ImageTableDataModule
 from xai_bench.data.containment import paths_outside
-from xai_bench.data.prepare import common, folder
 from xai_bench.utils.errors import DatasetNotFoundError, WeightsNotFoundError, XaiBenchError
 from xai_bench.utils.preflight import check_inputs
 
@@ -159,13 +159,15 @@ def test_prepare_folder_csv_refuses_rows_leading_outside_raw(tmp_path: Path, bad
     table = tmp_path / "table.csv"
     table.write_text("path,label\n" + "".join(f"{i}.png,{i % 2}\n" for i in range(6)) + bad.format(secret=secret) + ",0\n")
     out = tmp_path / "out"
-    assert common.run_prepare(folder.main, ["--raw", str(raw), "--csv", str(table), "--out", str(out)]) == 2
+    assert prepare_cli.main(["folder", "--raw", str(raw), "--csv", str(table), "--out",
+                             str(out)]) == 2
     printed = capsys.readouterr().out
     assert f"{table}: 1 of 7 paths lead outside --raw" in printed and "line 8 " in printed
     assert not out.exists() and not any("secret" in p for p in opened)
     # absolute paths below --raw remain fine (the documented form)
     table.write_text("path,label\n" + "".join(f"{raw / f'{i}.png'},{i % 2}\n" for i in range(6)))
-    assert common.run_prepare(folder.main, ["--raw", str(raw), "--csv", str(table), "--out", str(out)]) == 0
+    assert prepare_cli.main(["folder", "--raw", str(raw), "--csv", str(table), "--out",
+                             str(out)]) == 0
 
 
 def test_prepare_refuses_linked_masks_and_rois_before_writing(tmp_path: Path, capsys) -> None:
@@ -174,11 +176,13 @@ def test_prepare_refuses_linked_masks_and_rois_before_writing(tmp_path: Path, ca
     (tmp_path / "masks").mkdir()
     (tmp_path / "masks" / "0.png").symlink_to(secret)
     out = tmp_path / "out"
-    assert common.run_prepare(folder.main, ["--raw", str(raw.parent), "--out", str(out), "--masks", str(tmp_path / "masks")]) == 2
+    assert prepare_cli.main(["folder", "--raw", str(raw.parent), "--out", str(out), "--masks",
+                             str(tmp_path / "masks")]) == 2
     assert "1 mask files are symlinks leading outside the mask folder" in capsys.readouterr().out
     (tmp_path / "rois").mkdir()
     (tmp_path / "rois" / "0.png").symlink_to(secret)
-    assert common.run_prepare(folder.main, ["--raw", str(raw.parent), "--out", str(out), "--rois", str(tmp_path / "rois")]) == 2
+    assert prepare_cli.main(["folder", "--raw", str(raw.parent), "--out", str(out), "--rois",
+                             str(tmp_path / "rois")]) == 2
     assert "1 ROI files are symlinks leading outside the folder" in capsys.readouterr().out
     assert not out.exists()  # refused before the images were written
 

@@ -238,9 +238,10 @@ def test_prepare_train_evaluate_pascal_voc_layout(tmp_path: Path) -> None:
     evaluated with the study's metrics and wsl_iou; metrics.json and per_image.csv carry them."""
     from test_prepare import _voc_raw
 
-    from xai_bench.data.prepare import pascal_voc
+    from xai_bench import prepare as prepare_cli
 
-    pascal_voc.main(["--raw", str(_voc_raw(tmp_path / "raw").parent), "--out", str(tmp_path / "data" / "pascal_voc")])
+    prepare_cli.run(["pascal_voc", "--raw", str(_voc_raw(tmp_path / "raw").parent), "--out",
+                     str(tmp_path / "data" / "pascal_voc")])
     common = [f"paths.data_dir={tmp_path / 'data'}", "logger=none"]
     train = run_cli(["xai_bench.train", "dataset=pascal_voc", "debug=tiny", f"hydra.run.dir={tmp_path / 'run'}",
                      *common], cwd=tmp_path, timeout=600)

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, REPO_ROOT, run_cli
+from conftest import DATA_DIR, run_cli
 from PIL import Image
 
+from xai_bench import prepare as prepare_cli
 from xai_bench.data import ImageTableDataModule
 from xai_bench.data.datamodule import low_data_rows
 from xai_bench.data.prepare import (
@@ -95,7 +96,8 @@ def test_boxes_become_masks_in_the_resized_frame(tmp_path: Path) -> None:
 def test_kvasir_labels_splits_and_study_rois(tmp_path: Path) -> None:
     raw = _kvasir_raw(tmp_path)
     out = tmp_path / "data" / "kvasir"
-    report = kvasir.main(["--raw", str(raw), "--out", str(out), "--rois", str(KVASIR_ROI.parent)])
+    report = prepare_cli.run(["kvasir", "--raw", str(raw), "--out", str(out), "--rois",
+                              str(KVASIR_ROI.parent)])
     assert sum(report.counts["train"].values()) + sum(report.counts["val"].values()) + sum(
         report.counts["test"].values()) == 21  # polyps left out
     assert report.rois["attached"] == 1 and len(report.rois["without_image"]) >= 1
@@ -123,7 +125,8 @@ def test_input_frame_rois_are_used_exactly_after_the_eval_transform(tmp_path: Pa
 
     raw = _kvasir_raw(tmp_path, per_class=3)
     out = tmp_path / "kv"
-    kvasir.main(["--raw", str(raw), "--out", str(out), "--rois", str(KVASIR_ROI.parent), "--fractions", "0", "0", "1"])
+    prepare_cli.run(["kvasir", "--raw", str(raw), "--out", str(out), "--rois",
+                     str(KVASIR_ROI.parent), "--fractions", "0", "0", "1"])
     eval_tf = A.Compose([A.SmallestMaxSize(max_size=256), A.CenterCrop(224, 224), A.Normalize(), ToTensorV2()])
     dm = ImageTableDataModule(name="kvasir", root=out, num_classes=2, img_size=224, num_workers=0,
                               transforms={"train": eval_tf, "eval": eval_tf}, batch_size=4)
@@ -156,7 +159,7 @@ def _voc_raw(root: Path) -> Path:
 def test_pascal_voc_multilabel_boxes_and_official_splits(tmp_path: Path) -> None:
     voc = _voc_raw(tmp_path)
     out = tmp_path / "pascal_voc"
-    pascal_voc.main(["--raw", str(voc.parent), "--out", str(out)])
+    prepare_cli.run(["pascal_voc", "--raw", str(voc.parent), "--out", str(out)])
     lines = (out / "labels.csv").read_text().splitlines()[1:]
     by_id = {line.split(",")[0]: line.split(",") for line in lines}
     person, dog, cat = (pascal_voc.CLASS_NAMES.index(n) for n in ("person", "dog", "cat"))
@@ -217,8 +220,8 @@ def test_mask_of_another_size_is_resized_or_rejected(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["kvasir", "pascal_voc"])
 def test_prepare_cli_then_train_a_tiny_model(tmp_path: Path, name: str) -> None:
     raw = _kvasir_raw(tmp_path) if name == "kvasir" else _voc_raw(tmp_path).parent
-    script = REPO_ROOT / "scripts" / f"prepare_{name}.py"
-    proc = subprocess.run([sys.executable, str(script), "--raw", str(raw), "--out", str(tmp_path / "data" / name)],
+    proc = subprocess.run([sys.executable, "-m", "xai_bench.prepare", name, "--raw", str(raw),
+                           "--out", str(tmp_path / "data" / name)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "prepared" in proc.stdout

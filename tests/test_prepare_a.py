@@ -17,6 +17,7 @@ import pytest
 from conftest import run_cli
 from PIL import Image
 
+from xai_bench import prepare as prepare_cli
 from xai_bench.data import ImageTableDataModule
 from xai_bench.data.prepare import PrepareConfig, cp_child, crc, folder, prepare_dataset
 from xai_bench.data.prepare import covid19_radiography as covid
@@ -127,7 +128,8 @@ def test_cp_child_publisher_split_labels_and_rois(tmp_path: Path) -> None:
     rois.mkdir()
     Image.fromarray(roi).save(rois / "1 (50).png")  # a CP-CHILD-A Test polyp image
     out = tmp_path / "cp_child"
-    report = cp_child.main(["--raw", str(tmp_path / "raw"), "--out", str(out), "--rois", str(rois)])  # parent of CP-CHILD/
+    report = prepare_cli.run(["cp_child", "--raw", str(tmp_path / "raw"), "--out", str(out),
+                              "--rois", str(rois)])  # parent of CP-CHILD/
     rows = _labels(out)
     assert len(rows) == 2 * (2 * 10 + 2 * 3)
     for row in rows:
@@ -163,7 +165,8 @@ def test_cp_child_subsets_options_and_errors(tmp_path: Path, caplog: pytest.LogC
         assert cp_child.warn_ambiguous_rois(cp_child.records(raw), rois) == 1
     assert "--subsets A" in caplog.text
     with pytest.raises(ConfigError, match="--val-fraction"):
-        cp_child.main(["--raw", str(raw), "--out", str(tmp_path / "o"), "--fractions", "0.7", "0.2", "0.1"])
+        prepare_cli.run(["cp_child", "--raw", str(raw), "--out", str(tmp_path / "o"),
+                         "--fractions", "0.7", "0.2", "0.1"])
     with pytest.raises(DatasetNotFoundError, match="figshare"):
         cp_child.records(tmp_path / "nowhere")
     (raw / "CP-CHILD-B" / "Test" / "Non-Polyp").rename(raw / "CP-CHILD-B" / "Test" / "NonPolyp")
@@ -176,7 +179,8 @@ def test_cp_child_subsets_options_and_errors(tmp_path: Path, caplog: pytest.LogC
 def test_covid_sorted_80_10_10_per_class_and_no_lung_mask_rois(tmp_path: Path) -> None:
     make_covid(tmp_path / "raw", per_class=10, nested=True)
     out = tmp_path / "covid"
-    report = covid.main(["--raw", str(tmp_path / "raw"), "--out", str(out)])
+    report = prepare_cli.run(["covid19_radiography", "--raw", str(tmp_path / "raw"), "--out",
+                              str(out)])
     rows = _labels(out)
     assert len(rows) == 40
     # Python string order of the file names, as the companion's sorted(os.listdir(...)):
@@ -213,7 +217,7 @@ def test_covid_older_layout_and_missing_class(tmp_path: Path) -> None:
 def test_crc_test_is_crc_val_he_7k_and_val_comes_from_100k(tmp_path: Path) -> None:
     raw = make_crc(tmp_path / "raw")
     out = tmp_path / "crc"
-    report = crc.main(["--raw", str(raw), "--out", str(out)])
+    report = prepare_cli.run(["crc", "--raw", str(raw), "--out", str(out)])
     rows = _labels(out)
     assert len(rows) == 9 * 12
     for row in rows:
@@ -240,7 +244,8 @@ def test_crc_missing_folders_and_options(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError, match="NCT-CRC-HE-100K/TUM"):
         crc.records(raw)
     with pytest.raises(ConfigError, match="--val-fraction"):
-        crc.main(["--raw", str(raw), "--out", str(tmp_path / "o"), "--fractions", "0.6", "0.2", "0.2"])
+        prepare_cli.run(["crc", "--raw", str(raw), "--out", str(tmp_path / "o"), "--fractions",
+                         "0.6", "0.2", "0.2"])
 
 
 # ----------------------------------------------------------------------------- corrupt files
@@ -265,10 +270,10 @@ def _raw_with_corrupt(kind: str, tmp_path: Path) -> tuple[list[str], Path, tuple
 @pytest.mark.parametrize("kind", ["cp_child", "covid19_radiography", "crc", "folder"])
 def test_corrupt_image_is_named_or_skipped(kind: str, tmp_path: Path) -> None:
     args, bad, _ = _raw_with_corrupt(kind, tmp_path)
-    module = {"cp_child": cp_child, "covid19_radiography": covid, "crc": crc, "folder": folder}[kind]
     with pytest.raises(XaiBenchError, match=re.escape(bad.name)):
-        module.main([*args, "--out", str(tmp_path / "strict")])
-    report = module.main([*args, "--out", str(tmp_path / "lenient"), "--on-corrupt", "skip"])
+        prepare_cli.run([kind, *args, "--out", str(tmp_path / "strict")])
+    report = prepare_cli.run([kind, *args, "--out", str(tmp_path / "lenient"), "--on-corrupt",
+                              "skip"])
     assert len(report.skipped) == 1 and str(bad) in report.skipped[0]
     info = json.loads((tmp_path / "lenient" / "prepare.json").read_text())
     assert info["skipped"] == report.skipped
@@ -285,7 +290,7 @@ def test_folder_class_folders_sorted_names_and_explicit_order(tmp_path: Path) ->
     recs, names = folder.records(raw, classes=["malignant", "benign"])
     assert names == ["malignant", "benign"] and {r.label for r in recs if r.name.startswith("malignant/")} == {0}
     out = tmp_path / "out"
-    report = folder.main(["--raw", str(raw), "--out", str(out)])
+    report = prepare_cli.run(["folder", "--raw", str(raw), "--out", str(out)])
     assert report.counts["test"] == report.counts["val"] == {"benign": 1, "malignant": 1}
     assert {r["split"] for r in _labels(out)} == {"train", "val", "test"}
     with pytest.raises(DatasetNotFoundError, match="class folder 'tumour'"):
@@ -305,8 +310,8 @@ def test_folder_csv_grouped_split_masks_and_boxes(tmp_path: Path) -> None:
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("path_or_stem,x0,y0,x1,y1\nimages/pt05_1.png,4,2,12,10\npt07_0,0,0,6,5\npt07_0,18,15,24,20\n")
     out = tmp_path / "out"
-    report = folder.main(["--raw", str(raw), "--csv", str(table), "--out", str(out), "--masks", str(masks),
-                          "--boxes", str(boxes), "--resize", "48x40"])
+    report = prepare_cli.run(["folder", "--raw", str(raw), "--csv", str(table), "--out", str(out),
+                              "--masks", str(masks), "--boxes", str(boxes), "--resize", "48x40"])
     rows = _labels(out)
     splits_of: dict[str, set[str]] = {}
     for row in rows:
@@ -380,7 +385,8 @@ def test_dataset_config_reads_the_prepared_folder(compose_cfg, prepared: Path, n
     extra = ["dataset.num_classes=2", "dataset.class_names=[benign,malignant]"] if name == "folder" else []
     cfg = compose_cfg(f"dataset={name}", f"paths.data_dir={prepared}", "debug=tiny", *extra)
     assert cfg.dataset.num_classes == classes and len(cfg.dataset.class_names) == classes
-    assert f"scripts/prepare_{name}.py" in cfg.dataset.prepare_hint and f"--out {prepared}/{name}" in cfg.dataset.prepare_hint
+    assert f"python -m xai_bench.prepare {name} --raw" in cfg.dataset.prepare_hint
+    assert f"--out {prepared}/{name}" in cfg.dataset.prepare_hint
     if name in ("covid19_radiography", "crc"):
         assert cfg.model.arch == "vit_tiny_patch16_224"  # debug=tiny's model wins over the companion's resnet34
     dm = hydra.utils.instantiate(cfg.dataset)
@@ -392,7 +398,8 @@ def test_dataset_config_reads_the_prepared_folder(compose_cfg, prepared: Path, n
 def test_missing_prepared_dataset_names_the_prepare_command(compose_cfg, tmp_path: Path) -> None:
     cfg = compose_cfg("dataset=covid19_radiography", f"paths.data_dir={tmp_path}")
     dm = hydra.utils.instantiate(cfg.dataset)
-    with pytest.raises(DatasetNotFoundError, match=r"scripts/prepare_covid19_radiography\.py --raw"):
+    hint = r"python -m xai_bench\.prepare covid19_radiography --raw"
+    with pytest.raises(DatasetNotFoundError, match=hint):
         dm.setup("fit")
 
 
@@ -404,8 +411,8 @@ def test_prepare_then_train_from_the_command_line(name: str, tmp_path: Path) -> 
            "covid19_radiography": lambda: make_covid(tmp_path / "download", per_class=10),
            "crc": lambda: make_crc(tmp_path / "download", n_train=10, n_test=2),
            "folder": lambda: make_class_folders(tmp_path / "download", per_class=12)}[name]()
-    script = Path(__file__).resolve().parents[1] / "scripts" / f"prepare_{name}.py"
-    proc = subprocess.run([sys.executable, str(script), "--raw", str(raw), "--out", str(tmp_path / "data" / name)],
+    proc = subprocess.run([sys.executable, "-m", "xai_bench.prepare", name, "--raw", str(raw),
+                           "--out", str(tmp_path / "data" / name)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "prepared" in proc.stdout

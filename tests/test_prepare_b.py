@@ -14,9 +14,10 @@ from pathlib import Path
 import hydra
 import numpy as np
 import pytest
-from conftest import DATA_DIR, REPO_ROOT, run_cli
+from conftest import DATA_DIR, run_cli
 from PIL import Image
 
+from xai_bench import prepare as prepare_cli
 from xai_bench.data.prepare import duke, mura
 from xai_bench.utils.errors import DatasetNotFoundError, XaiBenchError
 
@@ -173,7 +174,7 @@ def duke_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def duke_out(duke_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("duke_data") / "duke"
-    duke.main(["--raw", str(duke_raw), "--out", str(out)])
+    prepare_cli.run(["duke", "--raw", str(duke_raw), "--out", str(out)])
     return out
 
 
@@ -185,7 +186,8 @@ def mura_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def mura_out(mura_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("mura_data") / "mura"
-    mura.main(["--raw", str(mura_raw), "--out", str(out), "--rois", str(DATA_DIR / "rois" / "mura")])
+    prepare_cli.run(["mura", "--raw", str(mura_raw), "--out", str(out), "--rois",
+                     str(DATA_DIR / "rois" / "mura")])
     return out
 
 
@@ -226,8 +228,8 @@ def test_duke_box_becomes_the_mask_of_positive_slices(duke_out: Path) -> None:
 def test_duke_names_match_the_study_evaluation_rois(tmp_path: Path) -> None:
     # tests/data/rois/duke holds 1-040-819.png: slice 40 of Breast_MRI_819's pre-contrast series
     raw = make_duke(tmp_path, numbers=[819], n_slices=45, slices=(38, 42))
-    report = duke.main(["--raw", str(raw), "--out", str(tmp_path / "out"), "--no-balance",
-                        "--rois", str(DATA_DIR / "rois" / "duke")])
+    report = prepare_cli.run(["duke", "--raw", str(raw), "--out", str(tmp_path / "out"),
+                              "--no-balance", "--rois", str(DATA_DIR / "rois" / "duke")])
     assert report.rois["attached"] == 1 and "1-040-819.png" not in report.rois["without_image"]
     assert (tmp_path / "out" / "rois" / "tumour" / "1-040-819.png").is_file()
 
@@ -288,8 +290,9 @@ def test_duke_corrupt_slice_skipped_or_named(tmp_path: Path) -> None:
     bad = next((raw / duke.COLLECTION / "Breast_MRI_002").rglob("*pre*/1-001.dcm"))
     bad.write_bytes(b"not a DICOM file")
     with pytest.raises(XaiBenchError, match=re.escape(str(bad))):
-        duke.main(["--raw", str(raw), "--out", str(tmp_path / "a"), "--no-balance"])
-    report = duke.main(["--raw", str(raw), "--out", str(tmp_path / "b"), "--no-balance", "--on-corrupt", "skip"])
+        prepare_cli.run(["duke", "--raw", str(raw), "--out", str(tmp_path / "a"), "--no-balance"])
+    report = prepare_cli.run(["duke", "--raw", str(raw), "--out", str(tmp_path / "b"),
+                              "--no-balance", "--on-corrupt", "skip"])
     assert len(report.skipped) == 1 and str(bad) in report.skipped[0]
     assert sum(sum(c.values()) for c in report.counts.values()) == 2 * 8 - 1
 
@@ -361,8 +364,9 @@ def test_mura_corrupt_image_skipped_or_named(tmp_path: Path) -> None:
     bad = raw / "train/XR_WRIST/patient00004/study1_negative/image1.png"
     bad.write_bytes(b"\x89PNG broken")
     with pytest.raises(XaiBenchError, match=re.escape(str(bad))):
-        mura.main(["--raw", str(raw), "--out", str(tmp_path / "a")])
-    report = mura.main(["--raw", str(raw), "--out", str(tmp_path / "b"), "--on-corrupt", "skip"])
+        prepare_cli.run(["mura", "--raw", str(raw), "--out", str(tmp_path / "a")])
+    report = prepare_cli.run(["mura", "--raw", str(raw), "--out", str(tmp_path / "b"),
+                              "--on-corrupt", "skip"])
     assert len(report.skipped) == 1 and str(bad) in report.skipped[0]
     assert sum(sum(c.values()) for c in report.counts.values()) == 33 - 1
 
@@ -379,7 +383,8 @@ def test_mura_datamodule_batch(mura_out: Path, compose_cfg) -> None:
 def test_prepare_and_train_cli(name: str, tmp_path: Path) -> None:
     raw = make_duke(tmp_path / "raw") if name == "duke" else make_mura(tmp_path / "raw")
     prepare = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / f"prepare_{name}.py"), "--raw", str(raw), "--out", str(tmp_path / "data" / name)],
+        [sys.executable, "-m", "xai_bench.prepare", name, "--raw", str(raw), "--out",
+         str(tmp_path / "data" / name)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert prepare.returncode == 0, prepare.stdout + prepare.stderr

@@ -20,7 +20,7 @@ import hydra
 import numpy as np
 import pytest
 import yaml
-from conftest import CONF_DIR, REPO_ROOT, run_cli
+from conftest import CONF_DIR, run_cli
 from PIL import Image
 
 from xai_bench.data.prepare import (
@@ -250,7 +250,7 @@ def test_config_builds_a_datamodule_that_reads_batches(prepared: dict[str, Path]
     cfg = compose_cfg(f"dataset={name}", f"paths.data_dir={prepared[name]}", "dataset.img_size=32",
                       "dataset.num_workers=0", "dataset.pin_memory=false", "dataset.batch_size=64")
     assert cfg.model.arch == "resnet50" and cfg.optimizer.name == "adam"
-    assert f"python scripts/prepare_{name}.py --raw" in cfg.dataset.prepare_hint
+    assert f"python -m xai_bench.prepare {name} --raw" in cfg.dataset.prepare_hint
     assert cfg.dataset.prepare_hint.endswith(f"--out {prepared[name]}/{name}")
     dm = hydra.utils.instantiate(cfg.dataset)
     dm.setup("test")
@@ -416,9 +416,9 @@ def test_isic2020_config_asks_for_balanced_class_weights() -> None:
 def test_prepare_then_train_from_the_command_line(tmp_path: Path, name: str) -> None:
     raw = BUILDERS[name](tmp_path / "raw")
     data = tmp_path / "data"
-    script = REPO_ROOT / "scripts" / f"prepare_{name}.py"
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(script), "--raw", str(raw), "--out", str(data / name)],
+    done = subprocess.run([sys.executable, "-m", "xai_bench.prepare", name, "--raw", str(raw),
+                           "--out", str(data / name)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "prepared" in done.stdout and (data / name / "labels.csv").is_file()

@@ -21,8 +21,9 @@ import pytest
 from conftest import DATA_DIR, REPO_ROOT
 from PIL import Image
 
+from xai_bench import prepare as prepare_cli
 from xai_bench.data import study_rois
-from xai_bench.data.prepare import common, cp_child, duke, folder, kvasir, mura
+from xai_bench.data.prepare import common, cp_child, duke, kvasir, mura
 from xai_bench.utils.errors import ConfigError
 
 STUDY_MODULES = {"cp_child": cp_child, "duke": duke, "kvasir": kvasir, "mura": mura}
@@ -68,11 +69,13 @@ def test_the_four_study_prepare_scripts_attach_the_study_rois_by_default(
     seen: dict[str, common.PrepareConfig] = {}
     monkeypatch.setattr(module, "records", lambda *args, **kwargs: [])
     monkeypatch.setattr(module, "prepare_dataset", lambda recs, cfg, *rest: seen.setdefault("cfg", cfg))
-    module.main(["--raw", str(tmp_path), "--out", str(tmp_path / "out")])
+    prepare_cli.run([dataset, "--raw", str(tmp_path), "--out", str(tmp_path / "out")])
     assert seen.pop("cfg").rois == study_rois.path(dataset)
-    module.main(["--raw", str(tmp_path), "--out", str(tmp_path / "out"), "--rois", "none"])
+    prepare_cli.run([dataset, "--raw", str(tmp_path), "--out", str(tmp_path / "out"), "--rois",
+                     "none"])
     assert seen.pop("cfg").rois is None
-    module.main(["--raw", str(tmp_path), "--out", str(tmp_path / "out"), "--rois", str(tmp_path)])
+    prepare_cli.run([dataset, "--raw", str(tmp_path), "--out", str(tmp_path / "out"), "--rois",
+                     str(tmp_path)])
     assert seen.pop("cfg").rois == tmp_path
 
 
@@ -90,7 +93,8 @@ def _kvasir_raw(root: Path) -> Path:
 
 def test_kvasir_prepare_without_rois_argument_attaches_the_study_mask(tmp_path: Path) -> None:
     out = tmp_path / "data" / "kvasir"
-    report = kvasir.main(["--raw", str(_kvasir_raw(tmp_path)), "--out", str(out), "--resize", "none"])
+    report = prepare_cli.run(["kvasir", "--raw", str(_kvasir_raw(tmp_path)), "--out", str(out),
+                              "--resize", "none"])
     assert report.rois["attached"] == 1 and len(report.rois["without_image"]) == 49
     attached = out / "rois" / "esophagitis" / f"{KVASIR_STEM}.png"
     assert _sha(attached) == _sha(study_rois.path("kvasir") / f"{KVASIR_STEM}.png")
@@ -102,7 +106,8 @@ def test_rois_study_for_a_dataset_without_study_masks_is_refused(tmp_path: Path,
     raw.mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(raw / "x.png")
     out = tmp_path / "out"
-    assert common.run_prepare(folder.main, ["--raw", str(tmp_path / "raw"), "--out", str(out), "--rois", "study"]) == 2
+    assert prepare_cli.main(["folder", "--raw", str(tmp_path / "raw"), "--out", str(out),
+                             "--rois", "study"]) == 2
     assert "cp_child, duke, kvasir, mura only" in capsys.readouterr().out
     assert not out.exists()
 
@@ -146,7 +151,7 @@ def test_an_installed_package_outside_the_repository_finds_all_200_masks(install
         from pathlib import Path
         import xai_bench
         from xai_bench.data import study_rois
-        from xai_bench.data.prepare import kvasir
+        from xai_bench.prepare import run
         assert Path(xai_bench.__file__).resolve().is_relative_to(Path({str(installed)!r}).resolve()), xai_bench.__file__
         counts = {{d: len(study_rois.masks(d)) for d in study_rois.DATASETS}}
         raw = Path("raw/esophagitis"); raw.mkdir(parents=True)
@@ -156,7 +161,7 @@ def test_an_installed_package_outside_the_repository_finds_all_200_masks(install
             (raw / name).write_bytes(src.read_bytes())
         for name in ("c.jpg", "d.jpg", "e.jpg"):
             (Path("raw/normal-z-line") / name).write_bytes(src.read_bytes())
-        report = kvasir.main(["--raw", "raw", "--out", "out", "--resize", "none"])
+        report = run(["kvasir", "--raw", "raw", "--out", "out", "--resize", "none"])
         print(json.dumps({{"counts": counts, "spaces": str(study_rois.masks("cp_child")[0].name),
                           "attached": report.rois["attached"]}}))
     """)

@@ -191,7 +191,7 @@ def _outside_message(what: str, where: Path, root: Path, items: Sequence[str], t
         f"{where}: {len(items)} of {total} {what} lead outside the dataset folder "
         f"{os.path.realpath(root)}: {shown}. Paths must stay inside the dataset folder (no "
         "absolute paths, no '..' or symlinks leading out): copy those files into it "
-        "(scripts/prepare_folder.py does) and fix the entries."
+        "(`python -m xai_bench.prepare folder` does) and fix the entries."
     )
 
 

@@ -18,17 +18,17 @@ its shortest-side + crop policy). No ROI.
 
 from __future__ import annotations
 
+import argparse
 import csv
 from pathlib import Path
 
 from xai_bench.data.prepare.common import (
+    Preparer,
     PrepareReport,
     Record,
     config_from_args,
     prepare_dataset,
-    prepare_parser,
     require_dir,
-    run_prepare,
 )
 from xai_bench.utils.errors import DatasetNotFoundError
 
@@ -71,11 +71,8 @@ def records(raw: Path) -> list[Record]:
     return out
 
 
-def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
-    args = parser.parse_args(argv)
+def prepare(args: argparse.Namespace) -> PrepareReport:
     return prepare_dataset(records(args.raw), config_from_args(args), CLASS_NAMES, SOURCE)
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_prepare(main))
+PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE)

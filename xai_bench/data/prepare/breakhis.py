@@ -23,17 +23,17 @@ Images are stored resized to 224x224 (the companion study's direct resize); no R
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
 from xai_bench.data.prepare.common import (
+    Preparer,
     PrepareReport,
     Record,
     config_from_args,
     prepare_dataset,
-    prepare_parser,
     require_dir,
-    run_prepare,
 )
 from xai_bench.utils.errors import DatasetNotFoundError
 
@@ -86,13 +86,14 @@ def records(raw: Path, group_by: str = "slide") -> list[Record]:
     return out
 
 
-def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options only breakhis has (the common ones: add_common_args)."""
     parser.add_argument("--group-by", choices=("slide", "number"), default="slide",
                         help="split unit: the slide id (14-22549AB, default) or its number alone (14-22549)")
-    args = parser.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> PrepareReport:
     return prepare_dataset(records(args.raw, args.group_by), config_from_args(args), CLASS_NAMES, SOURCE)
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_prepare(main))
+PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE, add_arguments=add_arguments)

@@ -1,8 +1,8 @@
-"""Shared machinery of the prepare scripts: official download -> xai_bench's canonical layout.
+"""Shared machinery of `python -m xai_bench.prepare`: official download -> the canonical layout.
 
-Every `scripts/prepare_<name>.py` only knows its publisher's layout: it turns the raw folder into
-`Record`s (image file, label, group, publisher split, ROI boxes or mask) and hands them to
-`prepare_dataset`, which does the rest the same way for every dataset:
+Every dataset module (`xai_bench.data.prepare.<name>`) only knows its publisher's layout: it turns
+the raw folder into `Record`s (image file, label, group, publisher split, ROI boxes or mask) and
+hands them to `prepare_dataset`, which does the rest the same way for every dataset:
 
     <out>/images/<name>.png     RGB, resized as the study did (`resize`)
     <out>/masks/<name>.png      ROI in the stored image's frame (from boxes or mask files)
@@ -38,6 +38,7 @@ from xai_bench.utils.errors import ConfigError, DatasetNotFoundError, XaiBenchEr
 __all__ = [
     "PrepareConfig",
     "PrepareReport",
+    "Preparer",
     "Record",
     "add_common_args",
     "assign_splits",
@@ -45,12 +46,10 @@ __all__ = [
     "config_from_args",
     "config_with_publisher_test",
     "prepare_dataset",
-    "prepare_parser",
     "read_rgb",
     "require_dir",
     "roi_files",
     "rois_folder",
-    "run_prepare",
     "split_sizes",
     "to_uint8_rgb",
 ]
@@ -352,15 +351,19 @@ def attach_rois(out: Path, rois_dir: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- command line
-def prepare_parser(
-    doc: str | None, default_resize: str | None, study_rois: str | None = None
-) -> argparse.ArgumentParser:
-    """A prepare script's command line: its docstring's first line as description, plus the
-    arguments every dataset shares (add_common_args). `study_rois`: the dataset's name when the
-    reference study published ROI masks for it (attached by default)."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
-    add_common_args(parser, default_resize, study_rois)
-    return parser
+@dataclass(frozen=True)
+class Preparer:
+    """One dataset's part of `python -m xai_bench.prepare`: its sub-command's options and the
+    function that prepares it, so that the entry point holds no per-dataset code.
+
+    `doc`'s first line is the sub-command's description; `study_rois`: the reference study
+    published ROI masks for the dataset, attached by default (`--rois study`)."""
+
+    prepare: Callable[[argparse.Namespace], PrepareReport]
+    doc: str | None
+    default_resize: str | None
+    study_rois: bool = False
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
 
 
 STUDY_ROIS = "study"
@@ -418,15 +421,3 @@ def config_with_publisher_test(args: argparse.Namespace, test_source: str) -> Pr
     cfg = config_from_args(args)
     cfg.fractions = (1.0 - args.val_fraction, args.val_fraction, 0.0)
     return cfg
-
-
-def run_prepare(main: Callable[[list[str] | None], PrepareReport], argv: list[str] | None = None) -> int:
-    """Run a prepare script's main: a user-fixable error is one message and exit status 2."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        report = main(argv)
-    except XaiBenchError as err:
-        print(f"error: {err}")
-        return 2
-    print(report.summary())
-    return 0

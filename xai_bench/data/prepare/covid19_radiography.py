@@ -24,16 +24,16 @@ The companion resized to 224x224 in its transforms: the images are stored as pub
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from xai_bench.data.prepare.common import (
+    Preparer,
     PrepareReport,
     Record,
     config_from_args,
     prepare_dataset,
-    prepare_parser,
     require_dir,
-    run_prepare,
 )
 
 CLASS_NAMES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
@@ -77,12 +77,9 @@ def records(raw: Path, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) 
     return out
 
 
-def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
-    args = parser.parse_args(argv)
+def prepare(args: argparse.Namespace) -> PrepareReport:
     cfg = config_from_args(args)
     return prepare_dataset(records(args.raw, cfg.fractions), cfg, CLASS_NAMES, SOURCE)
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_prepare(main))
+PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE)

@@ -21,18 +21,18 @@ used the 256x256 images as published (no preprocessing) and a Resize 224 test tr
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections import Counter
 from pathlib import Path
 
 from xai_bench.data.prepare.common import (
+    Preparer,
     PrepareReport,
     Record,
     config_with_publisher_test,
     prepare_dataset,
-    prepare_parser,
     require_dir,
-    run_prepare,
 )
 from xai_bench.utils.errors import ConfigError
 
@@ -89,18 +89,20 @@ def warn_ambiguous_rois(recs: list[Record], rois: Path | None) -> int:
     return len(ambiguous)
 
 
-def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE, study_rois="cp_child")  # --rois study by default
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options only cp_child has (the common ones: add_common_args)."""
     parser.add_argument("--subsets", nargs="+", choices=SUBSETS, default=list(SUBSETS),
                         help="which of CP-CHILD-A / CP-CHILD-B to include (default: both)")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="stratified share of the publisher's Train images that becomes the validation split")
-    args = parser.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> PrepareReport:
     cfg = config_with_publisher_test(args, "the publisher's Test folders")
     recs = records(args.raw, tuple(args.subsets))
     warn_ambiguous_rois(recs, cfg.rois)
     return prepare_dataset(recs, cfg, CLASS_NAMES, SOURCE)
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_prepare(main))
+PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE, study_rois=True,  # --rois study by default
+                    add_arguments=add_arguments)

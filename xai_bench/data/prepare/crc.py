@@ -23,16 +23,16 @@ published (224x224).
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from xai_bench.data.prepare.common import (
+    Preparer,
     PrepareReport,
     Record,
     config_with_publisher_test,
     prepare_dataset,
-    prepare_parser,
     require_dir,
-    run_prepare,
 )
 from xai_bench.utils.errors import ConfigError
 
@@ -74,19 +74,20 @@ def records(raw: Path, train_folder: str = TRAIN_FOLDER, test_folder: str = TEST
     return out
 
 
-def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options only crc has (the common ones: add_common_args)."""
     parser.add_argument("--train-folder", default=TRAIN_FOLDER, help="under --raw (e.g. NCT-CRC-HE-100K-NONORM)")
     parser.add_argument("--test-folder", default=TEST_FOLDER, help="under --raw")
     parser.add_argument("--val-rule", choices=VAL_RULES, default="seeded",
                         help="seeded: stratified random share (default); sorted: the companion's last share per class")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of NCT-CRC-HE-100K used for validation (the companion's sorted rule used 0.2)")
-    args = parser.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> PrepareReport:
     cfg = config_with_publisher_test(args, "CRC-VAL-HE-7K")
     recs = records(args.raw, args.train_folder, args.test_folder, args.val_rule, args.val_fraction)
     return prepare_dataset(recs, cfg, CLASS_NAMES, SOURCE)
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_prepare(main))
+PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE, add_arguments=add_arguments)

@@ -34,6 +34,7 @@ Choices made here (documented in docs/datasets/duke.md):
 
 from __future__ import annotations
 
+import argparse
 import csv
 import logging
 import re
@@ -45,13 +46,12 @@ from xml.etree import ElementTree
 import numpy as np
 
 from xai_bench.data.prepare.common import (
+    Preparer,
     PrepareReport,
     Record,
     config_from_args,
     prepare_dataset,
-    prepare_parser,
     require_dir,
-    run_prepare,
     to_uint8_rgb,
 )
 from xai_bench.utils.errors import ConfigError, DatasetNotFoundError, XaiBenchError
@@ -327,8 +327,8 @@ def _balance(positives: list[Record], negatives: list[Record], seed: int) -> tup
     return pick(sorted(positives, key=lambda r: r.name)), pick(sorted(negatives, key=lambda r: r.name))
 
 
-def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE, study_rois="duke")  # --rois study by default
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options only duke has (the common ones: add_common_args)."""
     parser.add_argument("--annotations", type=Path, default=None,
                         help="Annotation_Boxes.xlsx or its CSV export (default: looked up in and next to --raw)")
     parser.add_argument("--series", choices=sorted(SERIES_PATTERNS), default="pre",
@@ -339,11 +339,13 @@ def main(argv: list[str] | None = None) -> PrepareReport:
                         help="negatives lie at least this many slices outside the box (default: 5, the tutorial's)")
     parser.add_argument("--no-balance", dest="balance", action="store_false",
                         help="keep every slice (default: subsample the larger class to the smaller, seeded)")
-    args = parser.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> PrepareReport:
     recs = records(args.raw, args.annotations, args.series, args.series_regex, args.patients,
                    args.negative_margin, args.balance, args.seed)
     return prepare_dataset(recs, config_from_args(args), CLASS_NAMES, SOURCE)
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_prepare(main))
+PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE, study_rois=True,  # --rois study by default
+                    add_arguments=add_arguments)

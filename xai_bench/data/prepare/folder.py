@@ -21,6 +21,7 @@ grouped splits (`--fractions`).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 from collections import defaultdict
@@ -29,13 +30,12 @@ from pathlib import Path
 
 from xai_bench.data.containment import paths_outside
 from xai_bench.data.prepare.common import (
+    Preparer,
     PrepareReport,
     Record,
     config_from_args,
     prepare_dataset,
-    prepare_parser,
     require_dir,
-    run_prepare,
 )
 from xai_bench.utils.errors import ConfigError, DatasetNotFoundError
 
@@ -252,18 +252,19 @@ def records(raw: Path, csv_path: Path | None = None, classes: Sequence[str] | No
     return recs, names
 
 
-def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options only folder has (the common ones: add_common_args)."""
     parser.add_argument("--csv", type=Path, default=None, help="label table: path,label[,split][,group]")
     parser.add_argument("--classes", nargs="+", default=None, help="class names in index order (default: sorted)")
     parser.add_argument("--masks", type=Path, default=None, help="folder of ROI masks, one per image")
     parser.add_argument("--boxes", type=Path, default=None, help="CSV path_or_stem,x0,y0,x1,y1 of ROI boxes")
-    args = parser.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> PrepareReport:
     recs, names = records(args.raw, args.csv, args.classes, args.masks, args.boxes)
     report = prepare_dataset(recs, config_from_args(args), names, SOURCE)
     print(f"class names (index order), for conf/dataset/folder.yaml: num_classes={len(names)} class_names={names}")
     return report
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_prepare(main))
+PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE, add_arguments=add_arguments)

@@ -25,17 +25,17 @@ masks/ (ROI) when their folder is present.
 
 from __future__ import annotations
 
+import argparse
 import csv
 from pathlib import Path
 
 from xai_bench.data.prepare.common import (
+    Preparer,
     PrepareReport,
     Record,
     config_from_args,
     prepare_dataset,
-    prepare_parser,
     require_dir,
-    run_prepare,
 )
 from xai_bench.utils.errors import DatasetNotFoundError
 
@@ -113,12 +113,13 @@ def records(raw: Path, use_masks: bool = True) -> list[Record]:
     ]
 
 
-def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options only ham10000 has (the common ones: add_common_args)."""
     parser.add_argument("--no-masks", action="store_true", help=f"ignore {MASK_FOLDER}/ even when present")
-    args = parser.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> PrepareReport:
     return prepare_dataset(records(args.raw, use_masks=not args.no_masks), config_from_args(args), CLASS_NAMES, SOURCE)
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_prepare(main))
+PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE, add_arguments=add_arguments)

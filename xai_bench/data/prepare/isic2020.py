@@ -26,20 +26,20 @@ are stored resized to 224x224 (the survey's direct resize). No ROI.
 
 from __future__ import annotations
 
+import argparse
 import csv
 from pathlib import Path
 
 import numpy as np
 
 from xai_bench.data.prepare.common import (
+    Preparer,
     PrepareReport,
     Reader,
     Record,
     config_from_args,
     prepare_dataset,
-    prepare_parser,
     require_dir,
-    run_prepare,
     to_uint8_rgb,
 )
 from xai_bench.utils.errors import DatasetNotFoundError
@@ -114,12 +114,13 @@ def records(raw: Path, drop_duplicates: bool = False) -> list[Record]:
     return out
 
 
-def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options only isic2020 has (the common ones: add_common_args)."""
     parser.add_argument("--drop-duplicates", action="store_true", help=f"leave out image_name_2 of each pair in {DUPLICATES}")
-    args = parser.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> PrepareReport:
     return prepare_dataset(records(args.raw, args.drop_duplicates), config_from_args(args), CLASS_NAMES, SOURCE)
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_prepare(main))
+PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE, add_arguments=add_arguments)

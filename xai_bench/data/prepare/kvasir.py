@@ -12,16 +12,16 @@ images with the shortest side 256 (aspect kept) and evaluated a CenterCrop 224.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from xai_bench.data.prepare.common import (
+    Preparer,
     PrepareReport,
     Record,
     config_from_args,
     prepare_dataset,
-    prepare_parser,
     require_dir,
-    run_prepare,
 )
 
 CLASS_NAMES = ("normal-z-line", "esophagitis")
@@ -43,11 +43,8 @@ def records(raw: Path) -> list[Record]:
     return out
 
 
-def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE, study_rois="kvasir")  # --rois study by default
-    args = parser.parse_args(argv)
+def prepare(args: argparse.Namespace) -> PrepareReport:
     return prepare_dataset(records(args.raw), config_from_args(args), CLASS_NAMES, SOURCE)
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_prepare(main))
+PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE, study_rois=True)  # --rois study by default

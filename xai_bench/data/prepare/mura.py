@@ -23,19 +23,19 @@ MURA publishes no boxes: the only ROIs are those evaluation masks.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import re
 from pathlib import Path
 
 from xai_bench.data.prepare.common import (
+    Preparer,
     PrepareReport,
     Record,
     assign_splits,
     config_from_args,
     prepare_dataset,
-    prepare_parser,
     require_dir,
-    run_prepare,
 )
 from xai_bench.utils.errors import ConfigError, DatasetNotFoundError, XaiBenchError
 
@@ -131,14 +131,16 @@ def records(raw: Path, val_fraction: float = 0.1, seed: int = 42) -> list[Record
     return out["train"] + out["valid"]
 
 
-def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE, study_rois="mura")  # --rois study by default
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options only mura has (the common ones: add_common_args)."""
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of the train patients held out as val (the official valid set is the test "
                              "split; --fractions is not used)")
-    args = parser.parse_args(argv)
+
+
+def prepare(args: argparse.Namespace) -> PrepareReport:
     return prepare_dataset(records(args.raw, args.val_fraction, args.seed), config_from_args(args), CLASS_NAMES, SOURCE)
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_prepare(main))
+PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE, study_rois=True,  # --rois study by default
+                    add_arguments=add_arguments)

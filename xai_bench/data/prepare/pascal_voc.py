@@ -17,6 +17,7 @@ weakly supervised localisation IoU of the predicted class.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -24,13 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from xai_bench.data.prepare.common import (
+    Preparer,
     PrepareReport,
     Record,
     config_from_args,
     prepare_dataset,
-    prepare_parser,
     require_dir,
-    run_prepare,
 )
 from xai_bench.utils.errors import DatasetNotFoundError
 
@@ -99,9 +99,7 @@ def write_boxes(out: Path, boxes: dict[str, list]) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> PrepareReport:
-    parser = prepare_parser(__doc__, DEFAULT_RESIZE)
-    args = parser.parse_args(argv)
+def prepare(args: argparse.Namespace) -> PrepareReport:
     cfg = config_from_args(args)
     recs, boxes = records(args.raw, val_fraction=cfg.fractions[1] / max(cfg.fractions[0] + cfg.fractions[1], 1e-9),
                           seed=cfg.seed)
@@ -111,5 +109,4 @@ def main(argv: list[str] | None = None) -> PrepareReport:
     return report
 
 
-if __name__ == "__main__":
-    raise SystemExit(run_prepare(main))
+PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE)
