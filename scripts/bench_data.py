@@ -28,6 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from xai_bench.data.prepare import PrepareConfig, Record, prepare_dataset
+from xai_bench.tracking.resolvers import register_resolvers
+
+register_resolvers()  # conf/ uses xai_bench's resolvers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 

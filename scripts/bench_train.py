@@ -31,6 +31,9 @@ from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
 from xai_bench.modules import ClassifierModule, build_optimizer
+from xai_bench.tracking.resolvers import register_resolvers
+
+register_resolvers()  # conf/ uses xai_bench's resolvers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MODEL_IMG_SIZE = {"vit_b16": 224, "vit_tiny": 64, "vit_test": 32, "deit_tiny": 224, "resnet50": 224}

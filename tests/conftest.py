@@ -12,6 +12,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from xai_bench.tracking.resolvers import register_resolvers
+
+# the entry points register conf/'s resolvers when imported; tests compose configs without them
+register_resolvers()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 DATA_DIR = Path(__file__).resolve().parent / "data"

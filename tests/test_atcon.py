@@ -231,7 +231,7 @@ def test_datamodule_pairs_labelled_images_with_the_unlabeled_pool() -> None:
     dm.setup("fit")
     assert dm.train_sizes() == (10, 30)
     assert not isinstance(dm.train_dataloader(), dict)
-    dm.pair_with_unlabeled()
+    dm.pair_unlabeled = True  # what ClassifierModule.setup sets for an objective on unlabeled images
     loaders = dm.train_dataloader()
     assert set(loaders) == {"labelled", "unlabeled"}
     assert len(loaders["labelled"].dataset) == 10 and len(loaders["unlabeled"].dataset) == 30

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
 from conftest import DATA_DIR, REPO_ROOT, run_cli
+from omegaconf import OmegaConf
 
 GRID_ROWS = list(csv.DictReader((DATA_DIR / "seed_grid.csv").open()))
 
@@ -175,7 +177,9 @@ def test_study_train_sweeps_the_16_grid_rows(compose_cfg) -> None:
 
 @pytest.fixture
 def resolvers() -> None:
-    import xai_bench.utils.resolvers  # noqa: F401 - registers ${xai.train_runs:...}
+    from xai_bench.tracking.resolvers import register_resolvers
+
+    register_resolvers()  # ${xai.train_runs:...}
 
 
 def _fake_training_run(folder: Path, *, checkpoint: bool = True, task: str = "train") -> Path:
@@ -241,3 +245,26 @@ def test_companion_study_sweeps_compose(compose_cfg) -> None:
     assert len(seen) == 28
     cfg = compose_cfg("experiment=faithfulness_eval", "train_sweep=x", "ckpt=x.ckpt", config_name="evaluate")
     assert set(cfg.metric) >= {"aopc", "max_sensitivity", "haas"} and cfg.split == "test"
+
+
+DATASETS = sorted(p.stem for p in (REPO_ROOT / "conf" / "dataset").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_shared_transforms_compose_what_each_dataset_had(compose_cfg, name: str) -> None:
+    """conf/transforms/ replaced twelve copies of the albumentations chain: every dataset's composed
+    `dataset.transforms` (interpolations unresolved, key order included) is the one captured from
+    the per-dataset configs before (tests/data/transforms_before.json), and stays the last key of
+    `dataset`, where config.yaml has always had it."""
+    before = json.loads((DATA_DIR / "transforms_before.json").read_text())
+    assert set(before) == set(DATASETS)
+    dataset = compose_cfg(f"dataset={name}").dataset
+    composed = OmegaConf.to_container(dataset.transforms, resolve=False)
+    assert json.dumps(composed) == json.dumps(before[name])
+    assert list(dataset)[-1] == "transforms"
+
+
+def test_a_dataset_can_select_the_other_transforms(compose_cfg) -> None:
+    cfg = compose_cfg("dataset=kvasir", "transforms@dataset.transforms=resize")
+    assert OmegaConf.to_container(cfg.dataset.transforms) == OmegaConf.to_container(
+        compose_cfg("dataset=aptos2019").dataset.transforms)

@@ -85,10 +85,10 @@ def _prepared_orders(
         num_test=7,
         batch_size=4,
         shuffle_seed=shuffle_seed,
+        pair_unlabeled=True,
         **data,
     )
     dm.trainer = trainer  # what trainer.fit(datamodule=dm) does
-    dm.pair_with_unlabeled()
     prepared = {}
     for name, loader in dm.train_dataloader().items():
         ready = trainer._data_connector._prepare_dataloader(
@@ -311,7 +311,7 @@ def test_classifier_setup_adapts_the_strategy() -> None:
         objective=ATCONObjective(mode="alternating"),
     )
     strategy = _ddp("cpu")
-    module._trainer = type("T", (), {"strategy": strategy})()
+    module._trainer = type("T", (), {"strategy": strategy, "datamodule": None})()
     module.setup("fit")
     assert strategy._layer_sync is None and strategy._ddp_kwargs["find_unused_parameters"] is True
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 from conftest import run_cli
 
+from xai_bench.tracking.records import EvaluationSummary
 from xai_bench.tracking.wandb_offline import offline_run_dirs, read_offline_run
 
 pytestmark = pytest.mark.slow
@@ -35,10 +35,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _evaluate(cwd: Path, out: Path, *overrides: str, timeout: float = 900):
+def _evaluate(cwd: Path, out: Path, *overrides: str, timeout: float = 900) -> EvaluationSummary:
     proc = run_cli(["xai_bench.evaluate", f"hydra.run.dir={out}", *overrides], cwd=cwd, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return json.loads((out / "metrics.json").read_text())
+    return EvaluationSummary.read(out)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -49,10 +49,10 @@ def test_run_folder_metrics_csv_overlays_and_wandb(trained: Path, tmp_path: Path
     out = tmp_path / "eval"
     metrics = _evaluate(tmp_path, out, f"ckpt={trained / 'checkpoints' / 'best.ckpt'}", "method=gradcam",
                         "max_images=12", "data.batch_size=8", "overlays=3", *LIGHT_METRICS)
-    assert metrics["split"] == "roi" and metrics["counts"]["images"] == 12 and metrics["world_size"] == 1
-    assert set(metrics["methods"]) == {"gradcam", "random", "centre", "uniform"}
-    assert metrics["method"] == "gradcam" and metrics["baselines"] == ["random", "centre", "uniform"]
-    gradcam = metrics["methods"]["gradcam"]["metrics"]
+    assert metrics.split == "roi" and metrics.images == 12 and metrics.world_size == 1
+    assert set(metrics.methods) == {"gradcam", "random", "centre", "uniform"}
+    assert metrics.method == "gradcam" and metrics.baselines == ["random", "centre", "uniform"]
+    gradcam = metrics.methods["gradcam"].metrics
     expected = {"pointing_game", "iou@5", "iou@40", "pixel_iou@10", "relevance_mass", "relevance_rank",
                 "aopc@8", "aopc@16", "max_sensitivity@0.1", "haas", "haas/accuracy",
                 "deletion_insertion/deletion", "deletion_insertion/insertion", "mprt/spearman/0_head"}
@@ -60,12 +60,17 @@ def test_run_folder_metrics_csv_overlays_and_wandb(trained: Path, tmp_path: Path
     for name in ("pointing_game", "iou@5", "relevance_mass"):
         stats = gradcam[name]
         assert stats["ci_low"] <= stats["value"] <= stats["ci_high"] and stats["n"] == 12
-    uniform = metrics["methods"]["uniform"]
-    assert uniform["counts"]["constant_maps"] == 12
-    assert uniform["metrics"]["pointing_game"]["value"] == 1.0  # the tie rule, on non-empty masks
+    # each column records what its metric declares
+    scores = metrics.methods["gradcam"]
+    assert scores.higher_is_better("pointing_game") is True and scores.higher_is_better("aopc@8") is True
+    assert scores.higher_is_better("deletion_insertion/deletion") is False
+    assert scores.higher_is_better("max_sensitivity@0.1") is False
+    uniform = metrics.methods["uniform"]
+    assert uniform.counts["constant_maps"] == 12
+    assert uniform.value("pointing_game") == 1.0  # the tie rule, on non-empty masks
     # a constant map keeps every pixel: IoU at any q = the ROI's area (SPEC 2.5)
-    assert uniform["metrics"]["iou@5"]["value"] == pytest.approx(uniform["metrics"]["iou@40"]["value"])
-    assert uniform["metrics"]["max_sensitivity@0.1"]["value"] in (0.0, None)
+    assert uniform.value("iou@5") == pytest.approx(uniform.value("iou@40"))
+    assert uniform.value("max_sensitivity@0.1") in (0.0, None)
 
     rows = _rows(out / "per_image.csv")
     assert len(rows) == 12 * 4
@@ -88,11 +93,11 @@ def test_two_process_ddp_equals_one_process(trained: Path, tmp_path: Path) -> No
               "logger=none", "trainer.accelerator=cpu", *LIGHT_METRICS]
     one = _evaluate(tmp_path, tmp_path / "one", *common)
     two = _evaluate(tmp_path, tmp_path / "two", *common, "trainer=ddp", "trainer.devices=2")
-    assert one["world_size"] == 1 and two["world_size"] == 2
-    assert one["counts"] == two["counts"]
-    for method, entry in one["methods"].items():
-        for name, stats in entry["metrics"].items():
-            other = two["methods"][method]["metrics"][name]
+    assert one.world_size == 1 and two.world_size == 2
+    assert one.counts == two.counts
+    for method, entry in one.methods.items():
+        for name, stats in entry.metrics.items():
+            other = two.methods[method].metrics[name]
             for key in ("value", "ci_low", "ci_high"):
                 if stats[key] is None:
                     assert other[key] is None, (method, name)
@@ -109,7 +114,7 @@ def test_method_sweep_writes_one_run_per_method(trained: Path, tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr[-5000:]
     runs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
     assert [p.name for p in runs] == ["0_synthetic-random-adamw-s42-attention", "1_synthetic-random-adamw-s42-random"]
-    assert list(json.loads((runs[0] / "metrics.json").read_text())["methods"]) == ["attention"]
+    assert list(EvaluationSummary.read(runs[0]).methods) == ["attention"]
     assert read_offline_run(offline_run_dirs(runs[1])[0]).job_type == "eval"
 
 

@@ -65,8 +65,6 @@ def genuine_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import xai_bench.utils.resolvers  # noqa: F401 - the configs' resolvers
-
     run = tmp_path_factory.mktemp("genuine") / "run"
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -327,8 +325,6 @@ EXPERIMENTS = ["atcon_pascal_voc", "atcon_synthetic", "synthetic_shortcut", "fai
 @pytest.mark.parametrize("overrides", [[f"dataset={d}", *USER_VALUES.get(d, [])] for d in DATASETS]
                          + [[f"experiment={e}"] for e in EXPERIMENTS] + [["debug=standin", "dataset=kvasir"]])
 def test_every_genuine_training_config_passes(compose_cfg, tmp_path: Path, overrides: list[str]) -> None:
-    import xai_bench.utils.resolvers  # noqa: F401
-
     cfg = compose_cfg(*overrides, f"paths.output_dir={tmp_path}")
     with open_dict(cfg):
         del cfg["hydra"]

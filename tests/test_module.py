@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from xai_bench.modules import (
     BestEpochTracker,
     ClassifierModule,
-    build_cosine_schedule,
+    CosineSchedule,
     build_optimizer,
 )
 from xai_bench.utils.class_weights import balanced_weights
@@ -43,7 +43,7 @@ def _net() -> torch.nn.Module:
 def _module(**kw) -> ClassifierModule:
     return ClassifierModule(
         _net(), optimizer=partial(build_optimizer, name="adamw", lr=5e-2),
-        scheduler=partial(build_cosine_schedule, interval="epoch"), num_classes=2, **kw,
+        scheduler=CosineSchedule(interval="epoch"), num_classes=2, **kw,
     )
 
 

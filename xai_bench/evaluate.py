@@ -22,7 +22,11 @@ from xai_bench.models import load_checkpoint_safely
 from xai_bench.models.weights import load_trained_network
 from xai_bench.modules.evaluator import ExplanationEvaluator, check_precision
 from xai_bench.report import flat_scalars, per_image_rows, summarise, write_per_image_csv
-from xai_bench.tracking import resolve_checkpoint, resolved_config, write_config, write_metrics
+from xai_bench.tracking import resolve_checkpoint, resolved_config, write_config
+from xai_bench.tracking.records import EvaluationSummary
+from xai_bench.tracking.resolvers import register_resolvers, training_config
+from xai_bench.tracking.run_folder import run_of
+from xai_bench.tracking.task import task_wrapper
 from xai_bench.tracking.trusted_config import trusted_container
 from xai_bench.utils.errors import ConfigError, XaiBenchError
 from xai_bench.utils.instantiate import (
@@ -31,11 +35,12 @@ from xai_bench.utils.instantiate import (
     instantiate_node,
     start_loggers,
 )
-from xai_bench.utils.resolvers import training_config
+from xai_bench.utils.quiet import silence_library_noise
 from xai_bench.utils.rich_config import print_config_tree
-from xai_bench.utils.task import run_entry, task_wrapper
+from xai_bench.utils.task import run_entry
 
 log = logging.getLogger(__name__)
+register_resolvers()  # before Hydra composes conf/ (${xai.*}, ${run:*})
 
 # prefixes Lightning and torch.compile put before the network's own parameter names
 # sections of conf/evaluate.yaml that are copies of the training run's config
@@ -83,8 +88,8 @@ def _table_cell(value: Any) -> Any:
     return None if value == "" else value  # W&B tables type-check columns: a gap is None
 
 
-def _log_to_loggers(loggers: list, summary: dict[str, Any], rows: list[dict[str, Any]], overlay_dir: Path) -> None:
-    scalars = flat_scalars(summary)
+def _log_to_loggers(loggers: list, summary: EvaluationSummary, rows: list[dict[str, Any]], overlay_dir: Path) -> None:
+    scalars = flat_scalars(summary.to_dict())
     for logger in loggers:
         logger.log_metrics(scalars)
         if hasattr(logger, "log_table") and rows:
@@ -98,11 +103,11 @@ def _log_to_loggers(loggers: list, summary: dict[str, Any], rows: list[dict[str,
                                      caption=[p.stem for p in images])
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
-    lines = [f"accuracy {summary['classification']['accuracy']['value']:.3f} on {summary['counts']['images']} images"]
-    for method, entry in summary["methods"].items():
+def _print_summary(summary: EvaluationSummary) -> None:
+    lines = [f"accuracy {summary.accuracy:.3f} on {summary.images} images"]
+    for method, entry in summary.methods.items():
         scores = ", ".join(
-            f"{name} {stats['value']:.3f}" for name, stats in entry["metrics"].items()
+            f"{name} {stats['value']:.3f}" for name, stats in entry.metrics.items()
             if stats["value"] == stats["value"] and "/" not in name
         )
         lines.append(f"{method:>16}: {scores}")
@@ -154,41 +159,41 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(module, dataloaders=loader, verbose=False)
 
     boot = cfg.bootstrap
-    summary = summarise(module.results, {m: module.metric_objects(m) for m in methods},
-                        int(run_cfg.dataset.num_classes), int(boot.samples), float(boot.level), int(boot.seed))
-    summary.update({
-        "checkpoint": str(checkpoint.resolve()),
-        "training_run": str(checkpoint.resolve().parent.parent),
-        "split": cfg.split,
-        "method": str(cfg.method.name),
-        "baselines": [m for m in methods if m != cfg.method.name],
-        "world_size": trainer.world_size,
-    })
+    summary = EvaluationSummary.from_dict(
+        summarise(module.results, {m: module.metric_objects(m) for m in methods},
+                  int(run_cfg.dataset.num_classes), int(boot.samples), float(boot.level), int(boot.seed))
+    )
+    summary.checkpoint = str(checkpoint.resolve())
+    summary.training_run = str(run_of(checkpoint.resolve()))
+    summary.split = cfg.split
+    summary.method = str(cfg.method.name)
+    summary.baselines = [m for m in methods if m != cfg.method.name]
+    summary.world_size = trainer.world_size
     all_nan = nan_map_methods(summary)
     if trainer.is_global_zero:
         rows = per_image_rows(module.results, image_name)
         write_per_image_csv(rows, output_dir / "per_image.csv")
         if not all_nan:
-            write_metrics(summary, output_dir)
+            summary.write(output_dir)
             _log_to_loggers(loggers, summary, rows, output_dir / "overlays")
             _print_summary(summary)
         log.info("Run folder: %s", output_dir)
     if all_nan:  # every rank holds the same gathered summary: all stop here
         raise XaiBenchError(
-            f"every map of {', '.join(all_nan)} is NaN ({summary['counts']['images']} images), so its scores "
+            f"every map of {', '.join(all_nan)} is NaN ({summary.images} images), so its scores "
             f"are meaningless: no metrics.json was written (per_image.csv in {output_dir} has the rows, "
             "nan_map=1). A diverged training run has NaN weights (check the training run's metrics.json "
             "and train.log); otherwise check the method's settings (method.*)."
         )
-    return summary
+    return summary.to_dict()
 
 
-def nan_map_methods(summary: dict[str, Any]) -> list[str]:
+def nan_map_methods(summary: EvaluationSummary) -> list[str]:
     """The methods whose every map is NaN (warning for those with some NaN maps)."""
-    images = int(summary["counts"]["images"])
+    images = summary.images or 0
     failed = []
-    for method, entry in summary["methods"].items():
-        nan_maps = int(entry.get("counts", {}).get("nan_maps", 0))
+    for method, entry in summary.methods.items():
+        nan_maps = entry.nan_maps
         if images and nan_maps == images:
             failed.append(method)
         elif nan_maps:
@@ -198,6 +203,7 @@ def nan_map_methods(summary: dict[str, Any]) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    silence_library_noise()
     run_entry(evaluate, cfg)
 
 

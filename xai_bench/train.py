@@ -11,6 +11,7 @@ folder holds this run, W&B): a refused rerun into a finished run folder changes 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from xai_bench.models import load_checkpoint_safely
-from xai_bench.models.weights import load_trained_network, state_dict_mismatch
+from xai_bench.models.weights import state_dict_mismatch
 from xai_bench.modules import BestEpochTracker
 from xai_bench.modules.callbacks import AtomicCheckpointIO
-from xai_bench.tracking import resolve_checkpoint, resolved_config, write_metrics
+from xai_bench.tracking import resolved_config
 from xai_bench.tracking.cluster import (
     RESUMABLE_KEYS,
     ResumePoint,
@@ -32,14 +33,16 @@ from xai_bench.tracking.cluster import (
     resume_mode,
     slurm_job,
 )
+from xai_bench.tracking.records import TrainingRecord, clear_error
+from xai_bench.tracking.resolvers import register_resolvers
 from xai_bench.tracking.run_folder import (
+    CHECKPOINT_DIR,
     CONFIG_FILE,
-    ERROR_FILE,
     archive_earlier_attempt,
     saved_checkpoints,
     start_attempt,
 )
-from xai_bench.utils.class_weights import resolve_class_weights
+from xai_bench.tracking.task import task_wrapper
 from xai_bench.utils.errors import ConfigError, XaiBenchError
 from xai_bench.utils.instantiate import (
     instantiate_callbacks,
@@ -50,10 +53,12 @@ from xai_bench.utils.instantiate import (
     unknown_setting,
 )
 from xai_bench.utils.preflight import check_inputs
+from xai_bench.utils.quiet import silence_library_noise
 from xai_bench.utils.rich_config import print_config_tree
-from xai_bench.utils.task import run_entry, task_wrapper
+from xai_bench.utils.task import run_entry
 
 log = logging.getLogger(__name__)
+register_resolvers()  # before Hydra composes conf/ (${xai.*}, ${run:*})
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -118,7 +123,7 @@ def _check_resume_fits(module: pl.LightningModule, point: ResumePoint, output_di
     )
     if problem is None:
         return
-    own = point.checkpoint is not None and point.checkpoint.parent == output_dir / "checkpoints"
+    own = point.checkpoint is not None and point.checkpoint.parent == output_dir / CHECKPOINT_DIR
     if own:
         fix = (
             f"this run folder holds a run with other model settings: continue it with the settings in its "
@@ -167,76 +172,50 @@ def _check_optimization(module: pl.LightningModule, cfg: DictConfig) -> None:
     scheduler_factory = getattr(module, "scheduler_factory", None)
     if scheduler_factory is None:
         return
-    interval = getattr(scheduler_factory, "keywords", {}).get("interval", "epoch")
     max_epochs = cfg.trainer.get("max_epochs")
-    if interval == "epoch" and (max_epochs is None or int(max_epochs) < 1):
+    if scheduler_factory.interval == "epoch" and (max_epochs is None or int(max_epochs) < 1):
         raise ConfigError("the cosine schedule needs a finite trainer.max_epochs (T_max = max epochs).")
+    scheduler_factory(optimizer=optimizer, total=max(int(max_epochs or 1), 1))
+
+
+# the nodes conf/module/ interpolates from top-level groups: a mistyped key is theirs
+_MODULE_PARTS = {"net": "model", "optimizer": "optimizer", "scheduler": "scheduler",
+                 "objective": "objective"}
+_FULL_KEY = re.compile(r"full_key: module\.(\w+)")
+
+
+def _build_module(cfg: DictConfig, datamodule: Any) -> pl.LightningModule:
+    """conf/module/ with its network, optimizer, schedule and objective; "balanced" class
+    weights come from the data module's training labels. A mistyped key (`+model.foo=1`) is
+    reported under the group the user typed it in."""
     try:
-        scheduler_factory(optimizer=optimizer, total=max(int(max_epochs or 1), 1))
-    except TypeError as err:
+        return hydra.utils.instantiate(cfg.module, train_labels=datamodule.train_labels)
+    except Exception as err:
         name = unexpected_keyword(err)
         if name is None:
             raise
-        raise unknown_setting("scheduler", name, cfg.scheduler.get("_target_")) from err
+        part = _FULL_KEY.search(str(err))  # Hydra names the node that failed
+        section = _MODULE_PARTS.get(part.group(1), "module") if part else "module"
+        raise unknown_setting(section, name, cfg[section].get("_target_")) from err
 
 
-@task_wrapper
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then evaluate the best checkpoint on validation and test; returns metrics.json."""
-    if cfg.get("print_config", True):
-        print_config_tree(cfg)
-    pl.seed_everything(cfg.seed, workers=True)
-
-    # Cheap checks first: missing data, weights or init_from fail, all in one message, before anything is built.
-    datamodule = check_inputs(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    point = _resume_point(cfg, output_dir)
-    net = instantiate_node(cfg.model, "model")
-    if cfg.get("init_from"):  # a trained network of this task, head included (ATCON unsupervised)
-        load_trained_network(
-            net, resolve_checkpoint(cfg.init_from), config="this run's model config",
-            fix="init_from needs a run trained with the same model settings (model.*)",
-        )
-        log.info("network weights (head included) from %s", cfg.init_from)
-
-    class_weights = resolve_class_weights(cfg.module.get("class_weights"), datamodule, cfg.dataset.num_classes)
-    module = instantiate_node(
-        cfg.module,
-        "module",
-        net=net,
-        optimizer=instantiate_node(cfg.optimizer, "optimizer"),
-        scheduler=instantiate_node(cfg.scheduler, "scheduler") if cfg.get("scheduler") else None,
-        class_weights=class_weights,
-    )
-    if module.uses_unlabeled:  # e.g. ATCON: training batches become labelled + unlabeled pairs
-        datamodule.pair_with_unlabeled()
-    _check_optimization(module, cfg)
-    if point.checkpoint is not None:
-        _check_resume_fits(module, point, output_dir)
-    fresh_start = _check_run_folder(cfg, output_dir, point)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate_node(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **_trainer_plugins(cfg.trainer)
-    )
-
-    # Validated: from here on this attempt writes into the run folder.
+def _start_run(cfg: DictConfig, trainer: pl.Trainer, loggers: list, point: ResumePoint,
+               fresh_start: bool) -> None:
+    """Validated: start this attempt in the run folder (rank 0), its loggers and their config."""
     config = resolved_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
     resumed_at = point.summary()
-    ckpt_path = point.checkpoint
     if trainer.is_global_zero:
         start_loggers(loggers)  # a W&B failure (no API key) stops here, before any file is written
         attempt = next_attempt(output_dir)
         archive_earlier_attempt(output_dir, attempt - 1, move_results=fresh_start)
         start_attempt(output_dir, config, attempt)
-        entry = record_attempt(
-            output_dir, resumed_at, attempt, **({"skipped_checkpoints": point.skipped} if point.skipped else {})
-        )
+        skipped = {"skipped_checkpoints": point.skipped} if point.skipped else {}
+        entry = record_attempt(output_dir, resumed_at, attempt, **skipped)
         slurm = f" (SLURM job {entry['slurm']['job_id']})" if entry["slurm"] else ""
         log.info("run folder: %s, attempt %d%s", output_dir, attempt, slurm)
         if resumed_at:
-            log.info("resuming from %s (epoch %s done)", ckpt_path, resumed_at["epoch"])
-    point.state = None  # the checkpoint's tensors: Lightning reads the file again
+            log.info("resuming from %s (epoch %s done)", point.checkpoint, resumed_at["epoch"])
     study_row = cfg.get("study_row")
     if study_row and study_row.optimizer != cfg.optimizer.name:
         log.warning(
@@ -246,40 +225,91 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(config)
 
-    if cfg.get("train"):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
 
-    best = _best_checkpoint(trainer)
-    metrics: dict[str, Any] = {
+def _run_summary(cfg: DictConfig, trainer: pl.Trainer,
+                 resumed_at: dict[str, Any] | None) -> dict[str, Any]:
+    """The training half of metrics.json: best epoch and checkpoint, length, where it resumed."""
+    study_row = cfg.get("study_row")
+    return {
         "best_epoch": _best_epoch(trainer),
-        "best_checkpoint": best,
+        "best_checkpoint": _best_checkpoint(trainer),
         "epochs_trained": trainer.current_epoch,
         "world_size": trainer.world_size,
         "study_saved_epoch": study_row.saved_epoch if study_row else None,
         "resumed_from": resumed_at,
         "slurm_job": slurm_job(),
     }
+
+
+def _test_best(trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any,
+               best: str | None) -> dict[str, Any]:
+    """Validation and test metrics of the best checkpoint (the module as it is without one)."""
+    kwargs = {"datamodule": datamodule, "ckpt_path": best, "weights_only": True, "verbose": False}
+    val = trainer.validate(module, **kwargs)
+    test = trainer.test(module, **kwargs)
+    return {
+        "val": {k.removeprefix("val/"): v for k, v in val[0].items()} if val else {},
+        "test": {k.removeprefix("test/"): v for k, v in test[0].items()} if test else {},
+    }
+
+
+def _finish_run(metrics: dict[str, Any], output_dir: Path, loggers: list) -> None:
+    """metrics.json written, an interrupted attempt's error cleared, one summary line."""
+    TrainingRecord.from_dict(metrics).write(output_dir)
+    clear_error(output_dir)  # an interrupted attempt's, now resolved
+    if metrics["best_epoch"] is not None:
+        for logger in loggers:
+            logger.log_metrics({"best_epoch": metrics["best_epoch"]})
+    summary_line = ", ".join(
+        f"{split} acc {metrics[split]['acc']:.3f}"
+        for split in ("val", "test") if metrics.get(split, {}).get("acc") is not None
+    )
+    log.info("done (best epoch %s%s). Run folder: %s", metrics["best_epoch"],
+             f"; {summary_line}" if summary_line else "", output_dir)
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then evaluate the best checkpoint on validation and test; returns metrics.json."""
+    if cfg.get("print_config", True):
+        print_config_tree(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    # Cheap checks first: missing data, weights or init_from fail, all in one message, before
+    # anything is built.
+    datamodule = check_inputs(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    point = _resume_point(cfg, output_dir)
+    module = _build_module(cfg, datamodule)
+    _check_optimization(module, cfg)
+    if point.checkpoint is not None:
+        _check_resume_fits(module, point, output_dir)
+    fresh_start = _check_run_folder(cfg, output_dir, point)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", callbacks=callbacks,
+                                           logger=loggers or False, **_trainer_plugins(cfg.trainer))
+
+    # Validated: from here on this attempt writes into the run folder.
+    _start_run(cfg, trainer, loggers, point, fresh_start)
+    resumed_at, ckpt_path = point.summary(), point.checkpoint
+    point.state = None  # the checkpoint's tensors: Lightning reads the file again
+
+    if cfg.get("train"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                    weights_only=True)
+
+    metrics = _run_summary(cfg, trainer, resumed_at)
     if cfg.get("test"):
-        ckpt = best if best else None
-        val = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
-        test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True, verbose=False)
-        metrics["val"] = {k.removeprefix("val/"): v for k, v in val[0].items()} if val else {}
-        metrics["test"] = {k.removeprefix("test/"): v for k, v in test[0].items()} if test else {}
+        metrics.update(_test_best(trainer, module, datamodule, metrics["best_checkpoint"]))
     if trainer.is_global_zero:
-        write_metrics(metrics, output_dir)
-        (output_dir / ERROR_FILE).unlink(missing_ok=True)  # an interrupted attempt's, now resolved
-        if metrics["best_epoch"] is not None:
-            for logger in loggers:
-                logger.log_metrics({"best_epoch": metrics["best_epoch"]})
-        summary_line = ", ".join(
-            f"{split} acc {metrics[split]['acc']:.3f}" for split in ("val", "test") if metrics.get(split, {}).get("acc") is not None
-        )
-        log.info("done (best epoch %s%s). Run folder: %s", metrics["best_epoch"], f"; {summary_line}" if summary_line else "", output_dir)
+        _finish_run(metrics, output_dir, loggers)
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    silence_library_noise()
     run_entry(train, cfg)
 
 

@@ -143,6 +143,7 @@ class _ClassificationDataModule(pl.LightningDataModule):
         transforms: Mapping[str, Any] | None,
         shuffle_seed: int | None,
         low_data: Mapping[str, Any] | None = None,
+        pair_unlabeled: bool = False,
     ) -> None:
         super().__init__()
         _check_positive(num_classes=num_classes, img_size=img_size, batch_size=batch_size)
@@ -166,6 +167,11 @@ class _ClassificationDataModule(pl.LightningDataModule):
         self.shuffle_seed = shuffle_seed
         self.train_transform, self.eval_transform = resolve_transforms(transforms, self.img_size)
         self.datasets: dict[str, Dataset] = {}
+        # the low-data regime's unlabeled pool (built with the training split), and whether
+        # training batches pair labelled with unlabeled images: the one setting an objective that
+        # trains on unlabeled images (ATCON) asks for, set by ClassifierModule.setup
+        self.unlabeled: Dataset | None = None
+        self.pair_unlabeled = bool(pair_unlabeled)
 
     # subclasses build self.datasets[split]
     def _build(self, split: str) -> Dataset:
@@ -189,7 +195,7 @@ class _ClassificationDataModule(pl.LightningDataModule):
         """The training images left out by the low-data regime (`low_data`), labels hidden from
         nothing: consumers (ATCON's unsupervised steps) must not read them."""
         self._dataset("train")
-        if getattr(self, "unlabeled", None) is None:
+        if self.unlabeled is None:
             raise ConfigError("there is no unlabeled pool: set dataset.low_data.per_class or dataset.low_data.fraction.")
         return self._loader(self.unlabeled, shuffle=True)
 
@@ -267,24 +273,21 @@ class _ClassificationDataModule(pl.LightningDataModule):
         return self._dataset("test")
 
     def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
-        """Shuffled by a generator seeded from `shuffle_seed`, else from torch's seed. Paired with
-        unlabeled images ({"labelled", "unlabeled"}, cycled to the longer) for objectives that
-        train on them (ATCON), in an order of their own (under DDP too: see `_loader`)."""
+        """Shuffled by a generator seeded from `shuffle_seed`, else from torch's seed. With
+        `pair_unlabeled` (objectives that train on unlabeled images: ATCON) paired with them
+        ({"labelled", "unlabeled"}, cycled to the longer), in an order of their
+        own (under DDP too: see `_loader`)."""
         labelled = self._loader(self.train_dataset, shuffle=True)
-        if not getattr(self, "pair_unlabeled", False):
+        if not self.pair_unlabeled:
             return labelled
         return {"labelled": labelled, "unlabeled": self._loader(self.unlabeled_dataset(), shuffle=True, seed_offset=1)}
-
-    def pair_with_unlabeled(self) -> None:
-        """Yield {"labelled", "unlabeled"} training batches from now on."""
-        self.pair_unlabeled = True
 
     def unlabeled_dataset(self) -> Dataset:
         """The low-data regime's unlabeled pool; without one (or an empty one: fraction 1.0), the
         training images themselves (an unsupervised objective never reads their labels)."""
         self._dataset("train")
-        pool = getattr(self, "unlabeled", None)
-        return pool if pool is not None and len(pool) > 0 else self.train_dataset
+        pool = self.unlabeled
+        return pool if pool is not None and len(pool) > 0 else self.train_dataset  # type: ignore
 
     def train_sizes(self) -> tuple[int, int]:
         """(labelled, unlabeled) training images: ATCON's alternating share needs both."""
@@ -380,6 +383,7 @@ class SyntheticDataModule(_ClassificationDataModule):
         transforms: Mapping[str, Any] | None = None,
         shuffle_seed: int | None = None,
         low_data: Mapping[str, Any] | None = None,
+        pair_unlabeled: bool = False,
     ) -> None:
         if num_classes != 2:
             raise ConfigError(f"the synthetic dataset is binary (normal vs lesion): num_classes must be 2, got {num_classes}.")
@@ -392,7 +396,7 @@ class SyntheticDataModule(_ClassificationDataModule):
             raise ConfigError(f"dataset.positive_fraction must lie in [0, 1]; got {positive_fraction}.")
         super().__init__(
             name, num_classes, img_size, class_names, batch_size, num_workers, pin_memory, transforms, shuffle_seed,
-            low_data,
+            low_data, pair_unlabeled,
         )
         parse_shortcut(shortcut, self.img_size)  # fail at construction, not in setup
         self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
@@ -440,10 +444,11 @@ class ImageTableDataModule(_ClassificationDataModule):
         low_data: Mapping[str, Any] | None = None,
         multilabel: bool = False,
         mask_size: str = "resize",
+        pair_unlabeled: bool = False,
     ) -> None:
         super().__init__(
             name, num_classes, img_size, class_names, batch_size, num_workers, pin_memory, transforms, shuffle_seed,
-            low_data,
+            low_data, pair_unlabeled,
         )
         self.multilabel = bool(multilabel)
         self.mask_size = mask_size

@@ -153,14 +153,28 @@ def cam_from(acts: torch.Tensor, grads: torch.Tensor, mode: str = "gradcam", eig
     return eigen_projection(weighted, eigen_sign) if eigen_smooth else weighted.sum(dim=1)
 
 
+def gradcam_with_graph(model: nn.Module, images: torch.Tensor, target: Target = "predicted",
+                       layer: str | nn.Module | None = None, mode: str = "gradcam",
+                       eigen_smooth: bool = False, eigen_sign: str = "align"
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """((B, h, w) raw CAM, (B,) resolved target), the CAM still connected to the graph
+    (create_graph=True) so that a loss on it trains the weights through d(CAM)/d(weights).
+
+    The one differentiable CAM of xai_bench: `gradcam_differentiable`, `CAM(differentiable=True)`
+    and ATCON's consistency loss all call it. The target comes from the same forward as the map
+    (no second pass that would see other dropout or update BatchNorm statistics again)."""
+    acts, grads, _, tgt = layer_activations_and_grads(model, images, target, layer,
+                                                      create_graph=True)
+    return cam_from(acts, grads, mode, eigen_smooth, eigen_sign), tgt
+
+
 def gradcam_differentiable(model: nn.Module, images: torch.Tensor, target: Target = "predicted",
                            layer: str | nn.Module | None = None, relu: bool = False,
                            mode: str = "gradcam") -> torch.Tensor:
     """(B, h, w) Grad-CAM (or HiResCAM) still connected to the graph (create_graph=True), at
-    feature resolution, no min-max: ATCON's consistency loss (SPEC 3.2) trains through it.
-    The model's mode is left as the caller set it."""
-    acts, grads, _, _ = layer_activations_and_grads(model, images, target, layer, create_graph=True)
-    cam = cam_from(acts, grads, mode)
+    feature resolution, no min-max (see `gradcam_with_graph`). The model's mode is left as the
+    caller set it."""
+    cam, _ = gradcam_with_graph(model, images, target, layer, mode)
     return cam.clamp(min=0) if relu else cam
 
 
@@ -200,9 +214,9 @@ class CAM(ExplainMethod):
 
     def _cams(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.differentiable:
-            x = images
-            acts, grads, _, _ = layer_activations_and_grads(model, x, target, self.layer, create_graph=True)
-            return cam_from(acts, grads, self.mode, self.eigen_smooth, self.eigen_sign)
+            cam, _ = gradcam_with_graph(model, images, target, self.layer, self.mode,
+                                        self.eigen_smooth, self.eigen_sign)
+            return cam
         with frozen_params(model):
             x = images.detach().requires_grad_(True)
             acts, grads, _, _ = layer_activations_and_grads(model, x, target, self.layer)

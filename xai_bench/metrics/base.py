@@ -71,11 +71,15 @@ class ImageMetric(Metric):
     """Base class: `score(batch)` returns {column: (B,) tensor}; NaN = undefined for an image.
 
     Subclasses set `columns` in __init__ (before calling `_add_columns`) and may override
-    `aggregate` (default: NaN-aware mean of every column) and `requires_mask`.
+    `aggregate` (default: NaN-aware mean of every column) and `requires_mask`. Like torchmetrics,
+    a metric declares `higher_is_better` (None: no better direction); one whose aggregated
+    columns differ (deletion vs insertion) overrides `column_higher_is_better`. The evaluation
+    summary records it per column, and the report marks the best method with it.
     """
 
     full_state_update: ClassVar[bool] = False
     requires_mask: ClassVar[bool] = False
+    higher_is_better: bool | None = None
 
     def __init__(self, key: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -118,6 +122,10 @@ class ImageMetric(Metric):
 
     def aggregate(self, columns: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return nanmean_aggregate(columns)
+
+    def column_higher_is_better(self, column: str) -> bool | None:
+        """Whether a larger value of the aggregated `column` is the better map."""
+        return self.higher_is_better
 
 
 METRICS: dict[str, type[ImageMetric]] = {}

@@ -8,7 +8,7 @@ explanation per draw, HAAS one forward. All randomness is seeded per image id.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -40,7 +40,12 @@ class _ModelMetric(ImageMetric):
 class AOPC(_ModelMetric):
     """Area over the perturbation curve: regions of r x r px removed in map order (morf |
     lerf | random), replaced by noise in [min x, max x] (fresh every step, or once) or a
-    constant; mean drop of the predicted class's probability. One column per region size."""
+    constant; mean drop of the predicted class's probability. One column per region size.
+    Higher is better for MoRF (removing the top regions first hurts most), lower for LeRF;
+    random order is a reference with no better direction."""
+
+    higher_is_better = True
+    ORDER_HIGHER_IS_BETTER: ClassVar[dict[str, bool | None]] = {"morf": True, "lerf": False, "random": None}
 
     def __init__(self, key: str = "aopc", region: Sequence[int] | int = (56, 28, 21, 16), order: str = "morf",
                  fill: str = "noise", steps: int | None = None, only_correct: bool = True, seed: int = 0,
@@ -63,11 +68,16 @@ class AOPC(_ModelMetric):
             scores[f"{self.key}@{region}"] = F_faith.aopc(curve)
         return self._restrict(batch, scores)
 
+    def column_higher_is_better(self, column: str) -> bool | None:
+        return self.ORDER_HIGHER_IS_BETTER[self.order]
+
 
 @register_metric("deletion_insertion")
 class DeletionInsertion(_ModelMetric):
     """Probability-curve AUCs when pixels are deleted (lower is better) or inserted into a
     blurred image (higher is better) in map order; columns `<key>/deletion`, `<key>/insertion`."""
+
+    higher_is_better = None  # per column, see column_higher_is_better
 
     def __init__(self, key: str = "deletion_insertion", steps: int = 20, fill: str = "zero",
                  insertion_start: str = "blur", only_correct: bool = False, seed: int = 0,
@@ -84,12 +94,18 @@ class DeletionInsertion(_ModelMetric):
         )
         return self._restrict(batch, {f"{self.key}/deletion": deletion, f"{self.key}/insertion": insertion})
 
+    def column_higher_is_better(self, column: str) -> bool | None:
+        return {f"{self.key}/deletion": False, f"{self.key}/insertion": True}.get(column)
+
 
 @register_metric("max_sensitivity")
 class MaxSensitivity(_ModelMetric):
     """Largest L2 change of the (min-max normalised) map under uniform input noise U[-r, r];
     one column per radius. normalise=true divides by ||map|| (captum / quantus); the study
-    did not. target=label explains the true label (the study); explained = the map's target."""
+    did not. target=label explains the true label (the study); explained = the map's target.
+    Lower is better: a robust explanation barely changes."""
+
+    higher_is_better = False
 
     def __init__(self, key: str = "max_sensitivity", radius: Sequence[float] | float = (0.05, 0.1),
                  samples: Sequence[int] | int = (20, 20), normalise: bool = False, target: str = "label",
@@ -129,6 +145,8 @@ class HAAS(ImageMetric):
     """Highlighted-attribution accuracy score: accuracy on images brightened by the map
     (in the [-1, 1] frame whatever the normalisation) over accuracy on the originals, all
     test images. > 1: the map highlights what the model uses."""
+
+    higher_is_better = True
 
     def __init__(self, key: str = "haas", **kwargs: Any) -> None:
         super().__init__(key, **kwargs)

@@ -24,6 +24,7 @@ EMPTY_MASK = ("miss", "skip")
 
 class _MaskMetric(ImageMetric):
     requires_mask = True
+    higher_is_better = True  # more of the map on the ROI
 
     def __init__(self, key: str, empty_mask: str = "miss", **kwargs: Any) -> None:
         super().__init__(key, **kwargs)
@@ -110,6 +111,8 @@ class WslIoU(ImageMetric):
     of the explained class's boxes; 0 when that class has no box in the image, NaN for an
     image without boxes (see functional.localisation.wsl_iou)."""
 
+    higher_is_better = True
+
     def __init__(self, key: str = "wsl_iou", threshold: float = 0.5, **kwargs: Any) -> None:
         super().__init__(key, **kwargs)
         self.threshold = float(threshold)
@@ -119,6 +122,7 @@ class WslIoU(ImageMetric):
         if batch.class_masks is None:
             raise ConfigError(
                 f"metric {self.key} needs per-class boxes, and the dataset has no boxes.csv (a multi-label "
-                "dataset's <root>/boxes.csv, e.g. from scripts/prepare_pascal_voc.py without --resize)."
+                "dataset's <root>/boxes.csv, e.g. from `python -m xai_bench.prepare pascal_voc` "
+                "without --resize)."
             )
         return {self.key: F_loc.wsl_iou(batch.maps.float(), batch.class_masks, batch.target, self.threshold)}

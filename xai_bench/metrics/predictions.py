@@ -69,6 +69,8 @@ class PredictionTable(ImageMetric):
     probability; correct means the predicted set equals the label set (exact match).
     """
 
+    higher_is_better = True  # accuracy, balanced accuracy, F1
+
     def __init__(self, key: str = "classification", num_classes: int = 2, multilabel: bool = False,
                  threshold: float = 0.5, **kwargs: Any) -> None:
         super().__init__(key, **kwargs)

@@ -20,7 +20,10 @@ class ParameterRandomisation(ImageMetric):
     (similarity, step): `<key>/<similarity>/<step>_<layer>`. A trustworthy method's similarity
     falls as layers are randomised top-down; one that stays high ignores the weights.
 
-    The layer list depends on the architecture, so it is fixed by the first batch."""
+    The layer list depends on the architecture, so it is fixed by the first batch. Lower is
+    better: the map should change (similarity fall) as the model is destroyed."""
+
+    higher_is_better = False
 
     def __init__(self, key: str = "mprt", granularity: str = "blocks", order: str = "cascading",
                  similarity: Sequence[str] = ("spearman", "ssim"), seed: int = 0, **kwargs: Any) -> None:

@@ -620,3 +620,17 @@ def load_trained_network(
         )
     net.load_state_dict(weights, strict=True)
     return net
+
+
+def load_init_from(net: nn.Module, init_from: str | os.PathLike[str]) -> nn.Module:
+    """`init_from=<run folder or checkpoint>`: every weight of a network this task trained before
+    (head included), for ATCON's unsupervised fine-tuning of a supervised model. Unlike
+    `ckpt_path`, the optimizer and the epoch counters start fresh."""
+    from xai_bench.tracking import resolve_checkpoint  # a run folder -> its checkpoint
+
+    load_trained_network(
+        net, resolve_checkpoint(init_from), config="this run's model config",
+        fix="init_from needs a run trained with the same model settings (model.*)",
+    )
+    log.info("network weights (head included) from %s", init_from)
+    return net

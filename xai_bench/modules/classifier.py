@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import pytorch_lightning as pl
 import torch
@@ -31,12 +31,33 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
+from xai_bench.models.weights import load_init_from
 from xai_bench.modules.distributed import adapt_ddp_strategy
 from xai_bench.modules.objectives import SupervisedObjective, labelled_part
+from xai_bench.utils.class_weights import resolve_class_weights
 from xai_bench.utils.errors import ConfigError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class ScheduleFactory(Protocol):
+    """A learning-rate schedule once the length of training is known (`CosineSchedule`):
+    `interval` says whether `total` counts epochs or optimizer steps."""
+
+    interval: str
+
+    def __call__(self, optimizer: torch.optim.Optimizer,
+                 total: int) -> torch.optim.lr_scheduler.LRScheduler: ...
+
+
+@runtime_checkable
+class UnlabeledPairing(Protocol):
+    """A data module that can pair labelled with unlabeled training images (the data modules of
+    xai_bench.data): what an objective that trains on unlabeled images (ATCON) needs."""
+
+    pair_unlabeled: bool
+
+    def train_sizes(self) -> tuple[int, int]: ...
 
 
 def classification_metrics(num_classes: int, prefix: str, multilabel: bool = False) -> MetricCollection:
@@ -128,25 +149,32 @@ class SplitMetrics(Metric):
 class ClassifierModule(pl.LightningModule):
     """Trains any image classifier on batches of {"image", "label", ...} dicts.
 
-    The network, optimizer and schedule are injected (Hydra builds them), so the same module
-    trains ViTs and CNNs with every grid row. Metrics are torchmetrics objects: they accumulate
-    over the epoch and sync across DDP ranks; validation and test count each image once
-    (`SplitMetrics`).
+    The network, optimizer and schedule are injected (Hydra builds them from conf/module/), so
+    the same module trains ViTs and CNNs with every grid row. The module resolves its own
+    `class_weights` ("balanced": from `train_labels`, the data module's training labels) and
+    `init_from` (the trained network of an earlier run, head included). Metrics are
+    torchmetrics objects: they accumulate over the epoch and sync across DDP ranks; validation
+    and test count each image once (`SplitMetrics`).
     """
 
     def __init__(
         self,
         net: nn.Module,
         optimizer: OptimizerFactory,
-        scheduler: SchedulerFactory | None = None,
+        scheduler: ScheduleFactory | Mapping | None = None,
         num_classes: int = 2,
-        class_weights: Sequence[float] | None = None,
+        class_weights: Sequence[float] | str | None = None,
         label_smoothing: float = 0.0,
         compile: bool = False,
         multilabel: bool = False,
         objective: SupervisedObjective | None = None,
+        init_from: str | None = None,
+        train_labels: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__()
+        if init_from:  # a trained network of this task, head included (ATCON unsupervised)
+            load_init_from(net, init_from)
+        class_weights = resolve_class_weights(class_weights, train_labels, num_classes)
         if class_weights is not None and len(class_weights) != num_classes:
             raise ConfigError(
                 f"module.class_weights has {len(class_weights)} entries but the dataset has "
@@ -173,7 +201,9 @@ class ClassifierModule(pl.LightningModule):
             )
         self.net = net
         self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        # scheduler=none composes a node without _target_ (empty, or only a dataset's defaults
+        # such as warmup), which Hydra leaves a mapping: a constant learning rate
+        self.scheduler_factory = None if isinstance(scheduler, Mapping) else scheduler
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.multilabel = bool(multilabel)
         if self.multilabel:
@@ -192,9 +222,16 @@ class ClassifierModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Before the strategy wraps the network: DDP settings that depend on the objective and
-        the network (xai_bench.modules.distributed)."""
-        if stage == "fit":
-            adapt_ddp_strategy(self.trainer.strategy, self.net, self.objective)
+        the network (xai_bench.modules.distributed); an objective that trains on unlabeled images
+        gets them paired with the labelled ones, and the sizes of both (ATCON's alternating
+        share). Without a data module (plain loaders) such an objective fails at its first step."""
+        if stage != "fit":
+            return
+        adapt_ddp_strategy(self.trainer.strategy, self.net, self.objective)
+        data = self.trainer.datamodule
+        if self.objective.uses_unlabeled and isinstance(data, UnlabeledPairing):
+            data.pair_unlabeled = True  # training batches: {"labelled", "unlabeled"} pairs
+            self.objective.bind(*data.train_sizes())
 
     def configure_model(self) -> None:
         if self._compile and not getattr(self, "_compiled", False):
@@ -210,22 +247,12 @@ class ClassifierModule(pl.LightningModule):
         loss = self.criterion(logits.float(), target)
         return loss, logits
 
-    @property
-    def uses_unlabeled(self) -> bool:
-        """True when the objective also trains on unlabeled images (the data module pairs them)."""
-        return bool(self.objective.uses_unlabeled)
-
     def supervised_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The supervised loss of a labelled training batch; updates and logs training accuracy."""
         loss, logits = self._shared_step(batch)
         self.train_acc(logits.detach(), batch["label"].long() if self.multilabel else batch["label"])
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["label"].shape[0])
         return loss, logits
-
-    def on_fit_start(self) -> None:
-        sizes = getattr(self.trainer.datamodule, "train_sizes", None)
-        if sizes is not None:
-            self.objective.bind(*sizes())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, parts = self.objective.training_loss(self, batch, self.global_step)
@@ -291,7 +318,7 @@ class ClassifierModule(pl.LightningModule):
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
-        interval = getattr(self.scheduler_factory, "keywords", {}).get("interval", "epoch")
+        interval = self.scheduler_factory.interval
         total = (
             self.trainer.max_epochs
             if interval == "epoch"

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xai_bench.explain.cam import cam_from, layer_activations_and_grads
+from xai_bench.explain.cam import gradcam_with_graph
 from xai_bench.explain.gradients import guided_backprop_differentiable
 from xai_bench.explain.vit_geometry import explicit_attention
 from xai_bench.utils.errors import ConfigError
@@ -110,15 +110,12 @@ def consistency_loss(
     stage of a CNN, blocks[-1].norm1 tokens of a ViT)."""
     check_consistency_options(similarity, resolution, mask_intensity, gb_normalise)
     with explicit_attention(model):
-        acts, grads, _, target = layer_activations_and_grads(model, images, "predicted", layer, create_graph=True)
-        cam = cam_from(acts, grads, "gradcam")
+        cam, target = gradcam_with_graph(model, images, "predicted", layer)
         gb = guided_backprop_differentiable(model, images, target, abs=True, gelu_rule=gelu_rule)
         if gb_normalise == "minmax":
             gb = minmax(gb)
         mask = soft_mask(gb, float(mask_intensity))
-        acts_m, grads_m, _, _ = layer_activations_and_grads(model, mask.unsqueeze(1) * images, target, layer,
-                                                            create_graph=True)
-        cam_m = cam_from(acts_m, grads_m, "gradcam")
+        cam_m, _ = gradcam_with_graph(model, mask.unsqueeze(1) * images, target, layer)
     if resolution == "input":
         size = images.shape[-2:]
         cam = F.interpolate(cam.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)

@@ -8,26 +8,38 @@
                    else unsupervised: alpha OVERSAMPLES labelled batches, it is not a loss weight
     combining      supervised loss + alpha * consistency: here alpha IS a loss weight
 
-An objective that needs unlabeled images says so (`uses_unlabeled`); the data module then yields
-{"labelled": batch, "unlabeled": batch} pairs (the low-data regime's pool, or the training images
-themselves when there is no pool, their labels never read).
+An objective that needs unlabeled images says so (`uses_unlabeled`); the module then sets the data
+module's one pairing setting (`pair_unlabeled`), which yields {"labelled": batch, "unlabeled":
+batch} pairs (the low-data regime's pool, or the training images themselves when there is no
+pool, their labels never read), and tells the objective the sizes of both (`bind`).
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from xai_bench.modules.consistency import check_consistency_options, consistency_loss
 from xai_bench.utils.errors import ConfigError
 
-if TYPE_CHECKING:
-    from xai_bench.modules.classifier import ClassifierModule
-
 Batch = dict[str, Any]
 ATCON_MODES = ("supervised", "unsupervised", "alternating", "combining")
+
+
+class TrainableClassifier(Protocol):
+    """What an objective needs of the module it trains (`ClassifierModule` is one): the network,
+    the epoch (warm-up) and the supervised loss of a labelled batch. Objectives depend on this,
+    not on the module, so any LightningModule with these three can train with them."""
+
+    net: nn.Module
+
+    @property
+    def current_epoch(self) -> int: ...
+
+    def supervised_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def labelled_part(batch: Batch) -> Batch:
@@ -50,7 +62,8 @@ class SupervisedObjective:
     def bind(self, n_labelled: int, n_unlabeled: int) -> None:
         """Told the data's sizes before training (the alternating sampler needs them)."""
 
-    def training_loss(self, module: ClassifierModule, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    def training_loss(self, module: TrainableClassifier, batch: Batch,
+                      step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         loss, _ = module.supervised_step(labelled_part(batch))
         return loss, {}
 
@@ -141,12 +154,13 @@ class ATCONObjective(SupervisedObjective):
         if self.mode == "alternating":
             self.sampler = AlternatingSampler(self.alpha, n_labelled, n_unlabeled, self.seed)
 
-    def consistency(self, module: ClassifierModule, images: torch.Tensor) -> torch.Tensor:
+    def consistency(self, module: TrainableClassifier, images: torch.Tensor) -> torch.Tensor:
         result = consistency_loss(module.net, images, self.mask_intensity, self.similarity, self.resolution,
                                   self.layer, self.gelu_rule, self.gb_normalise)
         return result.loss
 
-    def training_loss(self, module: ClassifierModule, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    def training_loss(self, module: TrainableClassifier, batch: Batch,
+                      step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         if self.mode == "supervised" or module.current_epoch < self.warmup_epochs:
             return super().training_loss(module, batch, step)
         if "unlabeled" not in batch:

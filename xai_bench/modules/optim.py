@@ -16,6 +16,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from xai_bench.utils.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+INTERVALS = ("epoch", "step")
 log = logging.getLogger(__name__)
 
 
@@ -53,13 +54,14 @@ def build_cosine_schedule(
     `total` is the number of epochs (interval=epoch, T_max as in the study) or optimizer steps;
     the caller passes it, so the schedule always ends exactly when training does.
     """
-    if interval not in ("epoch", "step"):
+    if interval not in INTERVALS:
         raise ConfigError(f"scheduler.interval must be 'epoch' or 'step', got {interval!r}.")
     if total < 1 or warmup < 0:
         raise ConfigError(f"scheduler needs total >= 1 and warmup >= 0, got warmup={warmup}, total={total}.")
     if warmup >= total:
         # e.g. the synthetic default's 1 warm-up epoch with trainer.max_epochs=1: shorten, don't fail
-        log.warning("scheduler.warmup=%d >= %d %ss of training: warm-up shortened to %d", warmup, total, interval, total - 1)
+        log.warning("scheduler.warmup=%d >= %d %ss of training: warm-up shortened to %d",
+                    warmup, total, interval, total - 1)
         warmup = total - 1
     base_lrs = [group["lr"] for group in optimizer.param_groups]
 
@@ -71,6 +73,28 @@ def build_cosine_schedule(
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     lambdas = [lambda i, b=b: factor(i, b) for b in base_lrs]
-    scheduler = LambdaLR(optimizer, lr_lambda=lambdas)
-    scheduler.xai_interval = interval  # type: ignore[attr-defined]
-    return scheduler
+    return LambdaLR(optimizer, lr_lambda=lambdas)
+
+
+class CosineSchedule:
+    """conf/scheduler/cosine.yaml: `build_cosine_schedule` once the length of training is known.
+
+    The module asks a schedule two things: its `interval` (epoch | step: what one unit is, so the
+    module passes max epochs or the estimated optimizer steps as `total`), and the schedule
+    itself for an optimizer (`schedule(optimizer, total)`). A mistyped setting fails when the
+    config is built, before any file is written.
+    """
+
+    def __init__(self, interval: str = "epoch", warmup: int = 0, eta_min: float = 0.0) -> None:
+        if interval not in INTERVALS:
+            raise ConfigError(f"scheduler.interval must be 'epoch' or 'step', got {interval!r}.")
+        self.interval = interval
+        self.warmup = warmup
+        self.eta_min = eta_min
+
+    def __call__(self, optimizer: torch.optim.Optimizer, total: int) -> LRScheduler:
+        return build_cosine_schedule(optimizer, total, self.warmup, self.eta_min, self.interval)
+
+    def __repr__(self) -> str:
+        return (f"CosineSchedule(interval={self.interval!r}, warmup={self.warmup}, "
+                f"eta_min={self.eta_min})")

@@ -20,10 +20,13 @@ from xai_bench.report.html import copy_galleries, write_html, write_plots
 from xai_bench.report.study import SweepScan, common_group, scan_sweep, study_table, sweep_facts
 from xai_bench.report.writers import log_to_loggers, write_csv, write_markdown, write_tex
 from xai_bench.tracking import resolved_config, write_config
+from xai_bench.tracking.resolvers import register_resolvers
+from xai_bench.tracking.task import task_wrapper
 from xai_bench.utils.errors import ConfigError
 from xai_bench.utils.instantiate import instantiate_loggers
+from xai_bench.utils.quiet import silence_library_noise
 from xai_bench.utils.rich_config import print_config_tree
-from xai_bench.utils.task import run_entry, task_wrapper
+from xai_bench.utils.task import run_entry
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ def _report_dir(*, _root_: DictConfig) -> str:
     return str(_root_.out)
 
 
+register_resolvers()  # before Hydra composes conf/ (${xai.*})
 OmegaConf.register_new_resolver("xai.report_dir", _report_dir, replace=True)
 
 
@@ -97,6 +101,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="report")
 def main(cfg: DictConfig) -> None:
+    silence_library_noise()
     run_entry(report, cfg)
 
 

@@ -9,7 +9,6 @@ not beat a random map localises nothing), optionally the published numbers besid
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -18,8 +17,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from xai_bench.tracking.records import (
+    EvaluationSummary,
+    MissingRecordError,
+    RecordError,
+    TrainingRecord,
+    read_error,
+    read_plain_config,
+)
+from xai_bench.tracking.run_folder import CONFIG_FILE, run_of
 from xai_bench.utils.errors import ConfigError
 
 __all__ = [
@@ -61,7 +67,9 @@ def study_order(names: Iterable[str], preferred: Sequence[str]) -> list[str]:
 
 
 def lower_is_better(metric: str) -> bool:
-    """Metrics where a smaller value is the better map (the rest: higher is better)."""
+    """A guess from the metric's name, for summaries written before metrics declared
+    `higher_is_better` (StudyTable.lower_is_better reads the declaration first): smaller is
+    the better map for max-sensitivity, LeRF AOPC and deletion; higher for the rest."""
     return metric.startswith(("max_sensitivity", "aopc_lerf")) or metric.endswith("/deletion")
 
 
@@ -111,22 +119,6 @@ class SweepScan:
     other: list[SkippedRun]
 
 
-def _read_yaml(path: Path) -> dict[str, Any] | None:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _get(data: dict[str, Any], dotted: str, default: Any = None) -> Any:
     node: Any = data
     for part in dotted.split("."):
@@ -136,25 +128,27 @@ def _get(data: dict[str, Any], dotted: str, default: Any = None) -> Any:
     return node
 
 
-def _training_run_candidates(cfg: dict[str, Any], metrics: dict[str, Any]) -> list[Path]:
+def _training_run_candidates(cfg: dict[str, Any], summary: EvaluationSummary) -> list[Path]:
     candidates = []
-    if metrics.get("training_run"):
-        candidates.append(Path(metrics["training_run"]))
-    if metrics.get("checkpoint"):
-        candidates.append(Path(metrics["checkpoint"]).parent.parent)
+    if summary.training_run:
+        candidates.append(Path(summary.training_run))
+    if summary.checkpoint:
+        candidates.append(run_of(summary.checkpoint))
     ckpt = cfg.get("ckpt")
     if ckpt:
         path = Path(str(ckpt)).expanduser()
-        candidates.append(path.parent.parent if path.suffix == ".ckpt" else path)
+        candidates.append(run_of(path) if path.suffix == ".ckpt" else path)
     return candidates
 
 
-def _training_metrics(cfg: dict[str, Any], metrics: dict[str, Any]) -> tuple[float | None, int | None]:
+def _training_metrics(cfg: dict[str, Any], summary: EvaluationSummary) -> tuple[float | None, int | None]:
     """Test accuracy and best epoch of the training run evaluated, when its folder is reachable."""
-    for folder in _training_run_candidates(cfg, metrics):
-        train = _read_json(folder / "metrics.json")
-        if train is not None:
-            return _get(train, "test.acc"), train.get("best_epoch")
+    for folder in _training_run_candidates(cfg, summary):
+        try:
+            train = TrainingRecord.read(folder)
+        except RecordError:
+            continue
+        return train.test_accuracy, train.best_epoch
     return None, None
 
 
@@ -164,45 +158,47 @@ def _wandb_group(cfg: dict[str, Any], run_dir: Path) -> str | None:
     a run folder is untrusted input, so such a value is refused."""
     from xai_bench.tracking.trusted_config import trusted_container
 
-    group = trusted_container(_get(cfg, "logger.wandb.group"), "logger.wandb.group", run_dir / "config.yaml")
+    group = trusted_container(_get(cfg, "logger.wandb.group"), "logger.wandb.group", run_dir / CONFIG_FILE)
     return None if group is None or isinstance(group, dict | list) else str(group)
 
 
 def _failure(run_dir: Path) -> str:
-    error = run_dir / "error.txt"
-    if error.is_file():
-        lines = [line for line in error.read_text(errors="replace").splitlines() if line.strip()]
+    error = read_error(run_dir)
+    if error is not None:
+        lines = [line for line in error.splitlines() if line.strip()]
         return f"failed: {lines[-1].strip()}" if lines else "failed"
     return "no metrics.json (the job failed, was cancelled or is still running)"
 
 
 def read_eval_run(run_dir: Path, cfg: dict[str, Any]) -> EvalRun | SkippedRun:
     """An EvalRun from a folder whose config.yaml says task_name: evaluate, else why not."""
-    metrics = _read_json(run_dir / "metrics.json")
-    if metrics is None:
-        reason = _failure(run_dir) if not (run_dir / "metrics.json").exists() else "unreadable metrics.json"
-        return SkippedRun(run_dir, reason)
-    method = str(_get(cfg, "method.name") or metrics.get("method") or "")
-    methods = metrics.get("methods") or {}
-    if method not in methods:
+    try:
+        summary = EvaluationSummary.read(run_dir)
+    except MissingRecordError:
+        return SkippedRun(run_dir, _failure(run_dir))
+    except RecordError:
+        return SkippedRun(run_dir, "unreadable metrics.json")
+    method = str(_get(cfg, "method.name") or summary.method or "")
+    scores = summary.scores(method)
+    if scores is None:
         return SkippedRun(run_dir, f"metrics.json has no scores for its method {method!r}")
-    accuracy, best_epoch = _training_metrics(cfg, metrics)
+    accuracy, best_epoch = _training_metrics(cfg, summary)
     return EvalRun(
         run_dir=run_dir,
         dataset=str(_get(cfg, "dataset.name", "?")),
         init=str(_get(cfg, "init.name", "?")),
         method=method,
         arch=str(_get(cfg, "model.arch", "?")),
-        metrics=methods[method].get("metrics") or {},
-        baselines={b: methods[b].get("metrics") or {} for b in metrics.get("baselines") or [] if b in methods and b != method},
+        metrics=scores.metrics,
+        baselines={b: summary.methods[b].metrics for b in summary.baselines if b in summary.methods and b != method},
         accuracy=accuracy,
         best_epoch=best_epoch,
         group=_wandb_group(cfg, run_dir),
         seed=cfg.get("seed"),
         run_name=str(cfg.get("run_name") or run_dir.name),
-        checkpoint=str(metrics.get("checkpoint") or cfg.get("ckpt") or run_dir),
-        images=_get(metrics, "counts.images"),
-        bootstrap=metrics.get("bootstrap") or {},
+        checkpoint=str(summary.checkpoint or cfg.get("ckpt") or run_dir),
+        images=summary.images,
+        bootstrap=summary.bootstrap,
     )
 
 
@@ -225,7 +221,7 @@ def scan_sweep(root: str | Path, exclude: Sequence[Path] = ()) -> SweepScan:
     root = Path(root).expanduser()
     scan = SweepScan(root=root, runs=[], incomplete=[], other=[])
     for folder, subdirs in _walk(root, exclude):
-        cfg = _read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}
+        cfg = read_plain_config(folder)
         task = cfg.get("task_name") if cfg is not None else None
         if task in ("evaluate", "report"):
             subdirs[:] = []  # overlays, W&B files, a report's assets: no further runs below
@@ -308,6 +304,14 @@ class StudyTable:
     compare: str | None = None
     compare_iou: str | None = None
     notes: list[str] = field(default_factory=list)
+    # metric -> what the metrics.json files declare (metrics' `higher_is_better`)
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
+
+    def lower_is_better(self, metric: str) -> bool:
+        """Whether a smaller value is the better map: as the evaluation summaries declare it,
+        else guessed from the name (summaries written before metrics declared it)."""
+        declared = self.higher_is_better.get(metric)
+        return lower_is_better(metric) if declared is None else not declared
 
     @property
     def entries(self) -> list[str]:
@@ -349,6 +353,18 @@ def _group_stats(runs: Sequence[EvalRun], metric: str) -> dict[tuple[str, str, s
     return grouped
 
 
+def _declared_directions(runs: Sequence[EvalRun]) -> dict[str, bool]:
+    """metric -> higher_is_better as the runs' summaries declare it (the first declaration)."""
+    declared: dict[str, bool] = {}
+    for run in runs:
+        for _name, metrics, _shared in _sources(run):
+            for metric, stats in metrics.items():
+                value = stats.get("higher_is_better") if isinstance(stats, dict) else None
+                if isinstance(value, bool):
+                    declared.setdefault(metric, value)
+    return declared
+
+
 def _entries(runs: Sequence[EvalRun]) -> tuple[list[str], list[str]]:
     baselines = {b for r in runs for b in r.baselines} | {r.method for r in runs if r.method in BASELINES}
     methods = {r.method for r in runs} - baselines
@@ -367,7 +383,7 @@ def _row_accuracy(runs: Sequence[EvalRun]) -> dict[tuple[str, str], float | None
 
 def _mark(table: StudyTable, metric: str) -> None:
     """Best method per row (ties all marked) and whether each method beats the random baseline."""
-    sign = -1.0 if lower_is_better(metric) else 1.0
+    sign = -1.0 if table.lower_is_better(metric) else 1.0
     for row in table.rows:
         cells = [c for m in table.methods if (c := table.cell(row, m, metric)) is not None and c.value is not None]
         if cells:
@@ -393,7 +409,8 @@ def study_table(
     methods, baselines = _entries(runs)
     rows = sorted({(r.dataset, r.init) for r in runs}, key=_row_key(runs))
     table = StudyTable(rows=rows, methods=methods, baselines=baselines, metrics=[], cells={},
-                       accuracy=_row_accuracy(runs), compare=compare)
+                       accuracy=_row_accuracy(runs), compare=compare,
+                       higher_is_better=_declared_directions(runs))
     for metric in metrics:
         grouped = _group_stats(runs, metric)
         if not grouped:

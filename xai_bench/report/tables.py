@@ -55,7 +55,9 @@ def summarise(
         maps = per_method["maps"]
         entry: dict[str, Any] = {"metrics": {}, "counts": {}}
         for key, table in per_method["metrics"].items():
-            entry["metrics"].update(bootstrap_summary(_scores(table), metrics[method][key].aggregate, samples, level, seed))
+            metric = metrics[method][key]
+            for name, stats in bootstrap_summary(_scores(table), metric.aggregate, samples, level, seed).items():
+                entry["metrics"][name] = {**stats, "higher_is_better": metric.column_higher_is_better(name)}
         counts = MapStats().aggregate(_scores(maps))
         entry["counts"] = {name: int(value) for name, value in counts.items()}
         targets = maps["target"].long()

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from xai_bench.report.study import Cell, SkippedRun, StudyTable, lower_is_better
+from xai_bench.report.study import Cell, SkippedRun, StudyTable
 from xai_bench.tracking.run_folder import atomic_open, atomic_write_text
 
 __all__ = [
@@ -110,7 +110,7 @@ def header_cells(table: StudyTable) -> list[str]:
 
 def footnotes(table: StudyTable, incomplete: Sequence[SkippedRun] = ()) -> list[str]:
     """What the marks mean, what was averaged or derived, and which runs are missing."""
-    lower = [m for m in table.metrics if lower_is_better(m)]
+    lower = [m for m in table.metrics if table.lower_is_better(m)]
     notes = [
         "Bold: the best method of the row (baselines excluded; ties all bold). Higher is better"
         + (f" except for {', '.join(lower)} (lower is better)." if lower else "."),

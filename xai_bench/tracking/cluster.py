@@ -17,7 +17,6 @@ every epoch end), so an interruption loses at most the epoch in progress.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -26,11 +25,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from xai_bench.tracking.run_folder import atomic_write_text, attempts_dir, saved_checkpoints
+from xai_bench.tracking.records import Attempt
+from xai_bench.tracking.run_folder import CHECKPOINT_DIR, attempts_dir, saved_checkpoints
 from xai_bench.utils.errors import ConfigError, XaiBenchError
 
-JOBS_FILE = "jobs.jsonl"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+LAST_CHECKPOINT = Path(CHECKPOINT_DIR) / "last.ckpt"
 # the keys Lightning needs to continue a fit (a weights-only file cannot)
 RESUMABLE_KEYS = ("state_dict", "loops", "optimizer_states")
 RESUME_MODES = {True: "auto", "true": "auto", "auto": "auto", "fresh": "fresh",
@@ -58,23 +57,9 @@ def slurm_job() -> dict[str, str] | None:
 
 
 def read_attempts(output_dir: str | Path) -> list[dict[str, Any]]:
-    """The attempts of <run>/jobs.jsonl. A line that is not JSON (cut short by a crash in an
-    older version, which appended in place) is skipped with a warning, never fatal."""
-    path = Path(output_dir) / JOBS_FILE
-    if not path.is_file():
-        return []
-    entries = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s line %d is not a complete record (cut short?): skipped", path, number)
-            continue
-        if isinstance(entry, dict):
-            entries.append(entry)
-    return entries
+    """The attempts of <run>/jobs.jsonl as dicts (see records.Attempt.read: a torn line is
+    skipped with a warning, never fatal)."""
+    return [attempt.to_dict() for attempt in Attempt.read(output_dir)]
 
 
 def next_attempt(output_dir: str | Path) -> int:
@@ -97,19 +82,18 @@ def record_attempt(
     The file is rewritten whole through a temporary file (it is small): a crash or a full disk
     leaves the previous version, never a torn line.
     """
-    earlier = read_attempts(output_dir)
-    entry: dict[str, Any] = {
-        "attempt": attempt if attempt is not None else len(earlier) + 1,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "slurm": slurm_job(),
-        "resumed_from": resumed_from,
-        **extra,
-    }
-    lines = [json.dumps(e, sort_keys=True) for e in [*earlier, entry]]
-    atomic_write_text(Path(output_dir) / JOBS_FILE, "\n".join(lines) + "\n")
-    return entry
+    earlier = Attempt.read(output_dir)
+    entry = Attempt(
+        attempt=attempt if attempt is not None else len(earlier) + 1,
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        slurm=slurm_job(),
+        resumed_from=resumed_from,
+        extra=dict(extra),
+    )
+    entry.write(output_dir)
+    return entry.to_dict()
 
 
 def resume_mode(resume: Any) -> str:

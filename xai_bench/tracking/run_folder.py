@@ -28,14 +28,11 @@ Rules that keep a run folder trustworthy:
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import os
 import platform
-import re
 import secrets
-import shutil
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,83 +41,30 @@ from typing import IO, Any
 from omegaconf import DictConfig, OmegaConf
 
 import xai_bench
+from xai_bench.utils.disk import (  # noqa: F401 - part of the run-folder API
+    NO_SPACE_ERRNOS,
+    DiskFullError,
+    disk_full_cause,
+    disk_full_message,
+    free_space,
+    is_disk_full,
+)
 from xai_bench.utils.errors import XaiBenchError
 from xai_bench.utils.git import git_revision
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 ERROR_FILE = "error.txt"
+JOBS_FILE = "jobs.jsonl"
 ATTEMPTS_DIR = "attempts"
 CHECKPOINT_DIR = "checkpoints"
 HYDRA_DIR = ".hydra"
 # .hydra/<name> -> attempts/<stem>.<n>.yaml
 HYDRA_RECORD = {"config.yaml": "hydra-config", "hydra.yaml": "hydra", "overrides.yaml": "overrides"}
-# errnos of a full disk or an exhausted quota
-NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 # --------------------------------------------------------------------------------------------
 # Writing files
-
-
-class DiskFullError(XaiBenchError):
-    """No space left (or the quota is exhausted) while writing a run file; the previous version
-    of the file, if any, is intact."""
-
-
-def _human_size(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"  # pragma: no cover - the loop always returns
-
-
-def free_space(folder: str | os.PathLike[str]) -> str:
-    """'<free> free of <total>' on the filesystem of `folder` (or its nearest existing parent)."""
-    path = Path(folder).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    try:
-        usage = shutil.disk_usage(path)
-    except OSError:
-        return "free space unknown"
-    return f"{_human_size(usage.free)} free of {_human_size(usage.total)}"
-
-
-_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.\d+\.[0-9a-f]{8}\.tmp$")
-
-
-def disk_full_message(path: str | os.PathLike[str] | None) -> str:
-    """One line: which file, which folder, how much room is left, and what to do."""
-    file = Path(path if path is not None else ".").absolute()
-    temp = _TEMP_NAME.match(file.name)
-    if temp:  # atomic_open's temporary file: name the file being written
-        file = file.with_name(temp.group("target"))
-    where = f"{file.name} in {file.parent}" if path is not None else f"a file (working folder {file})"
-    return (
-        f"disk full while writing {where} ({free_space(file if path is None else file.parent)}): "
-        "free space there (or point paths.log_dir / hydra.run.dir to a disk with room) and run the "
-        "same command again; the files written before are intact."
-    )
-
-
-def is_disk_full(err: BaseException) -> bool:
-    return isinstance(err, OSError) and err.errno in NO_SPACE_ERRNOS
-
-
-def disk_full_cause(err: BaseException) -> OSError | None:
-    """The full-disk OSError in the chain of `err` (torch.save, for one, re-raises a failed write
-    as a RuntimeError whose context is the OSError), else None."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if is_disk_full(current):
-            assert isinstance(current, OSError)
-            return current
-        current = current.__cause__ or current.__context__
-    return None
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -311,12 +255,18 @@ def saved_checkpoints(output_dir: str | Path) -> list[Path]:
 CHECKPOINT_NAMES = ("best.ckpt", "last.ckpt")
 
 
+def run_of(checkpoint: str | Path) -> Path:
+    """The run folder of a checkpoint at <run>/checkpoints/<name>.ckpt (also for a path that
+    does not exist here, e.g. one recorded on another machine)."""
+    return Path(checkpoint).parent.parent
+
+
 def resolve_checkpoint(ckpt: str | Path) -> Path:
     """A checkpoint file, or a run folder (-> its checkpoints/best.ckpt, else last.ckpt)."""
     path = Path(ckpt).expanduser()
     if path.is_dir():
         for name in CHECKPOINT_NAMES:
-            candidate = path / "checkpoints" / name
+            candidate = path / CHECKPOINT_DIR / name
             if candidate.is_file():
                 return candidate
         raise XaiBenchError(f"no checkpoint in {path.resolve()}/checkpoints/ (looked for {', '.join(CHECKPOINT_NAMES)}).")
@@ -336,11 +286,11 @@ def find_run_config(checkpoint: Path, run_config: str | Path | None = None) -> P
         if not path.is_file():
             raise XaiBenchError(f"run_config={run_config} does not exist.")
         return path
-    for folder in (checkpoint.parent.parent, checkpoint.parent):
+    for folder in (run_of(checkpoint), checkpoint.parent):
         if (folder / CONFIG_FILE).is_file():
             return folder / CONFIG_FILE
     raise XaiBenchError(
-        f"no {CONFIG_FILE} found for {checkpoint} (looked in {checkpoint.parent.parent} and {checkpoint.parent}). "
+        f"no {CONFIG_FILE} found for {checkpoint} (looked in {run_of(checkpoint)} and {checkpoint.parent}). "
         "Evaluation rebuilds the model and data from the training run's config: pass "
         "run_config=<path to the training run's config.yaml>."
     )

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from omegaconf import OmegaConf
 
-from xai_bench.tracking.run_folder import CONFIG_FILE
+from xai_bench.tracking.records import read_plain_config
+from xai_bench.tracking.run_folder import CHECKPOINT_DIR, CONFIG_FILE, run_of
 from xai_bench.utils.errors import ConfigError
 
-BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
+BEST_CHECKPOINT = Path(CHECKPOINT_DIR) / "best.ckpt"
 
 
 def sweep_group(fallback: str) -> str:
@@ -39,16 +39,11 @@ def sweep_group(fallback: str) -> str:
 
 
 def _is_training_run(folder: Path) -> bool:
-    config = folder / CONFIG_FILE
-    if not (folder / BEST_CHECKPOINT).is_file() or not config.is_file():
+    if not (folder / BEST_CHECKPOINT).is_file():
         return False
-    # read the plain YAML: a run folder is untrusted, and OmegaConf would resolve an
-    # interpolation planted in task_name while we merely list the sweep
-    try:
-        values = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
-    return isinstance(values, dict) and values.get("task_name") == "train"
+    # plain YAML: OmegaConf would resolve an interpolation planted in task_name
+    values = read_plain_config(folder)
+    return values is not None and values.get("task_name") == "train"
 
 
 def _job_number(folder: Path) -> tuple[int, str]:
@@ -64,10 +59,11 @@ def training_runs(sweep_dir: str | Path) -> list[Path]:
             f"train_sweep={sweep_dir} is not a folder: pass the folder of a training sweep "
             "(outputs/train/multiruns/<date>/<time>, printed by `python -m xai_bench.train -m ...`)."
         )
-    runs = sorted({p.parent.parent for p in root.rglob(str(BEST_CHECKPOINT)) if _is_training_run(p.parent.parent)}, key=_job_number)
+    found = {run_of(p) for p in root.rglob(str(BEST_CHECKPOINT))}
+    runs = sorted((run for run in found if _is_training_run(run)), key=_job_number)
     if not runs:
         raise ConfigError(
-            f"no finished training run (a folder with config.yaml and {BEST_CHECKPOINT}) below {root.resolve()}: "
+            f"no finished training run (a folder with {CONFIG_FILE} and {BEST_CHECKPOINT}) below {root.resolve()}: "
             "pass train_sweep=<the folder of a `python -m xai_bench.train -m` sweep> whose jobs finished."
         )
     return runs

@@ -7,7 +7,6 @@ from xai_bench.utils.errors import (
     WeightsNotFoundError,
     XaiBenchError,
 )
-from xai_bench.utils.resolvers import register_resolvers  # noqa: F401  (the configs' ${xai.*} and ${run:*})
 
 __all__ = [
     "ConfigError",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,11 +26,17 @@ def balanced_weights(labels: Sequence[int] | np.ndarray, num_classes: int) -> li
     return (counts.sum() / (num_classes * counts)).tolist()
 
 
-def resolve_class_weights(spec: Any, datamodule: Any, num_classes: int) -> list[float] | None:
+def resolve_class_weights(spec: Any, train_labels: Callable[[], Any] | None,
+                          num_classes: int) -> list[float] | None:
+    """`module.class_weights` as a list: null, a list (one per class), or "balanced" from the
+    training labels (`train_labels`: the data module's, read only for "balanced")."""
     if spec is None:
         return None
     if isinstance(spec, str):
         if spec != "balanced":
             raise ConfigError(f"module.class_weights must be null, 'balanced' or a list; got {spec!r}.")
-        return balanced_weights(datamodule.train_labels(), num_classes)
+        if train_labels is None:
+            raise ConfigError("module.class_weights=balanced needs the training labels "
+                              "(train_labels=).")
+        return balanced_weights(train_labels(), num_classes)
     return [float(w) for w in spec]

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
 from xai_bench.utils.errors import ConfigError, XaiBenchError
+from xai_bench.utils.quiet import drop_retired_wandb_settings
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _instantiate_group(cfg: DictConfig | None, kind: str) -> list:
             raise ConfigError(f"{kind}.{name} has no _target_; set it or disable it with {kind}.{name}=null.")
         if kind == "logger" and str(node._target_).endswith("WandbLogger"):
             node = _with_wandb_mode(node, f"{kind}.{name}")
-        objects.append(instantiate_node(node, f"{kind}.{name}"))
+        objects.append(drop_retired_wandb_settings(instantiate_node(node, f"{kind}.{name}")))
     return objects
 
 

@@ -1,32 +1,24 @@
-"""The wrapper every entry point runs its task in.
+"""How an entry point runs its task (xai_bench.tracking.task.task_wrapper writes the run folder).
 
-It guarantees what a multirun needs: the W&B run of a job is always finished (otherwise the next
-job of the sweep logs into it), a failure is written to the run folder before it propagates, and
-a user-fixable error reaches the terminal as one message with exit status 2, not a traceback:
+A user-fixable error reaches the terminal as one message with exit status 2, not a traceback:
 an XaiBenchError, a full disk (which file, the folder, the free space) and W&B's own errors
-(no API key, no network: how to stay offline).
-
-A refused rerun leaves a finished run as it was: when the folder holds metrics.json and the
-failing attempt did not change its config.yaml, no error.txt is written there (the message is on
-the terminal and in the log).
+(no API key, no network: how to stay offline). `finish_wandb` ends a job's W&B run, so the next
+job of a sweep starts a new one.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-import traceback
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
+from xai_bench.utils.disk import DiskFullError, disk_full_cause, disk_full_message
 from xai_bench.utils.errors import ConfigError, XaiBenchError
 
-R = TypeVar("R")
 log = logging.getLogger(__name__)
 # numpy's seed range, which Lightning's seed_everything enforces
 SEED_RANGE = (0, 2**32 - 1)
@@ -59,41 +51,6 @@ def check_seed(cfg: DictConfig) -> None:
         )
 
 
-def _config_stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size
-
-
-def task_wrapper(task: Callable[[DictConfig], R]) -> Callable[[DictConfig], R]:
-    @functools.wraps(task)
-    def wrapped(cfg: DictConfig) -> R:
-        from xai_bench.tracking.run_folder import CONFIG_FILE, METRICS_FILE, write_error
-
-        exit_code = 0
-        output_dir = cfg.get("paths", {}).get("output_dir") if isinstance(cfg, DictConfig) else None
-        folder = Path(output_dir) if output_dir else None
-        config_before = _config_stamp(folder / CONFIG_FILE) if folder else None
-        try:
-            check_seed(cfg)
-            return task(cfg)
-        except BaseException as err:
-            exit_code = 1
-            if folder is not None:
-                untouched = config_before is not None and _config_stamp(folder / CONFIG_FILE) == config_before
-                if untouched and (folder / METRICS_FILE).is_file():
-                    log.info("the finished run in %s was left as it was", folder)
-                else:
-                    write_error(folder, "".join(traceback.format_exception(err)))
-            raise
-        finally:
-            finish_wandb(exit_code)
-
-    return wrapped
-
-
 def _chain(err: BaseException) -> list[BaseException]:
     seen: set[int] = set()
     chain = []
@@ -108,7 +65,6 @@ def _chain(err: BaseException) -> list[BaseException]:
 def user_error(err: BaseException) -> XaiBenchError | None:
     """The user-fixable error behind `err`, if any: an XaiBenchError (Hydra's instantiate wraps
     errors of a _target_), a full disk, or a W&B error, as an XaiBenchError with one line."""
-    from xai_bench.tracking.run_folder import DiskFullError, disk_full_cause, disk_full_message
     from xai_bench.utils.instantiate import wandb_error_message
 
     chain = _chain(err)
