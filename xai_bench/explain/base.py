@@ -147,7 +147,7 @@ class ExplainMethod:
 
     Settings common to all methods:
       target     predicted | label | class index (the study: 1)
-      upsample   nearest | bilinear (defaults per method follow the study, SPEC 2.4)
+      upsample   nearest | bilinear (defaults per method follow the study, README: Interpretability methods)
       normalize  minmax | none
       relu       clamp negative evidence to zero before normalising (CAM methods)
     """

@@ -3,7 +3,7 @@
 One implementation with a mode (one forward, one backward of the summed target logits):
   gradcam   cam = sum_c mean_hw(dy/dA_c) * A_c          (Selvaraju et al.)
   hirescam  cam = sum_c dy/dA_c * A_c   (element-wise)  (Draelos & Carin; faithful when the
-            layer is followed by Flatten -> Linear, SPEC 3.1; equal to Grad-CAM times h*w when
+            layer is followed by Flatten -> Linear, the Grad-CAM vs HiResCAM faithfulness study; equal to Grad-CAM times h*w when
             the layer is followed by global average pooling and a linear head)
 
 Layer: a dotted module path, or the default: `blocks[-1].norm1` for ViTs (the study's choice;
@@ -14,7 +14,7 @@ pytorch-grad-cam (the study's tool) post-processes ReLU -> per-image min-max (ep
 cv2 bilinear resize -> min-max; our shared chain is relu -> upsample -> min-max. Setting
 `order="gradcam_lib"` reproduces the library's chain; `eigen_smooth` and `aug_smooth` follow
 the library's definitions (see `eigen_projection` and `CAM.__call__`). `gradcam_study` is the
-study's configuration (SPEC 2.4).
+study's configuration (README: Interpretability methods).
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ class HiResCAM(CAM):
 
 @register_method("gradcam_study")
 class GradCAMStudy(GradCAM):
-    """The study's Grad-CAM (SPEC 2.4): pytorch-grad-cam's chain with eigen_smooth and
+    """The study's Grad-CAM (README: Interpretability methods): pytorch-grad-cam's chain with eigen_smooth and
     aug_smooth on blocks[-1].norm1, target class 1, the library's SVD sign."""
 
     default_eigen_smooth = True

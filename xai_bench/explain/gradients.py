@@ -7,7 +7,7 @@ resolution, so the shared post-processing only normalises (upsampling is a no-op
 
 Channel reduction (settings `abs`, `channel_reduction` in max | sum | mean):
   saliency          |grad| then max over channels (Simonyan et al.; captum's visualisation rule)
-  guided_backprop   |gb| summed over channels (the ATCON definition, SPEC 3.2)
+  guided_backprop   |gb| summed over channels (the ATCON definition, README: Training objectives: ATCON)
   input_x_gradient, integrated_gradients, deeplift, lrp
                     signed sum over channels: keeps completeness (the map sums to the
                     attribution total) and ranks positive evidence highest after min-max.

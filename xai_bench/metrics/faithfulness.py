@@ -1,4 +1,4 @@
-"""Faithfulness metrics: does the model's output depend on what the map highlights? (SPEC 3.1)
+"""Faithfulness metrics: does the model's output depend on what the map highlights? (the Grad-CAM vs HiResCAM faithfulness study)
 
 They run the model (or the method) again on perturbed inputs, so they cost forwards: AOPC
 (L+1) forwards per region size, deletion/insertion 2 x (steps+1), Max-Sensitivity one

@@ -166,7 +166,7 @@ def build_model(
     is_transformer = hasattr(model, "patch_embed")
     if head_kind == "flatten" and is_transformer:
         raise ConfigError(
-            f"head=flatten is for CNNs (SPEC 3.1); model.arch={arch} is a transformer: use head=linear."
+            f"head=flatten is for CNNs (the Grad-CAM vs HiResCAM faithfulness study); model.arch={arch} is a transformer: use head=linear."
         )
     in_chans = int(timm_kwargs.get("in_chans", 3))
     if attn and placement != "block_args":

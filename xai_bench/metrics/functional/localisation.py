@@ -5,7 +5,7 @@ same shape (bool, uint8 or any numeric dtype; nonzero = inside the region) and r
 per image as a ``(B,)`` float32 tensor on the maps' device. Everything is computed for the whole
 batch at once (no Python loop over images), so the same code runs on CPU and CUDA.
 
-Definitions follow the reference study (SPEC 2.5) and, where one exists, Quantus 0.6.0:
+Definitions follow the reference study (README: Evaluation metrics) and, where one exists, Quantus 0.6.0:
 
 - ``pointing_game``: hit if ANY pixel tied at the map's maximum lies inside the mask (Quantus
   ``PointingGame`` uses the same lenient tie rule). ``tolerance > 0`` grows the mask by an open
@@ -20,7 +20,7 @@ Definitions follow the reference study (SPEC 2.5) and, where one exists, Quantus
 - ``relevance_mass``: ``sum(map inside mask) / sum(map)`` (Quantus ``RelevanceMassAccuracy``).
 - ``relevance_rank``: share of the top-``|mask|`` pixels of the map inside the mask (Quantus
   ``RelevanceRankAccuracy``), with ties at the cut-off resolved by their expected value.
-- ``wsl_iou`` (ATCON, SPEC 3.2): the map binarised at ``threshold`` (``>=``) against the union of
+- ``wsl_iou`` (ATCON, README: Training objectives: ATCON): the map binarised at ``threshold`` (``>=``) against the union of
   the boxes of the class the map explains, from per-class masks ``(B, C, H, W)``. It has its own
   edge cases (see its docstring): no box of that class = 0.0, no boxes at all = NaN.
 
