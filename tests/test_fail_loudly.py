@@ -231,6 +231,7 @@ def test_evaluation_with_all_maps_nan_fails(finished_run: Path, tmp_path: Path) 
         ("seed=abc", ("seed=abc is not an integer", "seed=42")),
         ("+optimizer.lrr=1", ("optimizer.lrr is not a setting of optimizer", "~optimizer.lrr")),
         ("+trainer.max_epoch=3", ("trainer.max_epoch is not a setting of trainer",)),
+        ("+objective.foo=1", ("objective.foo is not a setting of objective", "~objective.foo")),
     ],
 )
 def test_bad_value_in_a_rerun_is_one_line(run_copy: Path, override: str, needles: tuple[str, ...]) -> None:

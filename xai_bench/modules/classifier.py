@@ -194,9 +194,8 @@ class ClassifierModule(pl.LightningModule):
         self.objective = objective or SupervisedObjective()
         if compile and self.objective.second_order:
             raise ConfigError(
-                f"module.compile=true cannot train objective={self.objective.name} "
-                f"mode={getattr(self.objective, 'mode', '?')}: its loss differentiates gradients "
-                "again (create_graph), which torch.compile does not support; set "
+                f"module.compile=true cannot train {self.objective.label()}: its loss "
+                "differentiates gradients again (create_graph), which torch.compile does not support; set "
                 "module.compile=false."
             )
         self.net = net

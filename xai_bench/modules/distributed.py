@@ -25,12 +25,15 @@ from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from xai_bench.modules.objectives import SupervisedObjective
+
 
 def has_batchnorm(net: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
-def adapt_ddp_strategy(strategy: Any, net: nn.Module, objective: Any) -> dict[str, bool]:
+def adapt_ddp_strategy(strategy: Any, net: nn.Module,
+                       objective: SupervisedObjective) -> dict[str, bool]:
     """Adjust a DDP strategy (before it wraps the model) to the network and the objective.
 
     Returns what changed: {"sync_batchnorm_off": ..., "find_unused_parameters": ...}.
@@ -40,9 +43,7 @@ def adapt_ddp_strategy(strategy: Any, net: nn.Module, objective: Any) -> dict[st
     changed = {"sync_batchnorm_off": False, "find_unused_parameters": False}
     if not isinstance(strategy, DDPStrategy):
         return changed
-    name = getattr(objective, "name", "supervised")
-    mode = getattr(objective, "mode", None)
-    label = f"objective={name}" + (f" mode={mode}" if mode else "")
+    label = objective.label()
     if getattr(strategy, "_layer_sync", None) is not None:
         device = strategy.root_device.type
         if not has_batchnorm(net):
@@ -54,7 +55,7 @@ def adapt_ddp_strategy(strategy: Any, net: nn.Module, objective: Any) -> dict[st
                 f"trainer.sync_batchnorm: SyncBatchNorm runs only on CUDA devices; on {device} "
                 "each process normalises with its own batch statistics."
             )
-        elif getattr(objective, "second_order", False):
+        elif objective.second_order:
             strategy._layer_sync = None
             changed["sync_batchnorm_off"] = True
             rank_zero_warn(
@@ -62,7 +63,7 @@ def adapt_ddp_strategy(strategy: Any, net: nn.Module, objective: Any) -> dict[st
                 "backward again, which SyncBatchNorm does not support; each GPU keeps its own "
                 "BatchNorm statistics."
             )
-    if getattr(objective, "unused_parameters", False):
+    if objective.unused_parameters:
         kwargs = getattr(strategy, "_ddp_kwargs", None)
         if kwargs is None:
             raise RuntimeError(

@@ -50,11 +50,22 @@ class SupervisedObjective:
     """The plain supervised loss."""
 
     name = "supervised"
+    # ATCON's training mode; None for objectives without modes
+    mode: str | None = None
     uses_unlabeled = False
     # the loss differentiates a gradient again (create_graph): no torch.compile, no SyncBatchNorm
     second_order = False
     # some steps leave parameters without gradient: DDP must look for them (find_unused_parameters)
     unused_parameters = False
+
+    def __init__(self) -> None:
+        # explicit, so that `+objective.foo=1` fails as "unexpected keyword argument 'foo'"
+        # (reported as one line) rather than "takes no arguments"
+        pass
+
+    def label(self) -> str:
+        """How messages name this objective: `objective=atcon mode=unsupervised`."""
+        return f"objective={self.name}" + (f" mode={self.mode}" if self.mode else "")
 
     def hparams(self) -> dict[str, Any]:
         return {"name": self.name}
