@@ -6,7 +6,6 @@ The DDP runs are tiny (debug=tiny, 1-2 epochs, a few dozen images) and bounded b
 
 from __future__ import annotations
 
-import json
 import warnings
 from functools import partial
 from pathlib import Path
@@ -29,6 +28,7 @@ from xai_bench.modules.classifier import SplitMetrics
 from xai_bench.modules.consistency import consistency_loss
 from xai_bench.modules.distributed import adapt_ddp_strategy
 from xai_bench.modules.objectives import ATCONObjective, SupervisedObjective
+from xai_bench.tracking.records import TrainingRecord
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 # odd split sizes: a 2-rank DistributedSampler pads each with one repeated image
@@ -46,7 +46,7 @@ def _train(cwd: Path, out: Path, *overrides: str, timeout: float = 600):
         ["xai_bench.train", *TINY, f"hydra.run.dir={out}", *overrides], cwd=cwd, timeout=timeout
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc, json.loads((out / "metrics.json").read_text())
+    return proc, TrainingRecord.read(out)
 
 
 # --------------------------------------------------------------------------- samplers (11)
@@ -340,7 +340,7 @@ def resnet_ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str,
 @pytest.mark.slow
 def test_ddp_resnet_with_batchnorm_runs_on_cpu(resnet_ddp_run: tuple[Path, str, dict]) -> None:
     out, log, metrics = resnet_ddp_run
-    assert metrics["world_size"] == 2 and (out / "checkpoints" / "best.ckpt").is_file()
+    assert metrics.world_size == 2 and (out / "checkpoints" / "best.ckpt").is_file()
     assert (
         "SyncBatchNorm runs only on CUDA devices; on cpu each process normalises with its own"
         in log
@@ -381,9 +381,9 @@ def test_ddp_atcon_modes_train(mode: str, tmp_path: Path) -> None:
     proc, metrics = _train(
         tmp_path, tmp_path / mode, "objective=atcon", f"objective.mode={mode}", *DDP
     )
-    assert metrics["world_size"] == 2 and metrics["epochs_trained"] == 2
+    assert metrics.world_size == 2 and metrics.epochs_trained == 2
     assert (
         f"objective=atcon mode={mode} leaves some parameters without gradient"
         in proc.stdout + proc.stderr
     )
-    assert all(value == value for value in metrics["val"].values())  # finite, not NaN
+    assert all(value == value for value in metrics.val.values())  # finite, not NaN

@@ -4,12 +4,12 @@ the explanations of the model it trains must find the lesion (the synthetic ROI)
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
 
+from xai_bench.tracking.records import EvaluationSummary, TrainingRecord
 from xai_bench.tracking.wandb_offline import offline_run_dirs, read_offline_run
 
 pytestmark = pytest.mark.slow
@@ -27,9 +27,9 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_default_run_reaches_the_accuracy_goal(demo_run: Path) -> None:
-    metrics = json.loads((demo_run / "metrics.json").read_text())
-    assert metrics["val"]["acc"] >= 0.90
-    assert metrics["test"]["acc"] >= 0.90
+    record = TrainingRecord.read(demo_run)
+    assert record.val["acc"] >= 0.90
+    assert record.test_accuracy >= 0.90
     run = read_offline_run(offline_run_dirs(demo_run)[0])
     assert len(run.metric("val/acc")) >= 8  # one per epoch, plus the final validation
     assert max(run.metric("val/acc")) >= 0.90
@@ -45,13 +45,13 @@ def test_methods_localise_the_lesion_and_fail_parameter_randomisation(demo_run: 
     results = {}
     for folder in sweep.iterdir():
         if (folder / "metrics.json").is_file():
-            summary = json.loads((folder / "metrics.json").read_text())
-            results[summary["method"]] = summary["methods"][summary["method"]]["metrics"]
+            summary = EvaluationSummary.read(folder)
+            results[summary.method] = summary.methods[summary.method].metrics
             assert (folder / "per_image.csv").is_file() and offline_run_dirs(folder)
             wandb_run = read_offline_run(offline_run_dirs(folder)[0])
             # an evaluation joins its training run's W&B group
             assert (wandb_run.group, wandb_run.job_type) == ("synthetic-random", "eval")
-            assert summary["method"] in wandb_run.tags
+            assert summary.method in wandb_run.tags
     assert set(results) == set(METHODS)
     random = results["random"]
     best = {name: max(results[m][name]["value"] for m in METHODS[:3]) for name in ("pointing_game", "iou@5", "iou@10")}

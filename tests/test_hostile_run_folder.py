@@ -21,6 +21,7 @@ import yaml
 from conftest import CONF_DIR, run_cli
 from omegaconf import OmegaConf, open_dict
 
+from xai_bench.tracking.records import EvaluationSummary
 from xai_bench.tracking.trusted_config import (
     TRUSTED_TARGETS,
     UntrustedConfigError,
@@ -150,7 +151,7 @@ def test_the_genuine_run_folder_still_evaluates(genuine_run: Path, tmp_path: Pat
     proc = run_cli(["xai_bench.evaluate", f"ckpt={genuine_run}", f"hydra.run.dir={out}", "logger=none",
                     "max_images=2", "metric=[study]", "baselines=[]", "overlays=0"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert json.loads((out / "metrics.json").read_text())["counts"]["images"] == 2
+    assert EvaluationSummary.read(out).images == 2
 
 
 @pytest.mark.slow

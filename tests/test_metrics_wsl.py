@@ -5,7 +5,6 @@ dataset with boxes.csv (in process) and the whole prepare -> train -> evaluate p
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from xai_bench.metrics.functional.localisation import wsl_iou
 from xai_bench.metrics.predictions import PredictionTable, class_set_texts
 from xai_bench.modules.evaluator import ExplanationEvaluator
 from xai_bench.report import per_image_rows, summarise
+from xai_bench.tracking.records import EvaluationSummary
 from xai_bench.utils.errors import ConfigError
 
 
@@ -250,10 +250,10 @@ def test_prepare_train_evaluate_pascal_voc_layout(tmp_path: Path) -> None:
     proc = run_cli(["xai_bench.evaluate", f"ckpt={tmp_path / 'run'}", "method=attention", "metric=[study,wsl]",
                     "overlays=1", f"hydra.run.dir={out}", *common], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert {"accuracy", "f1_macro"} == set(metrics["classification"])
+    summary = EvaluationSummary.read(out)
+    assert {"accuracy", "f1_macro"} == set(summary.classification)
     for method in ("attention", "random", "centre", "uniform"):
-        stats = metrics["methods"][method]["metrics"]["wsl_iou"]
+        stats = summary.methods[method].metrics["wsl_iou"]
         assert stats["n"] == 4 and 0.0 <= stats["value"] <= 1.0
     rows = list(csv.DictReader((out / "per_image.csv").open()))
     assert len(rows) == 16 and {r["label"] for r in rows} <= {"11;14", "7;14"}  # dog;person, cat;person

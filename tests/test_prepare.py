@@ -27,6 +27,7 @@ from xai_bench.data.prepare import (
     prepare_dataset,
     split_sizes,
 )
+from xai_bench.tracking.records import TrainingRecord
 from xai_bench.utils.errors import ConfigError, DatasetNotFoundError, XaiBenchError
 
 KVASIR_ROI = DATA_DIR / "rois" / "kvasir" / "048a155b-7de4-4235-9c7e-e90010093276.png"
@@ -230,6 +231,6 @@ def test_prepare_cli_then_train_a_tiny_model(tmp_path: Path, name: str) -> None:
                     "logger=none", "dataset.num_workers=0", "trainer.max_epochs=1", f"hydra.run.dir={run}"],
                    cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert "acc" in metrics["test"] and "f1_macro" in metrics["test"]
+    metrics = TrainingRecord.read(run)
+    assert "acc" in metrics.test and "f1_macro" in metrics.test
     shutil.rmtree(run)

@@ -21,6 +21,7 @@ from xai_bench import prepare as prepare_cli
 from xai_bench.data import ImageTableDataModule
 from xai_bench.data.prepare import PrepareConfig, cp_child, crc, folder, prepare_dataset
 from xai_bench.data.prepare import covid19_radiography as covid
+from xai_bench.tracking.records import TrainingRecord
 from xai_bench.utils.errors import ConfigError, DatasetNotFoundError, XaiBenchError
 
 SIZE = (24, 20)  # width, height of every fixture image
@@ -422,5 +423,4 @@ def test_prepare_then_train_from_the_command_line(name: str, tmp_path: Path) -> 
                     "logger=none", "dataset.num_workers=0", "trainer.max_epochs=1", f"hydra.run.dir={run}", *extra],
                    cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= metrics["test"]["acc"] <= 1.0
+    assert 0.0 <= TrainingRecord.read(run).test["acc"] <= 1.0

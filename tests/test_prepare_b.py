@@ -19,6 +19,7 @@ from PIL import Image
 
 from xai_bench import prepare as prepare_cli
 from xai_bench.data.prepare import duke, mura
+from xai_bench.tracking.records import TrainingRecord
 from xai_bench.utils.errors import DatasetNotFoundError, XaiBenchError
 
 # ----------------------------------------------------------------------------- Duke fixture
@@ -393,5 +394,5 @@ def test_prepare_and_train_cli(name: str, tmp_path: Path) -> None:
     proc = run_cli(["xai_bench.train", f"dataset={name}", f"paths.data_dir={tmp_path / 'data'}", "debug=tiny",
                     "logger=none", "dataset.num_workers=0", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert 0.0 <= metrics["test"]["acc"] <= 1.0
+    metrics = TrainingRecord.read(run_dir)
+    assert 0.0 <= metrics.test["acc"] <= 1.0

@@ -31,6 +31,7 @@ from xai_bench.data.prepare import (
     isic2020,
     prepare_dataset,
 )
+from xai_bench.tracking.records import TrainingRecord
 from xai_bench.utils.errors import DatasetNotFoundError, XaiBenchError
 
 MODULES = {"ham10000": ham10000, "breakhis": breakhis, "aptos2019": aptos2019, "isic2020": isic2020}
@@ -426,5 +427,4 @@ def test_prepare_then_train_from_the_command_line(tmp_path: Path, name: str) -> 
     proc = run_cli(["xai_bench.train", f"dataset={name}", f"paths.data_dir={data}", "debug=tiny", "logger=none",
                     "dataset.num_workers=0", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert 0.0 <= metrics["test"]["acc"] <= 1.0
+    assert 0.0 <= TrainingRecord.read(run_dir).test["acc"] <= 1.0

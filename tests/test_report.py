@@ -18,6 +18,7 @@ from PIL import Image
 from xai_bench.report.html import copy_galleries, write_html, write_plots
 from xai_bench.report.study import EvalRun, scan_sweep, study_table, sweep_facts
 from xai_bench.report.writers import write_csv, write_markdown, write_tex
+from xai_bench.tracking.records import read_plain_config
 from xai_bench.tracking.wandb_offline import offline_run_dirs, read_offline_run
 from xai_bench.utils.errors import ConfigError
 
@@ -349,7 +350,7 @@ def test_cli_writes_report_and_wandb_run(sweep: Path, tmp_path: Path) -> None:
     for name in ("report.csv", "report.md", "report.tex", "index.html", "config.yaml"):
         assert (out / name).is_file(), name
     assert f"Open the report: {(out / 'index.html').resolve()}" in proc.stdout
-    config = yaml.safe_load((out / "config.yaml").read_text())
+    config = read_plain_config(out)
     assert config["task_name"] == "report" and config["group"] == GROUP and config["compare"] == "study"
 
     runs = offline_run_dirs(out)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import json
 import os
 import shutil
 import textwrap
@@ -32,6 +31,7 @@ from conftest import fails_cleanly as _fails_cleanly
 from xai_bench.modules.callbacks import AtomicCheckpointIO
 from xai_bench.report.tables import write_per_image_csv
 from xai_bench.tracking.cluster import find_resume_point, read_attempts, record_attempt
+from xai_bench.tracking.records import TrainingRecord, read_plain_config
 from xai_bench.tracking.run_folder import (
     DiskFullError,
     atomic_write_bytes,
@@ -229,7 +229,7 @@ def test_attempt_numbers_never_overwrite_an_archived_config(tmp_path: Path) -> N
     assert attempt == 4
     start_attempt(tmp_path, {"new": True}, attempt)
     assert (tmp_path / "attempts" / "config.3.yaml").read_text() == "kept: true\n"
-    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == {"new": True}
+    assert read_plain_config(tmp_path) == {"new": True}
     assert (tmp_path / "attempts" / "config.4.yaml").read_bytes() == (tmp_path / "config.yaml").read_bytes()
 
 
@@ -298,7 +298,7 @@ def test_refused_rerun_changes_nothing_in_a_finished_run(run_copy: Path, overrid
     from xai_bench.models.weights import load_trained_network
     from xai_bench.utils.instantiate import instantiate_node
 
-    model = yaml.safe_load((run_copy / "config.yaml").read_text())["model"]
+    model = read_plain_config(run_copy)["model"]
     model["init"] = {"name": "random", "pretrained": False}
     load_trained_network(instantiate_node(model, "model"), run_copy / "checkpoints" / "best.ckpt")
 
@@ -318,7 +318,7 @@ def test_each_attempt_keeps_its_config(run_copy: Path) -> None:
     jobs = read_attempts(run_copy)
     assert [j["attempt"] for j in jobs] == [1, 2]
     assert jobs[1]["resumed_from"]["checkpoint"].endswith("checkpoints/last.ckpt")
-    assert json.loads((run_copy / "metrics.json").read_text())["epochs_trained"] == 3
+    assert TrainingRecord.read(run_copy).epochs_trained == 3
 
 
 @pytest.mark.slow
@@ -329,7 +329,7 @@ def test_folder_from_before_attempts_keeps_its_config(run_copy: Path) -> None:
     proc = _rerun(run_copy, "trainer.max_epochs=3")
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert (run_copy / "attempts" / "config.1.yaml").read_bytes() == first
-    assert yaml.safe_load((run_copy / "config.yaml").read_text())["trainer"]["max_epochs"] == 3
+    assert read_plain_config(run_copy)["trainer"]["max_epochs"] == 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,9 +361,9 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path: Path) -> None:
 
     proc = run_cli(["xai_bench.train", *TINY, f"hydra.run.dir={run}"], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["resumed_from"]["checkpoint"].endswith("last.ckpt") and metrics["resumed_from"]["epoch"] == 0
-    assert metrics["epochs_trained"] == 2 and not error.exists()
+    metrics = TrainingRecord.read(run)
+    assert metrics.resumed_from["checkpoint"].endswith("last.ckpt") and metrics.resumed_from["epoch"] == 0
+    assert metrics.epochs_trained == 2 and not error.exists()
 
 
 @pytest.mark.slow
@@ -396,5 +396,5 @@ def test_no_readable_checkpoint_stops_then_starts_over_when_asked(run_copy: Path
     assert {p.name: p.read_bytes() for p in kept.iterdir()} == damaged  # moved aside, not deleted
     assert (run_copy / "attempts" / "metrics.1.json").is_file()
     assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1
-    assert json.loads((run_copy / "metrics.json").read_text())["resumed_from"] is None
+    assert TrainingRecord.read(run_copy).resumed_from is None
 

@@ -7,7 +7,6 @@ Every wait is bounded: without accounting, a job killed outright can leave submi
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,6 +19,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from xai_bench.tracking.cluster import read_attempts
+from xai_bench.tracking.records import TrainingRecord
 from xai_bench.tracking.wandb_offline import offline_run_dirs, read_offline_run
 
 pytestmark = pytest.mark.slow
@@ -102,9 +102,9 @@ def test_sweep_runs_each_job_through_slurm(slurm, tmp_path: Path) -> None:
         assert len(attempts) == 1 and attempts[0]["slurm"], attempts
         job = attempts[0]["slurm"]
         job_ids.append(job["job_id"])
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert metrics["slurm_job"]["job_id"] == job["job_id"]
-        assert metrics["epochs_trained"] == 2 and metrics["resumed_from"] is None
+        metrics = TrainingRecord.read(run)
+        assert metrics.slurm_job["job_id"] == job["job_id"]
+        assert metrics.epochs_trained == 2 and metrics.resumed_from is None
         assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
         # SLURM itself knows the job, and it ran to completion
         assert _final_state(job["job_id"]) == "COMPLETED"
@@ -130,8 +130,8 @@ def test_ddp_job_gets_one_slurm_task_per_device(slurm, tmp_path: Path) -> None:
     (run,) = _run_folders(tmp_path)
     (attempt,) = read_attempts(run)  # rank 0 alone writes the run folder
     assert attempt["slurm"]["ntasks"] == "2"
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["world_size"] == 2
+    metrics = TrainingRecord.read(run)
+    assert metrics.world_size == 2
     assert len(offline_run_dirs(run)) == 1
     assert _final_state(attempt["slurm"]["job_id"]) == "COMPLETED"
 
@@ -180,9 +180,9 @@ def test_interrupted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_
     assert resumed["checkpoint"].endswith("checkpoints/last.ckpt")
     # it continued: at least one finished epoch was kept, not retrained
     assert resumed["global_step"] >= 40 and resumed["epoch"] is not None
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["epochs_trained"] == max_epochs
-    assert metrics["resumed_from"]["global_step"] == resumed["global_step"]
+    metrics = TrainingRecord.read(run)
+    assert metrics.epochs_trained == max_epochs
+    assert metrics.resumed_from["global_step"] == resumed["global_step"]
     assert not (run / "error.txt").exists()
     assert "resuming from" in (run / "train.log").read_text()
     assert _final_state(job_id) == "COMPLETED"

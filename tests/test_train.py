@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from conftest import run_cli
 
+from xai_bench.tracking.records import TrainingRecord, read_plain_config
 from xai_bench.tracking.wandb_offline import offline_run_dirs, read_offline_run
 
 pytestmark = pytest.mark.slow
@@ -35,30 +34,30 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_run_folder_contract(tiny_run: Path) -> None:
-    cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    cfg = read_plain_config(tiny_run)
     assert cfg["dataset"]["name"] == "synthetic" and cfg["trainer"]["max_epochs"] == 3
     assert "${" not in (tiny_run / "config.yaml").read_text()  # resolved
     assert len(cfg["meta"]["git"]["commit"]) in (40, len("unknown"))
     assert (tiny_run / "checkpoints" / "best.ckpt").is_file()
     assert (tiny_run / "checkpoints" / "last.ckpt").is_file()
-    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    metrics = TrainingRecord.read(tiny_run)
     for split in ("val", "test"):
-        assert set(metrics[split]) >= {"loss", "acc", "balanced_acc", "f1_macro", "auroc"}
-        assert 0.0 <= metrics[split]["acc"] <= 1.0
-    assert metrics["epochs_trained"] == 3
-    assert metrics["best_checkpoint"].endswith("best.ckpt")
+        assert set(getattr(metrics, split)) >= {"loss", "acc", "balanced_acc", "f1_macro", "auroc"}
+        assert 0.0 <= getattr(metrics, split)["acc"] <= 1.0
+    assert metrics.epochs_trained == 3
+    assert metrics.best_checkpoint.endswith("best.ckpt")
 
 
 def test_best_epoch_is_the_lowest_validation_loss(tiny_run: Path) -> None:
-    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    metrics = TrainingRecord.read(tiny_run)
     rows = list(csv.DictReader((tiny_run / "csv" / "metrics.csv").open()))
     val = [(int(r["epoch"]), float(r["val/loss"])) for r in rows if r.get("val/loss")]
     val = val[:3]  # the fit's epochs; the final validate() of best.ckpt logs one more row
     best = min(val, key=lambda ev: ev[1])
-    assert metrics["best_epoch"] == best[0] + 1  # counted from 1, as in the study's grid
+    assert metrics.best_epoch == best[0] + 1  # counted from 1, as in the study's grid
     ckpt = torch.load(tiny_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == best[0]
-    assert metrics["val"]["loss"] == pytest.approx(best[1], rel=1e-4)
+    assert metrics.val["loss"] == pytest.approx(best[1], rel=1e-4)
 
 
 def test_wandb_offline_run_is_readable(tiny_run: Path) -> None:
@@ -73,17 +72,17 @@ def test_wandb_offline_run_is_readable(tiny_run: Path) -> None:
     assert run.metric("test/acc")
     assert run.config["dataset"]["name"] == "synthetic"
     assert run.config["meta"]["git"]["commit"]
-    assert run.summary["best_epoch"] == json.loads((tiny_run / "metrics.json").read_text())["best_epoch"]
+    assert run.summary["best_epoch"] == TrainingRecord.read(tiny_run).best_epoch
 
 
 def test_resume_from_last_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
     last = tiny_run / "checkpoints" / "last.ckpt"
     out, proc = _train(tmp_path, f"ckpt_path={last}", "trainer.max_epochs=4", "logger=none")
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epochs_trained"] == 4
+    metrics = TrainingRecord.read(out)
+    assert metrics.epochs_trained == 4
     assert "Restoring states from the checkpoint" in proc.stdout + proc.stderr
     # the best epoch of the first three survived the resume (callback state is checkpointed)
-    assert metrics["best_epoch"] is not None and 1 <= metrics["best_epoch"] <= 4
+    assert metrics.best_epoch is not None and 1 <= metrics.best_epoch <= 4
 
 
 def test_local_multirun_gives_separate_folders_and_wandb_runs(tmp_path: Path) -> None:
@@ -102,8 +101,8 @@ def test_local_multirun_gives_separate_folders_and_wandb_runs(tmp_path: Path) ->
 
 def test_ddp_two_cpu_processes_log_once(tmp_path: Path) -> None:
     out, proc = _train(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", timeout=900)
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["world_size"] == 2
+    metrics = TrainingRecord.read(out)
+    assert metrics.world_size == 2
     runs = offline_run_dirs(out)
     assert len(runs) == 1, runs
     run = read_offline_run(runs[0])
@@ -116,9 +115,9 @@ def test_same_seed_same_result(tmp_path: Path) -> None:
     results = []
     for name in ("a", "b"):
         out, _ = _train(tmp_path, "seed=7", "trainer.max_epochs=1", "logger=none", "dataset.num_workers=2", run_dir=name)
-        results.append(json.loads((out / "metrics.json").read_text()))
-    assert results[0]["val"] == results[1]["val"]
-    assert results[0]["test"] == results[1]["test"]
+        results.append(TrainingRecord.read(out))
+    assert results[0].val == results[1].val
+    assert results[0].test == results[1].test
 
 
 def test_bf16_mixed_precision_on_cpu(tmp_path: Path) -> None:
@@ -132,17 +131,17 @@ def test_bf16_mixed_precision_on_cpu(tmp_path: Path) -> None:
     for precision in ("bf16-mixed", "32-true"):
         out, _ = _train(tmp_path, f"trainer.precision={precision}", "trainer.gradient_clip_val=1.0",
                         "logger=none", run_dir=precision)
-        config = yaml.safe_load((out / "config.yaml").read_text())
+        config = read_plain_config(out)
         assert config["trainer"]["precision"] == precision
-        runs[precision] = json.loads((out / "metrics.json").read_text())
+        runs[precision] = TrainingRecord.read(out)
     bf16, fp32 = runs["bf16-mixed"], runs["32-true"]
     for split in ("val", "test"):
         for name in ("loss", "acc", "balanced_acc", "f1_macro", "auroc"):
-            value = bf16[split][name]  # null (a NaN written to JSON) or a non-number fails here
+            value = getattr(bf16, split)[name]  # null (a NaN written to JSON) or a non-number fails here
             is_number = isinstance(value, int | float) and not isinstance(value, bool)
             assert is_number and math.isfinite(value), (split, name, value)
-        pair = (split, bf16[split], fp32[split])
-        assert abs(bf16[split]["loss"] - fp32[split]["loss"]) <= 0.01, pair
-        assert abs(bf16[split]["acc"] - fp32[split]["acc"]) <= 0.05, pair
-    same = bf16["val"]["loss"] == fp32["val"]["loss"]
+        pair = (split, getattr(bf16, split), getattr(fp32, split))
+        assert abs(getattr(bf16, split)["loss"] - getattr(fp32, split)["loss"]) <= 0.01, pair
+        assert abs(getattr(bf16, split)["acc"] - getattr(fp32, split)["acc"]) <= 0.05, pair
+    same = bf16.val["loss"] == fp32.val["loss"]
     assert not same, "bf16-mixed gave the float32 result bit for bit"
