@@ -22,8 +22,8 @@ from PIL import Image
 from xai_bench import prepare as prepare_cli
 from xai_bench.data import ImageTableDataModule
 from xai_bench.data.containment import paths_outside
+from xai_bench.modules.preflight import check_inputs
 from xai_bench.utils.errors import DatasetNotFoundError, WeightsNotFoundError, XaiBenchError
-from xai_bench.utils.preflight import check_inputs
 
 SIZE = 32
 

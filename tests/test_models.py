@@ -28,7 +28,7 @@ from xai_bench.models import (
     load_checkpoint_safely,
     load_state_dict_file,
 )
-from xai_bench.models import weights as weights_mod
+from xai_bench.models import weight_sources as weights_mod
 from xai_bench.utils.errors import (
     ConfigError,
     UnsafeCheckpointError,

@@ -23,6 +23,7 @@ from xai_bench.models import load_checkpoint_safely
 from xai_bench.models.weights import state_dict_mismatch
 from xai_bench.modules import BestEpochTracker
 from xai_bench.modules.callbacks import AtomicCheckpointIO
+from xai_bench.modules.preflight import check_inputs
 from xai_bench.tracking import resolved_config
 from xai_bench.tracking.cluster import (
     RESUMABLE_KEYS,
@@ -52,7 +53,6 @@ from xai_bench.utils.instantiate import (
     unexpected_keyword,
     unknown_setting,
 )
-from xai_bench.utils.preflight import check_inputs
 from xai_bench.utils.quiet import silence_library_noise
 from xai_bench.utils.rich_config import print_config_tree
 from xai_bench.utils.task import run_entry

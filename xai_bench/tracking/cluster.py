@@ -106,7 +106,7 @@ def resume_mode(resume: Any) -> str:
 
 def checkpoint_problem(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(the checkpoint read safely, None) or (None, why it cannot be resumed from, one line)."""
-    from xai_bench.models.weights import load_checkpoint_safely
+    from xai_bench.utils.checkpoints import load_checkpoint_safely  # torch, only when reading
 
     try:
         size = path.stat().st_size

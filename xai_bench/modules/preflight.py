@@ -14,32 +14,16 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from xai_bench.models.weight_sources import MODEL_BUILDER, check_weights
+from xai_bench.tracking.run_folder import resolve_checkpoint
 from xai_bench.utils.errors import XaiBenchError
 from xai_bench.utils.task import user_error
 
 __all__ = ["MODEL_BUILDER", "check_inputs", "check_weights"]
 
-# the model group's builder; another _target_ resolves its weights itself (nothing to check here)
-MODEL_BUILDER = "xai_bench.models.build_model"
-
-
-def check_weights(model_cfg: DictConfig | dict[str, Any] | None) -> None:
-    """Resolve the pretrained weights file the model config asks for, without building the
-    model (models.weights.resolve_weights, the lookup build_model itself does first)."""
-    if model_cfg is None or model_cfg.get("_target_") != MODEL_BUILDER:
-        return
-    from xai_bench.models.weights import InitSpec, resolve_weights
-
-    # only the keys the lookup needs are resolved (num_classes may still be a ??? of the dataset)
-    weights_dir = model_cfg.get("weights_dir")
-    resolve_weights(InitSpec.from_config(model_cfg.get("init")), str(model_cfg.get("arch")),
-                    None if weights_dir is None else str(weights_dir))
-
 
 def _check_init_from(cfg: DictConfig) -> None:
     if cfg.get("init_from"):
-        from xai_bench.tracking.run_folder import resolve_checkpoint
-
         resolve_checkpoint(cfg.init_from)
 
 

@@ -1,0 +1,189 @@
+"""The evaluation runs of a sweep: every run folder below a folder, read through tracking's
+records, and the folders skipped with the reason (a failed, cancelled or unfinished job)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xai_bench.tracking.records import (
+    EvaluationSummary,
+    MissingRecordError,
+    RecordError,
+    TrainingRecord,
+    read_error,
+    read_plain_config,
+)
+from xai_bench.tracking.run_folder import CONFIG_FILE, run_of
+
+__all__ = ["EvalRun", "SkippedRun", "SweepScan", "collect_eval_runs", "read_eval_run", "scan_sweep"]
+
+# folders that never hold evaluation runs (besides hidden ones: .hydra, .submitit)
+_PRUNE = {"wandb"}
+
+
+@dataclass
+class EvalRun:
+    """What one evaluation run folder says: its model, method, scores and its baselines' scores."""
+
+    run_dir: Path
+    dataset: str
+    init: str
+    method: str
+    arch: str
+    metrics: dict[str, dict[str, Any]]
+    baselines: dict[str, dict[str, dict[str, Any]]]
+    accuracy: float | None = None
+    best_epoch: int | None = None
+    group: str | None = None
+    seed: int | None = None
+    run_name: str = ""
+    # the trained model evaluated: baselines are shared by the runs of one checkpoint
+    checkpoint: str = ""
+    images: int | None = None
+    bootstrap: dict[str, Any] = field(default_factory=dict)
+
+    def overlays(self, method: str) -> list[Path]:
+        """The overlay PNGs this run drew for `method` (itself or a baseline), in id order."""
+        return sorted((self.run_dir / "overlays" / method).glob("*.png"))
+
+
+@dataclass
+class SkippedRun:
+    run_dir: Path
+    reason: str
+
+
+@dataclass
+class SweepScan:
+    """The evaluation runs found below `root`, and the folders left out (and why)."""
+
+    root: Path
+    runs: list[EvalRun]
+    incomplete: list[SkippedRun]
+    other: list[SkippedRun]
+
+
+def _get(data: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _training_run_candidates(cfg: dict[str, Any], summary: EvaluationSummary) -> list[Path]:
+    candidates = []
+    if summary.training_run:
+        candidates.append(Path(summary.training_run))
+    if summary.checkpoint:
+        candidates.append(run_of(summary.checkpoint))
+    ckpt = cfg.get("ckpt")
+    if ckpt:
+        path = Path(str(ckpt)).expanduser()
+        candidates.append(run_of(path) if path.suffix == ".ckpt" else path)
+    return candidates
+
+
+def _training_metrics(cfg: dict[str, Any], summary: EvaluationSummary) -> tuple[float | None, int | None]:
+    """Test accuracy and best epoch of the training run evaluated, when its folder is reachable."""
+    for folder in _training_run_candidates(cfg, summary):
+        try:
+            train = TrainingRecord.read(folder)
+        except RecordError:
+            continue
+        return train.test_accuracy, train.best_epoch
+    return None, None
+
+
+def _wandb_group(cfg: dict[str, Any], run_dir: Path) -> str | None:
+    """The run's W&B group. The report puts it into its own config (its W&B logger's group),
+    where a string holding `${...}` would be evaluated (`${oc.create:...}` builds a `_target_`):
+    a run folder is untrusted input, so such a value is refused."""
+    from xai_bench.tracking.trusted_config import trusted_container
+
+    group = trusted_container(_get(cfg, "logger.wandb.group"), "logger.wandb.group", run_dir / CONFIG_FILE)
+    return None if group is None or isinstance(group, dict | list) else str(group)
+
+
+def _failure(run_dir: Path) -> str:
+    error = read_error(run_dir)
+    if error is not None:
+        lines = [line for line in error.splitlines() if line.strip()]
+        return f"failed: {lines[-1].strip()}" if lines else "failed"
+    return "no metrics.json (the job failed, was cancelled or is still running)"
+
+
+def read_eval_run(run_dir: Path, cfg: dict[str, Any]) -> EvalRun | SkippedRun:
+    """An EvalRun from a folder whose config.yaml says task_name: evaluate, else why not."""
+    try:
+        summary = EvaluationSummary.read(run_dir)
+    except MissingRecordError:
+        return SkippedRun(run_dir, _failure(run_dir))
+    except RecordError:
+        return SkippedRun(run_dir, "unreadable metrics.json")
+    method = str(_get(cfg, "method.name") or summary.method or "")
+    scores = summary.scores(method)
+    if scores is None:
+        return SkippedRun(run_dir, f"metrics.json has no scores for its method {method!r}")
+    accuracy, best_epoch = _training_metrics(cfg, summary)
+    return EvalRun(
+        run_dir=run_dir,
+        dataset=str(_get(cfg, "dataset.name", "?")),
+        init=str(_get(cfg, "init.name", "?")),
+        method=method,
+        arch=str(_get(cfg, "model.arch", "?")),
+        metrics=scores.metrics,
+        baselines={b: summary.methods[b].metrics for b in summary.baselines if b in summary.methods and b != method},
+        accuracy=accuracy,
+        best_epoch=best_epoch,
+        group=_wandb_group(cfg, run_dir),
+        seed=cfg.get("seed"),
+        run_name=str(cfg.get("run_name") or run_dir.name),
+        checkpoint=str(summary.checkpoint or cfg.get("ckpt") or run_dir),
+        images=summary.images,
+        bootstrap=summary.bootstrap,
+    )
+
+
+def _walk(root: Path, exclude: Sequence[Path]) -> Iterable[tuple[Path, list[str]]]:
+    excluded = {p.resolve() for p in exclude}
+    for dirpath, dirnames, _files in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if not d.startswith(".") and d not in _PRUNE and (here / d).resolve() not in excluded
+        )
+        yield here, dirnames
+
+
+def scan_sweep(root: str | Path, exclude: Sequence[Path] = ()) -> SweepScan:
+    """Every evaluation run folder below `root` (recursively), and the folders skipped.
+
+    A folder counts when its config.yaml says task_name: evaluate; one without a usable
+    metrics.json is a failed or unfinished job: reported as incomplete, never fatal."""
+    root = Path(root).expanduser()
+    scan = SweepScan(root=root, runs=[], incomplete=[], other=[])
+    for folder, subdirs in _walk(root, exclude):
+        cfg = read_plain_config(folder)
+        task = cfg.get("task_name") if cfg is not None else None
+        if task in ("evaluate", "report"):
+            subdirs[:] = []  # overlays, W&B files, a report's assets: no further runs below
+        if cfg is None or (task and task not in ("evaluate", "report")):
+            scan.other.append(SkippedRun(folder, f"task_name: {task}" if cfg is not None else "unreadable config.yaml"))
+        elif task == "evaluate":
+            result = read_eval_run(folder, cfg)
+            if isinstance(result, EvalRun):
+                scan.runs.append(result)
+            else:
+                scan.incomplete.append(result)
+    return scan
+
+
+def collect_eval_runs(root: str | Path) -> list[EvalRun]:
+    """The complete evaluation runs below `root` (see scan_sweep for what was skipped)."""
+    return scan_sweep(root).runs
