@@ -9,7 +9,7 @@ PIP_NOISE := is ignored: it is neither
 export PIP_ROOT_USER_ACTION := ignore
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-fast lint format bench clean clean-venv
+.PHONY: install demo test test-fast lint format bench docs docs-serve clean clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -40,12 +40,19 @@ lint: install
 format: install
 	$(PY) -m ruff check --fix xai_bench tests scripts
 
-# Speed against bare PyTorch and the peer libraries (minutes on a CPU; see README: Benchmarks).
+# Speed against bare PyTorch and the peer libraries (minutes on a CPU; see docs/benchmarks.md).
 bench: install
 	$(PY) scripts/bench_train.py
 	$(PY) scripts/bench_explain.py
 	$(PY) scripts/bench_metrics.py
 	$(PY) scripts/bench_atcon.py
+
+# The documentation site (docs/ + mkdocs.yml) into site/; --strict: a broken link fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 clean:
 	find outputs -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

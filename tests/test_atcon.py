@@ -1,4 +1,4 @@
-"""ATCON (README: Training objectives: ATCON): the consistency loss, its second-order gradients, the training modes, the
+"""ATCON (docs/atcon.md): the consistency loss, its second-order gradients, the training modes, the
 alternating sampler's share, the paired data, and a real `experiment=atcon_synthetic` run."""
 
 from __future__ import annotations

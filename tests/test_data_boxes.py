@@ -1,4 +1,4 @@
-"""Per-class boxes of multi-label datasets (boxes.csv -> "class_masks", README: Training objectives: ATCON): rasterised in
+"""Per-class boxes of multi-label datasets (boxes.csv -> "class_masks", docs/atcon.md): rasterised in
 the stored frame, transformed with the image, collated, and malformed files named by line."""
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def test_run_folder_metrics_csv_overlays_and_wandb(trained: Path, tmp_path: Path
     uniform = metrics.methods["uniform"]
     assert uniform.counts["constant_maps"] == 12
     assert uniform.value("pointing_game") == 1.0  # the tie rule, on non-empty masks
-    # a constant map keeps every pixel: IoU at any q = the ROI's area (README: Evaluation metrics)
+    # a constant map keeps every pixel: IoU at any q = the ROI's area (docs/metrics.md)
     assert uniform.value("iou@5") == pytest.approx(uniform.value("iou@40"))
     assert uniform.value("max_sensitivity@0.1") in (0.0, None)
 

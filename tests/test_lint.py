@@ -15,7 +15,7 @@ def test_ruff_is_clean() -> None:
 
 
 def test_the_repository_cites_no_document_users_do_not_have() -> None:
-    """Code, configs, docs and tests cite papers or the README, never the developers' brief."""
+    """Code, configs, docs and tests cite papers or the docs, never the developers' brief."""
     import re
 
     pattern = re.compile("SP" + r"EC \d|\.\./shar" + "ed")  # split: this file must not match itself

@@ -306,7 +306,7 @@ def test_full_image_mask_box_iou_is_one_for_random_map(rois) -> None:
 
 
 def test_random_map_box_iou_equals_mask_area(rois) -> None:
-    # As the README's Evaluation metrics say: the enclosing box of a random top 5% already covers the whole image
+    # As docs/metrics.md says: the enclosing box of a random top 5% already covers the whole image
     a = np.random.default_rng(8).random((SIDE, SIDE)).astype(np.float32)
     masks = np.stack([rois[n] for n in ROI_NAMES])
     maps = np.stack([a] * len(ROI_NAMES))

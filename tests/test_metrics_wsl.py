@@ -1,4 +1,4 @@
-"""ATCON's evaluation (README: Training objectives: ATCON): the weakly supervised localisation IoU by hand, batched vs per
+"""ATCON's evaluation (docs/atcon.md): the weakly supervised localisation IoU by hand, batched vs per
 image, ties and edge cases; macro F1 against torchmetrics; the evaluator on a tiny multi-label
 dataset with boxes.csv (in process) and the whole prepare -> train -> evaluate path (slow)."""
 

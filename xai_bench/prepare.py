@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line: one sub-command per dataset, with the common options and its own."""
     parser = argparse.ArgumentParser(
         prog="python -m xai_bench.prepare",
-        description="Prepare a dataset's official download for xai_bench (README: Datasets).",
+        description="Prepare a dataset's official download for xai_bench (docs/datasets/).",
     )
     datasets = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET",
                                      title="datasets (python -m xai_bench.prepare DATASET --help)")

@@ -1,6 +1,6 @@
 """Per-class object boxes of a multi-label dataset (<root>/boxes.csv) and their masks.
 
-They feed the weakly supervised localisation IoU (README: Training objectives: ATCON); the
+They feed the weakly supervised localisation IoU (docs/atcon.md); the
 file layout is in xai_bench.data.datasets.
 """
 

@@ -25,7 +25,7 @@ The canonical prepared layout of a real dataset (what `ImageTableDataset` reads)
 
 Multi-label datasets write the label column as ";"-separated class indices ("3;7") and set
 `multilabel: true`; their samples carry a float multi-hot label (C,). A multi-label dataset may
-also hold per-class object boxes (the weakly supervised localisation IoU, README: Training objectives: ATCON):
+also hold per-class object boxes (the weakly supervised localisation IoU, docs/atcon.md):
 
     <root>/boxes.csv         columns: image (as in labels.csv), class (index or class name),
                              x0, y0, x1, y1 (x1, y1 exclusive) in the stored image's pixels

@@ -1,4 +1,4 @@
-"""Attention-based explanations of timm ViTs (README: Interpretability methods).
+"""Attention-based explanations of timm ViTs (docs/methods.md).
 
 - `attention`: the study's map, one block's CLS row to the patch tokens (class-agnostic).
 - `rollout`: Abnar & Zuidema attention rollout, rows of (A + I) normalised, multiplied from a

@@ -34,6 +34,8 @@ NORMALIZE_MODES = ("minmax", "none")
 
 @dataclass
 class Explanation:
+    """What a method returns: the maps a metric scores, the raw map behind them, the classes."""
+
     maps: torch.Tensor  # (B, H, W) float, input resolution, post-processed
     raw: torch.Tensor  # (B, h, w) float, token / feature resolution, before post-processing
     target: torch.Tensor  # (B,) long: the class each map explains
@@ -147,7 +149,7 @@ class ExplainMethod:
 
     Settings common to all methods:
       target     predicted | label | class index (the study: 1)
-      upsample   nearest | bilinear (defaults per method follow the study, README: Interpretability methods)
+      upsample   nearest | bilinear (defaults per method follow the study, docs/methods.md)
       normalize  minmax | none
       relu       clamp negative evidence to zero before normalising (CAM methods)
     """
@@ -244,6 +246,16 @@ METHODS: dict[str, type[ExplainMethod]] = {}
 
 
 def register_method(name: str) -> Callable[[type[ExplainMethod]], type[ExplainMethod]]:
+    """Class decorator: file the method under `name`, so `build_method(name)` and
+    `method=<name>` configs find it (registration happens when its module is imported).
+
+    Args:
+        name: The method's name; registering a name twice is an error.
+
+    Returns:
+        The decorator, which returns the class unchanged (with `name` set).
+    """
+
     def deco(cls: type[ExplainMethod]) -> type[ExplainMethod]:
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
@@ -255,7 +267,21 @@ def register_method(name: str) -> Callable[[type[ExplainMethod]], type[ExplainMe
 
 
 def build_method(name: str, **kwargs: Any) -> ExplainMethod:
-    """The registry lookup behind `method=<name>` configs."""
+    """The registry lookup behind `method=<name>` configs: every `conf/method/*.yaml` names this
+    function as its `_target_`, so a config file and a registered class are all a method needs.
+
+    Args:
+        name: A registered method (`METHODS`), e.g. "attention", "chefer", "gradcam".
+        **kwargs: The method's settings: the common `target` (predicted | label | a class
+            index), `upsample` (nearest | bilinear), `normalize` (minmax | none), `relu`,
+            `eps`, and the method's own (e.g. `layer`, `n_steps`).
+
+    Returns:
+        The method, called as `method(model, images, target=None, labels=None, ids=None)`.
+
+    Raises:
+        ConfigError: `name` is not registered (the message lists the known names).
+    """
     if name not in METHODS:
         raise ConfigError(f"method={name!r} is unknown; available: {', '.join(sorted(METHODS))}.")
     return METHODS[name](**kwargs)

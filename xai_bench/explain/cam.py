@@ -14,7 +14,7 @@ pytorch-grad-cam (the study's tool) post-processes ReLU -> per-image min-max (ep
 cv2 bilinear resize -> min-max; our shared chain is relu -> upsample -> min-max. Setting
 `order="gradcam_lib"` reproduces the library's chain; `eigen_smooth` and `aug_smooth` follow
 the library's definitions (see `eigen_projection` and `CAM.__call__`). `gradcam_study` is the
-study's configuration (README: Interpretability methods).
+study's configuration (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ class HiResCAM(CAM):
 
 @register_method("gradcam_study")
 class GradCAMStudy(GradCAM):
-    """The study's Grad-CAM (README: Interpretability methods): pytorch-grad-cam's chain with eigen_smooth and
+    """The study's Grad-CAM (docs/methods.md): pytorch-grad-cam's chain with eigen_smooth and
     aug_smooth on blocks[-1].norm1, target class 1, the library's SVD sign."""
 
     default_eigen_smooth = True

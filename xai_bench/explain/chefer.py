@@ -1,6 +1,6 @@
 """Chefer et al. CVPR 2021 "Transformer Interpretability Beyond Attention Visualization".
 
-The study's ViT method (README: Interpretability methods): LRP relevance R_A_b of every block's attention
+The study's ViT method (docs/methods.md): LRP relevance R_A_b of every block's attention
 probabilities, A_b = mean_heads((grad_A_b * R_A_b).clamp(min=0)), C = prod_b (I + A_b) from
 `start_layer` without row normalisation, map = C[CLS, patches].
 

@@ -7,7 +7,7 @@ resolution, so the shared post-processing only normalises (upsampling is a no-op
 
 Channel reduction (settings `abs`, `channel_reduction` in max | sum | mean):
   saliency          |grad| then max over channels (Simonyan et al.; captum's visualisation rule)
-  guided_backprop   |gb| summed over channels (the ATCON definition, README: Training objectives: ATCON)
+  guided_backprop   |gb| summed over channels (the ATCON definition, docs/atcon.md)
   input_x_gradient, integrated_gradients, deeplift, lrp
                     signed sum over channels: keeps completeness (the map sums to the
                     attribution total) and ranks positive evidence highest after min-max.

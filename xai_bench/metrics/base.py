@@ -132,6 +132,16 @@ METRICS: dict[str, type[ImageMetric]] = {}
 
 
 def register_metric(name: str) -> Callable[[type[ImageMetric]], type[ImageMetric]]:
+    """Class decorator: file the metric under `name` for `build_metric` and `conf/metric/`
+    configs (registration happens when its module is imported).
+
+    Args:
+        name: The metric's name; registering a name twice is an error.
+
+    Returns:
+        The decorator, which returns the class unchanged.
+    """
+
     def deco(cls: type[ImageMetric]) -> type[ImageMetric]:
         if name in METRICS:
             raise ValueError(f"metric {name!r} registered twice")
@@ -142,7 +152,21 @@ def register_metric(name: str) -> Callable[[type[ImageMetric]], type[ImageMetric
 
 
 def build_metric(name: str, key: str | None = None, **kwargs: Any) -> ImageMetric:
-    """The registry lookup behind `metric=<group>` configs; `key` names the output columns."""
+    """The registry lookup behind `metric=<group>` configs: each entry of a `conf/metric/*.yaml`
+    is a `_partial_` call of this function, completed with its key once per evaluated method.
+
+    Args:
+        name: A registered metric (`METRICS`), e.g. "pointing_game", "iou", "aopc".
+        key: The name of the output columns (default: `name`); metrics with several columns
+            derive theirs from it, e.g. `iou@5`.
+        **kwargs: The metric's settings (e.g. `q`, `region`, `empty_mask` for "iou").
+
+    Returns:
+        A fresh metric: `update(EvalBatch)` per batch, `compute()` the per-image table.
+
+    Raises:
+        ConfigError: `name` is not registered (the message lists the known names).
+    """
     if name not in METRICS:
         raise ConfigError(f"metric {name!r} is unknown; available: {', '.join(sorted(METRICS))}.")
     return METRICS[name](key=key or name, **kwargs)

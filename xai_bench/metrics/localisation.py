@@ -1,10 +1,10 @@
-"""Localisation metrics: does the map point at the annotated ROI? (README: Evaluation metrics)
+"""Localisation metrics: does the map point at the annotated ROI? (docs/metrics.md)
 
 Images without a ROI annotation score NaN (left out of every mean and counted). Images whose
 annotation is an EMPTY mask count as misses (score 0), as in the reference study; set
 `empty_mask: skip` to leave them out instead. Maps with NaNs score NaN.
 
-`wsl_iou` (ATCON, README: Training objectives: ATCON) judges the map against the boxes of the class it explains
+`wsl_iou` (ATCON, docs/atcon.md) judges the map against the boxes of the class it explains
 (a multi-label dataset's boxes.csv, the batch's "class_masks"), not against the ROI mask.
 """
 

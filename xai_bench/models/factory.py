@@ -139,6 +139,26 @@ def build_model(
     so a missing file fails in seconds. The classifier head is always fresh. The returned
     model carries `xai_arch`, `xai_init`, `xai_weights` (for logging) and, for CNNs,
     `feature_layer` (the module whose output is the final (B, C, h, w) map).
+
+    Args:
+        arch: A timm architecture name (`timm.list_models()`, or one registered with timm's
+            `register_model`).
+        num_classes: Outputs of the fresh classifier head.
+        img_size: Input size (ViTs are built for it; CNNs use it to find `feature_layer`).
+        init: The `init/` config (name, file, hub_tag, path, key_map, allow_hub); None =
+            random weights.
+        weights_dir: Where weight files are looked up by name (`paths.weights_dir`).
+        head: "linear" (timm's) or "flatten" (Conv -> Flatten -> Linear, CNNs only).
+        attention: None, "se" or "cbam" blocks inserted into a ResNet, DenseNet or VGG.
+        **timm_kwargs: Passed to `timm.create_model` (e.g. `depth`, `patch_size`).
+
+    Returns:
+        The model, in training mode, on the CPU.
+
+    Raises:
+        ConfigError: An unknown architecture, an unsupported head / attention, or weights
+            that do not fit the architecture.
+        WeightsNotFoundError: The weight file `init` names is not there.
     """
     spec = InitSpec.from_config(init)
     head_kind = _check_choice(head, HEADS, "head") or "linear"

@@ -1,4 +1,4 @@
-"""ATCON's attention-consistency loss (README: Training objectives: ATCON), differentiable to second order.
+"""ATCON's attention-consistency loss (docs/atcon.md), differentiable to second order.
 
 Two attribution methods should agree: Grad-CAM of x, and Grad-CAM of x masked by where Guided
 Backprop says the evidence is. Both CAMs are built with create_graph=True, so the loss trains the

@@ -1,7 +1,7 @@
 """Training objectives: what a training step optimises (conf/objective/).
 
   supervised   cross-entropy (BCE for multi-label) on labelled batches
-  atcon        ATCON (README: Training objectives: ATCON), in one of four modes:
+  atcon        ATCON (docs/atcon.md), in one of four modes:
     supervised     the plain supervised loss (ATCON's baseline)
     unsupervised   consistency only, on unlabeled images (fine-tunes a supervised checkpoint)
     alternating    each step is supervised with probability alpha*N_sup / (alpha*N_sup + N_unsup),

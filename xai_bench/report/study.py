@@ -2,7 +2,7 @@
 
 `scan_sweep` finds the evaluation run folders below a folder (a `-m` sweep or any folder of
 runs) and says which it skipped; `study_table` aggregates them: rows dataset x init, one column
-per method and metric, the trivial baselines beside the methods (README: Evaluation metrics; a method that does
+per method and metric, the trivial baselines beside the methods (docs/metrics.md; a method that does
 not beat a random map localises nothing), optionally the published numbers beside ours.
 
 The steps live in their own modules: `eval_runs` (finding and reading the run folders),

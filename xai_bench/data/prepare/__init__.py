@@ -1,4 +1,4 @@
-"""Official downloads -> the canonical layout, one module per dataset (README: Datasets).
+"""Official downloads -> the canonical layout, one module per dataset (docs/datasets/).
 
 Each module (`xai_bench.data.prepare.<name>`) knows its publisher's layout: `records(raw)`,
 `CLASS_NAMES`, and a `PREPARER` (its extra options and its prepare function). `DATASETS` is the

@@ -217,7 +217,7 @@ def prepare_dataset(
     if cfg.on_corrupt not in ("error", "skip"):
         raise ConfigError(f"on_corrupt must be error or skip; got {cfg.on_corrupt!r}.")
     if not records:
-        raise DatasetNotFoundError(f"no images found for {source}: check the raw folder's layout (README: Datasets).")
+        raise DatasetNotFoundError(f"no images found for {source}: check the raw folder's layout (docs/datasets/).")
     if (out / "labels.csv").exists() and not cfg.overwrite:
         raise XaiBenchError(f"{out} already holds a prepared dataset; pass --overwrite to replace it.")
     names = Counter(r.name for r in records)

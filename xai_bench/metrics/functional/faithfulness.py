@@ -27,13 +27,9 @@ Definitions (images x (B, C, H, W) as the model takes them, maps A (B, H, W), ta
 - HAAS (highlighted-image accuracy): HA = clip(x_pm1 * (1 + A), -1, 1) with x_pm1 the image in the
   [-1, 1] frame; HAAS = accuracy(HA) / accuracy(x).
 
-Peers (tests/test_metrics_faithfulness.py): quantus 0.6.0 RegionPerturbation(perturb_baseline=
-"black", normalise=False) is fill="min" when H, W are multiples of r (it returns p_0 - p_k for
-k >= 1 only; with partial tiles it pads centred and ranks by the tile SUM). captum 0.9.0
-sensitivity_max is max_sensitivity(normalise=True) given the same perturbations.
-
-All randomness comes from `seeded_uniform` keyed by (seed, image id, stream), so an image gets
-the same noise whatever batch, position or DDP rank it is evaluated in.
+Peers (quantus, captum): docs/metrics.md, tests/test_metrics_faithfulness.py. All randomness
+comes from `seeded_uniform` keyed by (seed, image id, stream), so an image gets the same noise
+whatever batch, position or DDP rank it is evaluated in.
 """
 
 from __future__ import annotations
@@ -75,10 +71,6 @@ _ORDER_STREAM = 1 << 40
 
 # A builder returns the perturbed images of one step for the images lo:hi.
 _Builder = Callable[[int, int, int], Tensor]
-
-
-# ----------------------------------------------------------------------------------------------
-# validation and small helpers
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -200,10 +192,6 @@ def _gaussian_blur(images: Tensor) -> Tensor:
     return F.conv2d(x, k1.view(1, 1, -1, 1).expand(channels, 1, -1, 1).contiguous(), groups=channels)
 
 
-# ----------------------------------------------------------------------------------------------
-# region perturbation and AOPC
-
-
 def region_order(
     maps: Tensor,
     region: int,
@@ -211,11 +199,19 @@ def region_order(
     seed: int = 0,
     ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(labels (H, W) long: tile id of each pixel, order (B, R) long: tile ids in removal order).
+    """The tiles of region perturbation and their removal order (Regions, above).
 
     Tile scores are sums over the zero-padded grid divided by each tile's count of real pixels:
     the exact mean of partial edge tiles, where avg_pool's count_include_pad / ceil_mode
     divisors are easy to get wrong. Sorting is stable, so ties go to the lower tile id.
+
+    Args:
+        maps: (B, H, W) attributions.
+        region: Tile side r in pixels.
+        order: "morf", "lerf" or "random" (seeded by `seed` and the image `ids`, None: 0..B-1).
+
+    Returns:
+        (labels (H, W) long: tile id of each pixel, order (B, R) long: tile ids in removal order).
     """
     _check_positive("region", region)
     _check_choice("order", order, ORDERS)
@@ -252,11 +248,18 @@ def region_perturbation(
     ids: Tensor | None = None,
     batch_size: int | None = None,
 ) -> Tensor:
-    """(B, L+1) softmax probability of `target` with the first k tiles removed, k = 0..L.
+    """The region-perturbation curve (above). Perturbed batches are built with one comparison of
+    each pixel's removal step against k (no per-pixel Python): the cost is the (L+1) forwards.
 
-    L = steps, capped at the number of tiles R (as quantus' regions_evaluation); None -> R.
-    Perturbed batches are built with one comparison of each pixel's removal step against k
-    (no per-pixel Python), so the cost is the (L+1) forwards plus a few elementwise passes.
+    Args:
+        model, images, maps, target: The classifier (under no_grad), x, A and y (above).
+        region, order, seed, ids: The tiles and their order (`region_order`).
+        steps: L, capped at the number of tiles R (as quantus' regions_evaluation); None: R.
+        fill: noise | noise_once | min | zero | mean (above).
+        batch_size: Images per forward (None: B).
+
+    Returns:
+        (B, L+1) p_k: the probability of `target` with the first k tiles removed, k = 0..L.
     """
     _check_choice("fill", fill, FILLS)
     _check_positive("steps", steps, allow_none=True)
@@ -282,12 +285,12 @@ def region_perturbation(
 
 
 def aopc(curve: Tensor) -> Tensor:
-    """(B,) = 1/(L+1) * sum_{k=0..L} (p_0 - p_k) from a (B, L+1) region-perturbation curve."""
+    """AOPC (above) of a (B, L+1) curve of probabilities p_k from `region_perturbation`.
+
+    Returns:
+        (B,) 1/(L+1) * sum_{k=0..L} (p_0 - p_k).
+    """
     return (curve[:, :1] - curve).mean(dim=1)
-
-
-# ----------------------------------------------------------------------------------------------
-# deletion / insertion
 
 
 def deletion_insertion(
@@ -302,9 +305,17 @@ def deletion_insertion(
     seed: int = 0,
     ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(deletion AUC (B,), insertion AUC (B,)): a faithful map makes the probability fall fast
-    when its top pixels are deleted (low deletion AUC) and rise fast when they alone are revealed
-    (high insertion AUC). The unperturbed forward is shared by both curves."""
+    """RISE's deletion and insertion AUCs (above): a faithful map makes the probability fall fast
+    when its top pixels are deleted and rise fast when they alone are revealed.
+
+    Args:
+        model, images, maps, target, batch_size, seed, ids: As for `region_perturbation`.
+        steps, fill: S; what deleted pixels hold (`region_perturbation`'s fills).
+        insertion_start: The image pixels are inserted into: "blur" or a fill.
+
+    Returns:
+        (deletion AUC (B,), insertion AUC (B,)); the unperturbed forward is shared.
+    """
     _check_positive("steps", steps)
     _check_choice("fill", fill, FILLS)
     _check_choice("insertion_start", insertion_start, INSERTION_STARTS)
@@ -340,10 +351,6 @@ def deletion_insertion(
     return torch.trapezoid(deletion, frac, dim=1), torch.trapezoid(insertion, frac, dim=1)
 
 
-# ----------------------------------------------------------------------------------------------
-# Max-Sensitivity
-
-
 def max_sensitivity(
     explain: Callable[[Tensor], Tensor],
     images: Tensor,
@@ -355,12 +362,19 @@ def max_sensitivity(
     normalise: bool = False,
     draws_per_call: int = 1,
 ) -> Tensor:
-    """(B,) max_j || explain(x + d_j) - maps ||_F, optionally / || maps ||_F.
+    """Max-Sensitivity (above).
 
-    explain is called with gradients enabled (gradient methods need them) on draws_per_call
-    draws concatenated draw-major (rows j * B + b), so a per-image target or id is
-    `.repeat(n_draws)`; its output is detached. normalise=True treats a zero-norm map as norm 1,
-    as captum does.
+    Args:
+        explain: images -> maps, called with gradients on draws_per_call draws stacked
+            draw-major (rows j * B + b: `.repeat` a per-image target or id); output detached.
+        images, maps: x (B, C, H, W) and its maps A (B, H, W).
+        radius, samples: d_j ~ U[-radius, radius]; the number of draws j.
+        seed, ids: Key the noise per image (ids None: 0..B-1).
+        normalise: Divide by || A ||_F (a zero-norm map counts as 1, as captum does).
+        draws_per_call: Draws per call of `explain`.
+
+    Returns:
+        (B,) max_j || explain(x + d_j) - A ||_F, optionally / || A ||_F.
     """
     if radius is None or float(radius) < 0:
         raise ConfigError(f"radius must be a float >= 0; got {radius!r}.")
@@ -389,10 +403,6 @@ def max_sensitivity(
     return best
 
 
-# ----------------------------------------------------------------------------------------------
-# HAAS
-
-
 def haas(
     model: nn.Module,
     images: Tensor,
@@ -401,10 +411,16 @@ def haas(
     mean: Sequence[float],
     std: Sequence[float],
 ) -> tuple[Tensor, Tensor]:
-    """(correct on originals (B,) bool, correct on highlighted images (B,) bool).
+    """The two classifications behind HAAS (above). The [-1, 1] frame is reached by the single
+    affine map x * 2 std + (2 mean - 1) (and back by its inverse) so that mean = std = 0.5
+    reduces bit-exactly to clip(x * (1 + A), -1, 1).
 
-    The [-1, 1] frame is reached by the single affine map x * 2 std + (2 mean - 1) (and back by
-    its inverse) so that mean = std = 0.5 reduces bit-exactly to clip(x * (1 + A), -1, 1).
+    Args:
+        model, images, maps: As for `region_perturbation`; maps in [0, 1].
+        labels, mean, std: (B,) true classes; the per-channel normalisation of `images`.
+
+    Returns:
+        (correct on originals (B,) bool, correct on highlighted images (B,) bool).
     """
     _check_shapes(images, maps)
     channels = images.shape[1]
@@ -422,8 +438,11 @@ def haas(
 
 
 def haas_score(correct_orig: Tensor, correct_ha: Tensor) -> float:
-    """accuracy(HA) / accuracy(originals) = sum(correct_ha) / sum(correct_orig); NaN when no
-    original is correct (the ratio is undefined, not 0 or inf)."""
+    """HAAS from the two outputs of `haas`.
+
+    Returns:
+        sum(correct_ha) / sum(correct_orig); NaN when no original is correct (undefined).
+    """
     n_orig = int(torch.as_tensor(correct_orig).sum())
     if n_orig == 0:
         return math.nan

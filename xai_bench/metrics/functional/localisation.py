@@ -5,7 +5,7 @@ same shape (bool, uint8 or any numeric dtype; nonzero = inside the region) and r
 per image as a ``(B,)`` float32 tensor on the maps' device. Everything is computed for the whole
 batch at once (no Python loop over images), so the same code runs on CPU and CUDA.
 
-Definitions follow the reference study (README: Evaluation metrics) and, where one exists, Quantus 0.6.0:
+Definitions follow the reference study (docs/metrics.md) and, where one exists, Quantus 0.6.0:
 
 - ``pointing_game``: hit if ANY pixel tied at the map's maximum lies inside the mask (Quantus
   ``PointingGame`` uses the same lenient tie rule). ``tolerance > 0`` grows the mask by an open
@@ -20,7 +20,7 @@ Definitions follow the reference study (README: Evaluation metrics) and, where o
 - ``relevance_mass``: ``sum(map inside mask) / sum(map)`` (Quantus ``RelevanceMassAccuracy``).
 - ``relevance_rank``: share of the top-``|mask|`` pixels of the map inside the mask (Quantus
   ``RelevanceRankAccuracy``), with ties at the cut-off resolved by their expected value.
-- ``wsl_iou`` (ATCON, README: Training objectives: ATCON): the map binarised at ``threshold`` (``>=``) against the union of
+- ``wsl_iou`` (ATCON, docs/atcon.md): the map binarised at ``threshold`` (``>=``) against the union of
   the boxes of the class the map explains, from per-class masks ``(B, C, H, W)``. It has its own
   edge cases (see its docstring): no box of that class = 0.0, no boxes at all = NaN.
 
@@ -125,7 +125,14 @@ def _finish(scores: Tensor, maps: Tensor, masks: Tensor) -> Tensor:
 
 
 def has_nan(maps: Tensor) -> Tensor:
-    """(B,) bool: the map holds a NaN, so every metric reports NaN for it instead of a score."""
+    """(B,) bool: the map holds a NaN, so every metric reports NaN for it instead of a score.
+
+    Args:
+        maps: (B, H, W) float maps.
+
+    Returns:
+        (B,) bool on the maps' device.
+    """
     _check_maps(maps)
     return _any(torch.isnan(maps).flatten(1))
 
@@ -134,6 +141,12 @@ def is_constant(maps: Tensor) -> Tensor:
     """(B,) bool: max == min, i.e. the map ranks no pixel above another (uninformative).
 
     A map containing NaN is not constant (NaN compares unequal); ``has_nan`` flags it instead.
+
+    Args:
+        maps: (B, H, W) float maps.
+
+    Returns:
+        (B,) bool on the maps' device.
     """
     _check_maps(maps)
     flat = maps.flatten(1)
@@ -174,9 +187,20 @@ def pointing_game(
 
     All pixels tied at the maximum count (the reference study's rule): a method gains nothing
     from its arg-max convention. ``tolerance`` (pixels, strict ``<`` Euclidean disc) forgives
-    near-misses as TorchRay does; 0 means the pixel itself must be inside. ``constant`` decides a
-    constant map: "ties" (every pixel is a maximum: hit iff the mask is non-empty), "miss" (0.0)
-    or "nan" (excluded).
+    near-misses as TorchRay does; 0 means the pixel itself must be inside.
+
+    Args:
+        maps: (B, H, W) float maps.
+        masks: (B, H, W) ROI masks, any dtype; nonzero = inside.
+        tolerance: Pixels; a maximum strictly closer than this to the mask is a hit.
+        constant: What a constant map scores: "ties" (every pixel is a maximum: a hit iff
+            the mask is non-empty), "miss" (0.0) or "nan" (excluded).
+
+    Returns:
+        (B,) float32 scores in {0, 1}; NaN for a NaN map (edge cases: module docstring).
+
+    Raises:
+        ConfigError: An invalid ``tolerance`` or ``constant``.
     """
     if constant not in _CONSTANT_CHOICES:
         raise ConfigError(
@@ -213,6 +237,18 @@ def iou_at_q(maps: Tensor, masks: Tensor, q: float, region: str = "box") -> Tens
     what a box annotation can judge, but it punishes scattered maps hard: a random map's top 5%
     already spans the whole image. ``region="pixel"`` compares the kept pixels themselves.
     Ties at the threshold are all kept, so the kept set can exceed q%.
+
+    Args:
+        maps: (B, H, W) float maps.
+        masks: (B, H, W) ROI masks, any dtype; nonzero = inside.
+        q: The kept percentage, 0 < q <= 100.
+        region: "box" (one enclosing rectangle, the study) or "pixel".
+
+    Returns:
+        (B,) float32 IoU in [0, 1]; NaN for a NaN map.
+
+    Raises:
+        ConfigError: An invalid ``q`` or ``region``.
     """
     if region not in _REGION_CHOICES:
         raise ConfigError(
@@ -247,6 +283,13 @@ def relevance_mass(maps: Tensor, masks: Tensor) -> Tensor:
 
     Unlike the pointing game it uses the whole map, not only its peak. Sums are accumulated in
     float64; a zero total (e.g. an all-zero map) gives NaN. Negative values are not clipped.
+
+    Args:
+        maps: (B, H, W) float maps.
+        masks: (B, H, W) ROI masks, any dtype; nonzero = inside.
+
+    Returns:
+        (B,) float32 ``sum(map inside mask) / sum(map)``.
     """
     masks = _prepare(maps, masks)
     flat = maps.flatten(1).to(torch.float64)
@@ -262,6 +305,13 @@ def relevance_rank(maps: Tensor, masks: Tensor) -> Tensor:
     Scale-free and threshold-free (k is set by the annotation). Ties at the cut-off value get
     their expected share under random tie-breaking, so the score is deterministic and does not
     depend on a sort order.
+
+    Args:
+        maps: (B, H, W) float maps.
+        masks: (B, H, W) ROI masks, any dtype; nonzero = inside.
+
+    Returns:
+        (B,) float32 scores in [0, 1].
     """
     masks = _prepare(maps, masks)
     flat = maps.flatten(1)
@@ -301,6 +351,18 @@ def wsl_iou(maps: Tensor, class_masks: Tensor, targets: Tensor, threshold: float
     without any class box (no annotation) -> NaN; a target class without a box in the image (the
     map explains an absent class) -> 0.0, a miss; otherwise the IoU (an all-below-threshold map
     scores 0, a constant map at or above it the box's area fraction).
+
+    Args:
+        maps: (B, H, W) float maps, min-max normalised.
+        class_masks: (B, C, H, W) per-class box masks (nonzero = inside a box of that class).
+        targets: (B,) the class each map explains.
+        threshold: A map pixel counts as kept where it is ``>=`` this.
+
+    Returns:
+        (B,) float32 IoU in [0, 1], or NaN (edge cases above).
+
+    Raises:
+        ConfigError: A non-finite threshold, mismatched shapes or out-of-range targets.
     """
     level = _as_float(threshold)
     if not math.isfinite(level):

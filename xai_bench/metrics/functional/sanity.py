@@ -46,6 +46,16 @@ def randomisation_layers(model: nn.Module, granularity: str = "blocks") -> list[
     ResNet stages) opened one level, e.g. head, norm, blocks.3 ... blocks.0, patch_embed; the
     root's own parameters (class token, position embedding) go with the bottom step.
     modules: every module that owns parameters, like quantus (many small steps).
+
+    Args:
+        model: The trained model (not modified).
+        granularity: "blocks" or "modules", as above.
+
+    Returns:
+        The steps, output side first: (name, modules to reset, parameters to redraw).
+
+    Raises:
+        ConfigError: An unknown granularity.
     """
     if granularity not in GRANULARITIES:
         raise ConfigError(f"randomisation granularity must be one of {GRANULARITIES}; got {granularity!r}.")
@@ -77,7 +87,12 @@ def randomisation_layers(model: nn.Module, granularity: str = "blocks") -> list[
 
 @torch.no_grad()
 def randomise_layer(layer: Layer, seed: int) -> None:
-    """Re-initialise one step's modules and parameters in place, reproducibly."""
+    """Re-initialise one step's modules and parameters in place, reproducibly.
+
+    Args:
+        layer: One step of `randomisation_layers`.
+        seed: Seeds `reset_parameters()` and the N(0, 0.02^2) draws of the other parameters.
+    """
     _, modules, params = layer
     reset: set[int] = set()
     devices = [p.device for p in params if p.device.type == "cuda"]
@@ -97,7 +112,20 @@ def randomise_layer(layer: Layer, seed: int) -> None:
 def randomised_models(
     model: nn.Module, granularity: str = "blocks", order: str = "cascading", seed: int = 0
 ) -> Iterator[tuple[str, nn.Module]]:
-    """Yield (layer name, randomised copy) per step; the caller's model is never touched."""
+    """Yield (layer name, randomised copy) per step; the caller's model is never touched.
+
+    Args:
+        model: The trained model (deep-copied, never modified).
+        granularity: "blocks" or "modules" (`randomisation_layers`).
+        order: "cascading" (each step adds a layer) or "independent" (one layer at a time).
+        seed: Step k is seeded by (seed, k), the same on every rank and batch.
+
+    Yields:
+        (name of the step's layer, the randomised model).
+
+    Raises:
+        ConfigError: An unknown order or granularity.
+    """
     if order not in ORDERS:
         raise ConfigError(f"randomisation order must be one of {ORDERS}; got {order!r}.")
     work = copy.deepcopy(model)
@@ -111,7 +139,14 @@ def randomised_models(
 
 
 def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Row-wise ranks (0-based) of (B, N) values, tied values sharing their mean rank."""
+    """Row-wise ranks (0-based) of (B, N) values, tied values sharing their mean rank.
+
+    Args:
+        values: (B, N) values, ranked per row.
+
+    Returns:
+        (B, N) float64 ranks (scipy's rankdata "average" minus 1).
+    """
     batch, n = values.shape
     sorted_vals, order = values.sort(dim=1, stable=True)
     new_group = torch.ones_like(sorted_vals, dtype=torch.bool)
@@ -132,6 +167,13 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Undefined when a map is constant; for the randomisation test a map that collapsed to a
     constant has lost all of the original's ordering, so one constant map scores 0 and two
     constant maps 1 (nothing changed). NaN maps stay NaN.
+
+    Args:
+        a: (B, H, W) maps, e.g. of the trained model.
+        b: (B, H, W) maps to compare, e.g. of the randomised model.
+
+    Returns:
+        (B,) float32 correlations in [-1, 1].
     """
     ra, rb = average_ranks(a.flatten(1).double()), average_ranks(b.flatten(1).double())
     ra, rb = ra - ra.mean(dim=1, keepdim=True), rb - rb.mean(dim=1, keepdim=True)
@@ -145,7 +187,15 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """SSIM per map pair ((B, H, W) in [0, 1]) -> (B,), Gaussian window 11, sigma 1.5."""
+    """SSIM per map pair ((B, H, W) in [0, 1]) -> (B,), Gaussian window 11, sigma 1.5.
+
+    Args:
+        a: (B, H, W) maps in [0, 1].
+        b: (B, H, W) maps in [0, 1].
+
+    Returns:
+        (B,) SSIM (torchmetrics, data range 1).
+    """
     out = structural_similarity_index_measure(
         a.unsqueeze(1).float(), b.unsqueeze(1).float(), data_range=1.0, reduction="none"
     )
