@@ -44,10 +44,12 @@ def _steps(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> 
         (F.cross_entropy(net(images), labels) + consistency_loss(net, images).loss).backward()
         optimizer.step()
 
-    return {"supervised": supervised, "atcon consistency (unsupervised)": consistency, "atcon combining": combining}
+    return {"supervised": supervised, "atcon consistency (unsupervised)": consistency,
+            "atcon combining": combining}
 
 
-def bench_model(model: str, img_size: int, batch_size: int, repeats: int, device: torch.device) -> list[tuple[str, float]]:
+def bench_model(model: str, img_size: int, batch_size: int, repeats: int,
+                device: torch.device) -> list[tuple[str, float]]:
     torch.manual_seed(0)
     net = build_net(model, img_size).to(device).train()
     images = torch.randn(batch_size, 3, img_size, img_size, device=device)
@@ -67,20 +69,25 @@ def bench_model(model: str, img_size: int, batch_size: int, repeats: int, device
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["vit_tiny", "resnet34"])
-    parser.add_argument("--img-size", type=int, default=None, help="default: the model's usual size (64 px for CNNs on a CPU)")
+    parser.add_argument("--img-size", type=int, default=None,
+                        help="default: the model's usual size (64 px for CNNs on a CPU)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = pick_device(args.device)
 
-    table = Table(title=f"ATCON step vs supervised step, batch {args.batch_size}, {device_label(device)}")
+    table = Table(title=f"ATCON step vs supervised step, batch {args.batch_size}, "
+                        f"{device_label(device)}")
     for column in ("model", "img", "step", "seconds", "x supervised"):
-        table.add_column(column, justify="right" if column in ("img", "seconds", "x supervised") else "left")
+        table.add_column(column, justify="right" if column in ("img", "seconds", "x supervised")
+                         else "left")
     for model in args.models:
-        img_size = args.img_size or (MODEL_IMG_SIZE.get(model, 224) if device.type == "cuda" else 64)
+        img_size = args.img_size or (MODEL_IMG_SIZE.get(model, 224) if device.type == "cuda"
+                                     else 64)
         results = bench_model(model, img_size, args.batch_size, args.repeats, device)
         base = results[0][1]
         for name, seconds in results:

@@ -15,7 +15,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timeit(fn: Callable[[], object], device: torch.device, repeats: int, warmup: bool = True) -> float:
+def timeit(fn: Callable[[], object], device: torch.device, repeats: int,
+           warmup: bool = True) -> float:
     """Median wall-clock seconds of `fn()` over `repeats` runs, after one warm-up run."""
     if warmup:
         fn()

@@ -1,7 +1,8 @@
 """Data loading vs training speed: is the datamodule ever the bottleneck?
 
     python scripts/bench_data.py                              # a generated dataset, CPU model
-    python scripts/bench_data.py --root data/kvasir --dataset kvasir --model vit_b16   # real data, GPU
+    python scripts/bench_data.py --root data/kvasir --dataset kvasir --model vit_b16
+                                                              # real data, GPU
 
 Prints the training datamodule's images/s (the dataset config's real train transforms: decode,
 resize, crop, flip, normalise) for several worker counts, next to the model's training
@@ -55,7 +56,8 @@ def generated_dataset(root: Path, n: int, size: tuple[int, int]) -> Path:
 def datamodule(dataset: str, data_dir: Path, workers: int, batch: int):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"dataset={dataset}", f"paths.data_dir={data_dir}",
-                                          f"dataset.num_workers={workers}", f"dataset.batch_size={batch}",
+                                          f"dataset.num_workers={workers}",
+                                          f"dataset.batch_size={batch}",
                                           "dataset.pin_memory=false", "paths.output_dir=."])
     return hydra.utils.instantiate(cfg.dataset), cfg
 
@@ -93,13 +95,16 @@ def model_images_per_s(model_cfg, device: torch.device, batch: int, img: int, st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="kvasir", help="dataset config whose transforms are used")
-    parser.add_argument("--root", type=Path, default=None, help="paths.data_dir with a prepared <dataset>/")
+    parser.add_argument("--dataset", default="kvasir",
+                        help="dataset config whose transforms are used")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="paths.data_dir with a prepared <dataset>/")
     parser.add_argument("--images", type=int, default=384, help="generated images (without --root)")
     parser.add_argument("--workers", default="0,1,2,4,8")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--model", default=None, help="model config (default: vit_b16 on a GPU, vit_tiny on CPU)")
+    parser.add_argument("--model", default=None,
+                        help="model config (default: vit_b16 on a GPU, vit_tiny on CPU)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args()
@@ -108,17 +113,21 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.root or generated_dataset(Path(tmp), args.images, (320, 256))
-        table = Table(title=f"{args.dataset} train transforms, batch {args.batch}; model on {device_label(device)}")
+        table = Table(title=f"{args.dataset} train transforms, batch {args.batch}; "
+                            f"model on {device_label(device)}")
         for col in ("what", "images/s"):
             table.add_column(col, justify="right")
         for workers in (int(w) for w in args.workers.split(",")):
             dm, cfg = datamodule(args.dataset, data_dir, workers, args.batch)
-            table.add_row(f"datamodule, {workers} workers", f"{loader_images_per_s(dm, args.batches):.0f}")
+            table.add_row(f"datamodule, {workers} workers",
+                          f"{loader_images_per_s(dm, args.batches):.0f}")
         _, cfg = datamodule(args.dataset, data_dir, 0, args.batch)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            mcfg = compose("train", overrides=[f"dataset={args.dataset}", f"model={model}", "init=random",
-                                               f"paths.data_dir={data_dir}", "paths.output_dir=."])
-        rate = model_images_per_s(mcfg.model, device, args.batch, int(cfg.dataset.img_size), args.steps)
+            mcfg = compose("train", overrides=[f"dataset={args.dataset}", f"model={model}",
+                                               "init=random", f"paths.data_dir={data_dir}",
+                                               "paths.output_dir=."])
+        rate = model_images_per_s(mcfg.model, device, args.batch, int(cfg.dataset.img_size),
+                                  args.steps)
         table.add_row(f"model {model} training step", f"{rate:.0f}")
         Console(width=120).print(table)
 

@@ -33,14 +33,16 @@ from xai_bench.explain.vit_geometry import token_grid
 MODELS = {
     "vit_tiny": dict(arch="vit_tiny_patch16_224", img=224, kwargs={}),
     "vit_b16": dict(arch="vit_base_patch16_224", img=224, kwargs={}),
-    "vit_test": dict(arch="vit_tiny_patch16_224", img=32, kwargs=dict(patch_size=8, depth=2, embed_dim=32, num_heads=2)),
+    "vit_test": dict(arch="vit_tiny_patch16_224", img=32,
+                     kwargs=dict(patch_size=8, depth=2, embed_dim=32, num_heads=2)),
 }
 FLOOR = {  # which floor each method is measured against: (pass kind, passes per map batch)
     "attention": ("forward", 1), "rollout": ("forward", 1), "random": ("forward", 0),
     "chefer": ("forward+backward", 1), "chefer_generic": ("forward+backward", 1),
     "gradcam": ("forward+backward", 1), "hirescam": ("forward+backward", 1),
     "saliency": ("forward+backward", 1), "input_x_gradient": ("forward+backward", 1),
-    "guided_backprop": ("forward+backward", 1), "integrated_gradients": ("forward+backward", "n_steps"),
+    "guided_backprop": ("forward+backward", 1),
+    "integrated_gradients": ("forward+backward", "n_steps"),
 }
 IG_STEPS = 50
 
@@ -81,16 +83,20 @@ def peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Ten
 
     def cam(cls: type) -> Callable[[torch.Tensor, torch.Tensor], object]:
         def run(x: torch.Tensor, t: torch.Tensor) -> object:
-            with cls(model=model, target_layers=[model.blocks[-1].norm1], reshape_transform=reshape) as c:
-                return c(input_tensor=x.requires_grad_(), targets=[ClassifierOutputTarget(int(i)) for i in t])
+            with cls(model=model, target_layers=[model.blocks[-1].norm1],
+                     reshape_transform=reshape) as c:
+                return c(input_tensor=x.requires_grad_(),
+                         targets=[ClassifierOutputTarget(int(i)) for i in t])
         return run
 
     return {
         "gradcam": cam(GradCAM),
         "hirescam": cam(HiResCAM),
         "saliency": lambda x, t: Saliency(model).attribute(x.requires_grad_(), target=t, abs=True),
-        "input_x_gradient": lambda x, t: InputXGradient(model).attribute(x.requires_grad_(), target=t),
-        "guided_backprop": lambda x, t: GuidedBackprop(model).attribute(x.requires_grad_(), target=t),
+        "input_x_gradient": lambda x, t: InputXGradient(model).attribute(x.requires_grad_(),
+                                                                         target=t),
+        "guided_backprop": lambda x, t: GuidedBackprop(model).attribute(x.requires_grad_(),
+                                                                       target=t),
         "integrated_gradients": lambda x, t, chunk=None: IntegratedGradients(model).attribute(
             x, target=t, n_steps=IG_STEPS, internal_batch_size=chunk),
     }
@@ -102,7 +108,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", default=",".join(FLOOR))
-    parser.add_argument("--ig-internal-batch", type=int, default=16, help="interpolated images per pass")
+    parser.add_argument("--ig-internal-batch", type=int, default=16,
+                        help="interpolated images per pass")
     parser.add_argument("--ig-batch", type=int, default=4, help="images for the IG memory table")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--ig-memory-child", choices=["ours", "captum"], help=argparse.SUPPRESS)
@@ -136,17 +143,21 @@ def main() -> None:
         xi = x.clone().requires_grad_()
         torch.autograd.grad(model(xi).gather(1, target[:, None]).sum(), xi)
 
-    floors = {"forward": timeit(fwd, device, args.repeats), "forward+backward": timeit(fwd_bwd, device, args.repeats)}
+    floors = {"forward": timeit(fwd, device, args.repeats),
+              "forward+backward": timeit(fwd_bwd, device, args.repeats)}
     peer_calls = peers(model)
     ig_chunk = args.ig_internal_batch
     table = Table(title=f"{spec['arch']} {spec['img']}px, {bs} images, {device_label(device)}")
-    for col in ("method", "xai_bench maps/s", "peer", "peer maps/s", "speed-up", "floor", "x floor"):
+    for col in ("method", "xai_bench maps/s", "peer", "peer maps/s", "speed-up", "floor",
+                "x floor"):
         table.add_column(col, justify="right")
     table.add_row("forward floor", f"{bs / floors['forward']:.1f}", "", "", "", "", "")
-    table.add_row("forward+backward floor", f"{bs / floors['forward+backward']:.1f}", "", "", "", "", "")
+    table.add_row("forward+backward floor", f"{bs / floors['forward+backward']:.1f}",
+                  "", "", "", "", "")
 
     for name in [m for m in args.methods.split(",") if m]:
-        kwargs = {"n_steps": IG_STEPS, "internal_batch_size": ig_chunk} if name == "integrated_gradients" else {}
+        kwargs = ({"n_steps": IG_STEPS, "internal_batch_size": ig_chunk}
+                  if name == "integrated_gradients" else {})
         method = build_method(name, **kwargs)
         ours_t = timeit(lambda m=method: m(model, x, target=target), device, args.repeats)
         kind, passes = FLOOR.get(name, ("forward+backward", 1))
@@ -156,7 +167,8 @@ def main() -> None:
         if name == "integrated_gradients":
             peer_t = timeit(lambda p=peer: p(x.clone(), target, ig_chunk), device, args.repeats)
         else:
-            peer_t = timeit(lambda p=peer: p(x.clone(), target), device, args.repeats) if peer else None
+            peer_t = (timeit(lambda p=peer: p(x.clone(), target), device, args.repeats)
+                      if peer else None)
         table.add_row(
             name, f"{bs / ours_t:.1f}",
             "grad-cam" if name in ("gradcam", "hirescam") else ("captum" if peer else "-"),
@@ -168,8 +180,8 @@ def main() -> None:
     console = Console(width=150)
     console.print(table)
     if "integrated_gradients" in args.methods:
-        console.print(ig_memory_table(model, x[: args.ig_batch], target[: args.ig_batch], ig_chunk, peer_calls,
-                                      device, args.repeats, args.model))
+        console.print(ig_memory_table(model, x[: args.ig_batch], target[: args.ig_batch], ig_chunk,
+                                      peer_calls, device, args.repeats, args.model))
 
 
 def ig_memory_table(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, chunk: int,
@@ -182,9 +194,11 @@ def ig_memory_table(model: torch.nn.Module, x: torch.Tensor, target: torch.Tenso
     ours = build_method("integrated_gradients", n_steps=IG_STEPS, internal_batch_size=chunk)
     runs = {
         "ours": (f"xai_bench (internal_batch_size={chunk})", lambda: ours(model, x, target=target)),
-        "captum": ("captum default (one pass)", lambda: peer_calls["integrated_gradients"](x.clone(), target, None)),
+        "captum": ("captum default (one pass)",
+                   lambda: peer_calls["integrated_gradients"](x.clone(), target, None)),
     }
-    table = Table(title=f"integrated gradients, {IG_STEPS} steps, {x.shape[0]} images, {device.type}")
+    table = Table(title=f"integrated gradients, {IG_STEPS} steps, {x.shape[0]} images, "
+                        f"{device.type}")
     for col in ("implementation", "maps/s", "peak memory added (MB)"):
         table.add_column(col, justify="right")
     for key, (label, fn) in runs.items():
@@ -193,12 +207,14 @@ def ig_memory_table(model: torch.nn.Module, x: torch.Tensor, target: torch.Tenso
         else:
             cmd = [sys.executable, __file__, "--model", model_name, "--batch", str(x.shape[0]),
                    "--ig-internal-batch", str(chunk), "--ig-memory-child", key, "--device", "cpu"]
-            mb = float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+            mb = float(subprocess.run(cmd, capture_output=True, text=True, check=True)
+                       .stdout.strip().splitlines()[-1])
         table.add_row(label, f"{x.shape[0] / timeit(fn, device, repeats):.2f}", f"{mb:.0f}")
     return table
 
 
-def ig_memory_child(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, chunk: int, which: str) -> None:
+def ig_memory_child(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, chunk: int,
+                    which: str) -> None:
     """Print the peak RSS one IG call adds in this fresh process (after a tiny warm-up)."""
     with torch.no_grad():
         model(x[:1])
@@ -206,7 +222,8 @@ def ig_memory_child(model: torch.nn.Module, x: torch.Tensor, target: torch.Tenso
         method = build_method("integrated_gradients", n_steps=IG_STEPS, internal_batch_size=chunk)
         print(peak_memory_mb(lambda: method(model, x, target=target), torch.device("cpu")))
     else:
-        print(peak_memory_mb(lambda: peers(model)["integrated_gradients"](x.clone(), target, None), torch.device("cpu")))
+        print(peak_memory_mb(lambda: peers(model)["integrated_gradients"](x.clone(), target, None),
+                             torch.device("cpu")))
 
 
 if __name__ == "__main__":

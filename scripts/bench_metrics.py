@@ -38,7 +38,8 @@ def box_masks(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
     masks = torch.zeros(n, size, size, dtype=torch.uint8)
     for i in range(n):
         h, w = (torch.randint(size // 8, size // 2, (2,), generator=gen)).tolist()
-        y, x = torch.randint(0, size - h, (1,), generator=gen).item(), torch.randint(0, size - w, (1,), generator=gen).item()
+        y, x = (torch.randint(0, size - h, (1,), generator=gen).item(),
+                torch.randint(0, size - w, (1,), generator=gen).item())
         masks[i, y : y + h, x : x + w] = 1
     return masks
 
@@ -47,8 +48,8 @@ def quantus_localisation(metric_cls, maps: np.ndarray, masks: np.ndarray) -> np.
     n = maps.shape[0]
     metric = metric_cls(disable_warnings=True, normalise=False, abs=False)
     return np.asarray(metric(model=None, x_batch=np.zeros((n, 1, *maps.shape[1:]), np.float32),
-                             y_batch=np.zeros(n, np.int64), a_batch=maps[:, None], s_batch=masks[:, None],
-                             channel_first=True), dtype=np.float64)
+                             y_batch=np.zeros(n, np.int64), a_batch=maps[:, None],
+                             s_batch=masks[:, None], channel_first=True), dtype=np.float64)
 
 
 def main() -> None:
@@ -59,9 +60,11 @@ def main() -> None:
     parser.add_argument("--region", type=int, default=16, help="region size in px")
     parser.add_argument("--samples", type=int, default=10, help="Max-Sensitivity noise draws")
     parser.add_argument("--radius", type=float, default=0.05)
-    parser.add_argument("--repeats", type=int, default=5, help="repeats of the fast metrics (median)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="repeats of the fast metrics (median)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--no-quantus-model", action="store_true", help="skip Quantus' slow model-bound runs")
+    parser.add_argument("--no-quantus-model", action="store_true",
+                        help="skip Quantus' slow model-bound runs")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import quantus
@@ -91,9 +94,10 @@ def main() -> None:
         ("relevance mass", FL.relevance_mass, quantus.RelevanceMassAccuracy),
     ):
         ours_t = timeit(lambda f=ours_fn: f(maps, masks), device, args.repeats)
-        peer_t = timeit(lambda c=peer_cls: quantus_localisation(c, maps_np, masks_np), torch.device("cpu"),
-                        max(1, args.repeats // 2))
-        diff = np.abs(ours_fn(maps, masks).cpu().numpy() - quantus_localisation(peer_cls, maps_np, masks_np)).max()
+        peer_t = timeit(lambda c=peer_cls: quantus_localisation(c, maps_np, masks_np),
+                        torch.device("cpu"), max(1, args.repeats // 2))
+        diff = np.abs(ours_fn(maps, masks).cpu().numpy()
+                      - quantus_localisation(peer_cls, maps_np, masks_np)).max()
         rows.append((name, "-", None, ours_t, peer_t, f"{diff:.1e}"))
 
     # --- region perturbation (AOPC): steps + 1 forwards
@@ -110,8 +114,9 @@ def main() -> None:
     ours_t = timeit(ours_rp, device, 1, warmup=False)
     peer_t, diff = None, "-"
     if not args.no_quantus_model:
-        metric = quantus.RegionPerturbation(patch_size=args.region, order="morf", regions_evaluation=args.steps,
-                                            normalise=False, abs=False, perturb_baseline="black",
+        metric = quantus.RegionPerturbation(patch_size=args.region, order="morf",
+                                            regions_evaluation=args.steps, normalise=False,
+                                            abs=False, perturb_baseline="black",
                                             disable_warnings=True)
         cpu_model = model.cpu()
         peer_out: list[np.ndarray] = []
@@ -122,8 +127,8 @@ def main() -> None:
         ours_aopc = FF.aopc(ours_rp()).cpu().numpy()
         peer_aopc = peer_out[-1].sum(axis=1) / (args.steps + 1)
         diff = f"{np.abs(ours_aopc - peer_aopc).max():.1e}"
-    rows.append((f"region perturbation ({args.steps} steps, {args.region} px)", f"{args.steps + 1} forwards",
-                 forward_t * (args.steps + 1), ours_t, peer_t, diff))
+    rows.append((f"region perturbation ({args.steps} steps, {args.region} px)",
+                 f"{args.steps + 1} forwards", forward_t * (args.steps + 1), ours_t, peer_t, diff))
 
     # --- Max-Sensitivity: one explanation per draw
     explain_t = timeit(lambda: saliency(model, x, target=target), device, max(10, args.repeats))
@@ -132,24 +137,30 @@ def main() -> None:
         return saliency(model, images, target=target.repeat(images.shape[0] // n)).maps
 
     ref = explain(x)
-    ours_t = timeit(lambda: FF.max_sensitivity(explain, x, ref, radius=args.radius, samples=args.samples,
-                                               normalise=True), device, 1, warmup=False)
+    ours_t = timeit(lambda: FF.max_sensitivity(explain, x, ref, radius=args.radius,
+                                               samples=args.samples, normalise=True),
+                    device, 1, warmup=False)
     peer_t = None
     if not args.no_quantus_model:
         def quantus_explain(model, inputs, targets, **kwargs) -> np.ndarray:
             images = torch.as_tensor(inputs, device=device)
-            return saliency(model, images, target=torch.as_tensor(targets, device=device)).maps.cpu().numpy()[:, None]
+            return (saliency(model, images, target=torch.as_tensor(targets, device=device))
+                    .maps.cpu().numpy()[:, None])
 
-        metric = quantus.MaxSensitivity(nr_samples=args.samples, lower_bound=args.radius, normalise=False, abs=False,
-                                        disable_warnings=True)
-        peer_t = timeit(lambda: metric(model=model, x_batch=x_np, y_batch=y_np, a_batch=ref.cpu().numpy()[:, None],
+        metric = quantus.MaxSensitivity(nr_samples=args.samples, lower_bound=args.radius,
+                                        normalise=False, abs=False, disable_warnings=True)
+        peer_t = timeit(lambda: metric(model=model, x_batch=x_np, y_batch=y_np,
+                                       a_batch=ref.cpu().numpy()[:, None],
                                        explain_func=quantus_explain, device=str(device)),
                         device, 1, warmup=False)
-    rows.append((f"Max-Sensitivity ({args.samples} draws, r={args.radius})", f"{args.samples} saliency calls",
-                 explain_t * args.samples, ours_t, peer_t, "(random noise)"))
+    rows.append((f"Max-Sensitivity ({args.samples} draws, r={args.radius})",
+                 f"{args.samples} saliency calls", explain_t * args.samples, ours_t, peer_t,
+                 "(random noise)"))
 
-    table = Table(title=f"{spec['arch']} {size}px, {n} images; xai_bench on {device_label(device)}, Quantus on cpu")
-    for col in ("metric", "floor", "floor s", "xai_bench s", "x floor", "Quantus s", "speed-up", "max |diff|"):
+    table = Table(title=f"{spec['arch']} {size}px, {n} images; "
+                        f"xai_bench on {device_label(device)}, Quantus on cpu")
+    for col in ("metric", "floor", "floor s", "xai_bench s", "x floor", "Quantus s", "speed-up",
+                "max |diff|"):
         table.add_column(col, justify="right")
     for name, floor_what, floor_t, ours, peer, diff in rows:
         table.add_row(name, floor_what, f"{floor_t:.3f}" if floor_t else "-", f"{ours:.4f}",

@@ -38,14 +38,16 @@ register_resolvers()  # conf/ uses xai_bench's resolvers
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MODEL_IMG_SIZE = {"vit_b16": 224, "vit_tiny": 64, "vit_test": 32, "deit_tiny": 224, "resnet50": 224}
 # dense bf16 tensor-core peaks (FLOP/s) by device-name fragment
-BF16_PEAK = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100": 989.4e12, "A100": 312.0e12, "L40S": 362.0e12}
+BF16_PEAK = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100": 989.4e12, "A100": 312.0e12,
+             "L40S": 362.0e12}
 
 
 def build_net(model: str, img_size: int, num_classes: int = 2) -> torch.nn.Module:
     """The network exactly as `python -m xai_bench.train model=<model>` builds it."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", f"dataset.img_size={img_size}", "init=random",
-                                          f"dataset.num_classes={num_classes}", "paths.output_dir=."])
+        cfg = compose("train", overrides=[f"model={model}", f"dataset.img_size={img_size}",
+                                          "init=random", f"dataset.num_classes={num_classes}",
+                                          "paths.output_dir=."])
     return hydra.utils.instantiate(cfg.model)
 
 
@@ -62,7 +64,8 @@ class RepeatedBatch(Dataset):
         return self.batch
 
 
-def time_bare(net: torch.nn.Module, batch: dict, steps: int, warmup: int, bf16: bool, device: torch.device) -> float:
+def time_bare(net: torch.nn.Module, batch: dict, steps: int, warmup: int, bf16: bool,
+              device: torch.device) -> float:
     net = net.to(device).train()
     opt = build_optimizer(net.parameters(), name="adamw", lr=1e-4)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -97,13 +100,15 @@ class _StepTimer(pl.Callback):
 
 def time_xai_bench(net: torch.nn.Module, batch: dict, steps: int, warmup: int, bf16: bool,
                    device: torch.device, compile: bool) -> float:
-    module = ClassifierModule(net, optimizer=lambda params: build_optimizer(params, name="adamw", lr=1e-4),
-                              num_classes=2, compile=compile)
+    module = ClassifierModule(
+        net, optimizer=lambda params: build_optimizer(params, name="adamw", lr=1e-4),
+        num_classes=2, compile=compile)
     timer = _StepTimer(warmup, device)
     trainer = pl.Trainer(
         accelerator=device.type, devices=1, max_steps=warmup + steps, limit_val_batches=0,
         precision="bf16-mixed" if bf16 else "32-true", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer], num_sanity_val_steps=0,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        num_sanity_val_steps=0,
     )
     cpu_batch = {k: v.cpu() for k, v in batch.items()}
     loader = DataLoader(RepeatedBatch(cpu_batch, warmup + steps), batch_size=None, shuffle=False)
@@ -129,7 +134,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--compile", action="store_true", help="torch.compile both (module.compile=true)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile both (module.compile=true)")
     args = parser.parse_args()
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -152,13 +158,16 @@ def main() -> None:
     bare_t, ours_t = [], []
     for _ in range(args.repeats):
         net = copy.deepcopy(base)
-        bare_t.append(time_bare(torch.compile(net) if args.compile else net, batch, steps, args.warmup, bf16, device))
-        ours_t.append(time_xai_bench(copy.deepcopy(base), batch, steps, args.warmup, bf16, device, args.compile))
+        bare_t.append(time_bare(torch.compile(net) if args.compile else net, batch, steps,
+                                args.warmup, bf16, device))
+        ours_t.append(time_xai_bench(copy.deepcopy(base), batch, steps, args.warmup, bf16, device,
+                                     args.compile))
     bare_ips = steps * bs / statistics.median(bare_t)
     ours_ips = steps * bs / statistics.median(ours_t)
 
     name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    table = Table(title=f"training step, {args.model} {img}px, batch {bs}, {'bf16-mixed' if bf16 else 'fp32'}, {name}")
+    table = Table(title=f"training step, {args.model} {img}px, batch {bs}, "
+                        f"{'bf16-mixed' if bf16 else 'fp32'}, {name}")
     for col in ("implementation", "images/s", "ms/step", "overhead vs bare"):
         table.add_column(col, justify="right")
     table.add_row("bare PyTorch loop", f"{bare_ips:.1f}", f"{1e3 * bs / bare_ips:.1f}", "-")
@@ -167,11 +176,14 @@ def main() -> None:
     console = Console()
     console.print(table)
     if gpu:
-        flops_per_image = 3 * forward_flops(base.to(device), batch["image"][:1])  # fwd + bwd ~ 3x fwd
+        # fwd + bwd ~ 3x fwd
+        flops_per_image = 3 * forward_flops(base.to(device), batch["image"][:1])
         peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
         achieved = flops_per_image * ours_ips
-        mfu = f"{100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s bf16 peak" if peak else "unknown peak"
-        console.print(f"xai_bench: {achieved / 1e12:.1f} TFLOP/s model FLOPs ({flops_per_image / 1e9:.1f} GFLOP/image), MFU {mfu}")
+        mfu = (f"{100 * achieved / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s bf16 peak" if peak
+               else "unknown peak")
+        console.print(f"xai_bench: {achieved / 1e12:.1f} TFLOP/s model FLOPs "
+                      f"({flops_per_image / 1e9:.1f} GFLOP/image), MFU {mfu}")
 
 
 if __name__ == "__main__":

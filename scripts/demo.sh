@@ -14,7 +14,9 @@ METHODS=${DEMO_METHODS:-attention,chefer,gradcam}
 echo "== 1/3 train -> $DIR/train"
 "$PY" -m xai_bench.train hydra.run.dir="$DIR/train" print_config=false
 echo "== 2/3 evaluate $METHODS -> $DIR/evaluate"
-"$PY" -m xai_bench.evaluate -m ckpt="$DIR/train" method="$METHODS" hydra.sweep.dir="$DIR/evaluate" print_config=false
+"$PY" -m xai_bench.evaluate -m ckpt="$DIR/train" method="$METHODS" hydra.sweep.dir="$DIR/evaluate" \
+    print_config=false
 echo "== 3/3 report -> $DIR/evaluate/report"
 "$PY" -m xai_bench.report sweep="$DIR/evaluate" print_config=false
-echo "demo done: training run $DIR/train, evaluation runs $DIR/evaluate/*, report $DIR/evaluate/report/index.html"
+echo "demo done: training run $DIR/train, evaluation runs $DIR/evaluate/*," \
+    "report $DIR/evaluate/report/index.html"

@@ -13,14 +13,15 @@ PARTITION=${XAI_SLURM_PARTITION:-debug}
 
 need_root() {
     if [[ $(id -u) -ne 0 ]]; then
-        echo "error: '$1' needs root (it installs packages and starts daemons); run it with sudo" >&2
+        echo "error: '$1' needs root (it installs packages and starts daemons);" \
+            "run it with sudo" >&2
         exit 1
     fi
 }
 
 install_packages() {
-    if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
-        && command -v munged >/dev/null; then
+    if command -v slurmctld >/dev/null && command -v slurmd >/dev/null \
+        && command -v sbatch >/dev/null && command -v munged >/dev/null; then
         return
     fi
     echo "installing Debian's slurmctld, slurmd, slurm-client and munge"
@@ -92,7 +93,8 @@ wait_idle() {
         fi
         sleep 1
     done
-    echo "error: the SLURM node did not become idle within 60 s; see $LOG_DIR/slurmctld.log and slurmd.log" >&2
+    echo "error: the SLURM node did not become idle within 60 s;" \
+        "see $LOG_DIR/slurmctld.log and slurmd.log" >&2
     sinfo || true
     return 1
 }

@@ -43,7 +43,8 @@ def test_cosine_matches_torch_cosine_annealing() -> None:
     sched = build_cosine_schedule(ours, total=25, eta_min=0.001)
     ref_sched = torch.optim.lr_scheduler.CosineAnnealingLR(ref, T_max=25, eta_min=0.001)
     for _ in range(25):
-        assert ours.param_groups[0]["lr"] == pytest.approx(ref.param_groups[0]["lr"], rel=1e-9, abs=1e-12)
+        assert ours.param_groups[0]["lr"] == pytest.approx(ref.param_groups[0]["lr"], rel=1e-9,
+                                                           abs=1e-12)
         ours.step(), ref.step(), sched.step(), ref_sched.step()
 
 

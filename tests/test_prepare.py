@@ -58,25 +58,30 @@ def test_split_sizes_keep_every_split_populated() -> None:
 
 
 def test_grouped_split_never_leaks_a_group_and_is_seeded(tmp_path: Path) -> None:
-    recs = [Record(source=tmp_path, label=i % 2, name=f"x{i}", group=f"patient{i // 3}") for i in range(60)]
+    recs = [Record(source=tmp_path, label=i % 2, name=f"x{i}", group=f"patient{i // 3}")
+            for i in range(60)]
     assign_splits(recs, (0.6, 0.2, 0.2), seed=1)
     splits_of: dict[str, set[str]] = {}
     for r in recs:
         splits_of.setdefault(r.group, set()).add(r.split)
     assert all(len(s) == 1 for s in splits_of.values())
     assert {r.split for r in recs} == {"train", "val", "test"}
-    again = [Record(source=tmp_path, label=i % 2, name=f"x{i}", group=f"patient{i // 3}") for i in range(60)]
-    assert [r.split for r in assign_splits(again, (0.6, 0.2, 0.2), seed=1)] == [r.split for r in recs]
+    again = [Record(source=tmp_path, label=i % 2, name=f"x{i}", group=f"patient{i // 3}")
+             for i in range(60)]
+    assert ([r.split for r in assign_splits(again, (0.6, 0.2, 0.2), seed=1)]
+            == [r.split for r in recs])
 
 
 def test_corrupt_image_is_named_or_skipped_and_listed(tmp_path: Path) -> None:
-    good = [Record(source=_image(tmp_path / f"g{i}.png", seed=i), label=i % 2, name=f"g{i}") for i in range(6)]
+    good = [Record(source=_image(tmp_path / f"g{i}.png", seed=i), label=i % 2, name=f"g{i}")
+            for i in range(6)]
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG not really")
     recs = [*good, Record(source=bad, label=0, name="broken")]
     with pytest.raises(XaiBenchError, match="broken.png"):
         prepare_dataset(recs, PrepareConfig(out=tmp_path / "a"), ("n", "p"), "test")
-    report = prepare_dataset(recs, PrepareConfig(out=tmp_path / "b", on_corrupt="skip"), ("n", "p"), "test")
+    report = prepare_dataset(recs, PrepareConfig(out=tmp_path / "b", on_corrupt="skip"), ("n", "p"),
+                             "test")
     assert len(report.skipped) == 1 and "broken.png" in report.skipped[0]
     assert "broken.png" in json.loads((tmp_path / "b" / "prepare.json").read_text())["skipped"][0]
     with pytest.raises(XaiBenchError, match="--overwrite"):
@@ -102,7 +107,8 @@ def test_kvasir_labels_splits_and_study_rois(tmp_path: Path) -> None:
     assert sum(report.counts["train"].values()) + sum(report.counts["val"].values()) + sum(
         report.counts["test"].values()) == 21  # polyps left out
     assert report.rois["attached"] == 1 and len(report.rois["without_image"]) >= 1
-    assert report.rois["test_images_without_roi"] >= 1 and "test images without one" in report.summary()
+    assert (report.rois["test_images_without_roi"] >= 1
+            and "test images without one" in report.summary())
     table = (out / "labels.csv").read_text().splitlines()
     assert table[0] == "image,label,split,group"
     assert any(line.startswith("images/esophagitis/") and ",1," in line for line in table)
@@ -128,7 +134,8 @@ def test_input_frame_rois_are_used_exactly_after_the_eval_transform(tmp_path: Pa
     out = tmp_path / "kv"
     prepare_cli.run(["kvasir", "--raw", str(raw), "--out", str(out), "--rois",
                      str(KVASIR_ROI.parent), "--fractions", "0", "0", "1"])
-    eval_tf = A.Compose([A.SmallestMaxSize(max_size=256), A.CenterCrop(224, 224), A.Normalize(), ToTensorV2()])
+    eval_tf = A.Compose([A.SmallestMaxSize(max_size=256), A.CenterCrop(224, 224), A.Normalize(),
+                         ToTensorV2()])
     dm = ImageTableDataModule(name="kvasir", root=out, num_classes=2, img_size=224, num_workers=0,
                               transforms={"train": eval_tf, "eval": eval_tf}, batch_size=4)
     test = dm.test_dataset
@@ -142,7 +149,8 @@ def test_input_frame_rois_are_used_exactly_after_the_eval_transform(tmp_path: Pa
 # ----------------------------------------------------------------------------- pascal voc
 def _voc_raw(root: Path) -> Path:
     voc = root / "VOCdevkit" / "VOC2012"
-    ids = {"train": [f"2008_{i:06d}" for i in range(12)], "val": [f"2009_{i:06d}" for i in range(4)]}
+    ids = {"train": [f"2008_{i:06d}" for i in range(12)],
+           "val": [f"2009_{i:06d}" for i in range(4)]}
     for split, names in ids.items():
         (voc / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
         (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
@@ -150,8 +158,9 @@ def _voc_raw(root: Path) -> Path:
             _image(voc / "JPEGImages" / f"{image_id}.jpg", size=(50, 40), seed=i)
             objects = [("person", (1, 1, 10, 20)), ("dog" if i % 2 else "cat", (21, 11, 40, 30))]
             xml = "<annotation>" + "".join(
-                f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-                f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b in objects) + "</annotation>"
+                f"<object><name>{n}</name><difficult>0</difficult><bndbox>"
+                f"<xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax>"
+                "</bndbox></object>" for n, b in objects) + "</annotation>"
             (voc / "Annotations").mkdir(parents=True, exist_ok=True)
             (voc / "Annotations" / f"{image_id}.xml").write_text(xml)
     return voc
@@ -168,9 +177,10 @@ def test_pascal_voc_multilabel_boxes_and_official_splits(tmp_path: Path) -> None
     assert {v[2] for k, v in by_id.items() if "2009_" in k} == {"test"}
     assert {v[2] for k, v in by_id.items() if "2008_" in k} == {"train", "val"}
     boxes = (out / "boxes.csv").read_text().splitlines()
-    assert boxes[1] == "images/2008_000000.png,person,0.0,0.0,10.0,20.0"  # 1-based inclusive -> 0-based exclusive
-    dm = ImageTableDataModule(name="pascal_voc", root=out, num_classes=20, img_size=32, multilabel=True,
-                              num_workers=0, batch_size=4)
+    # 1-based inclusive -> 0-based exclusive
+    assert boxes[1] == "images/2008_000000.png,person,0.0,0.0,10.0,20.0"
+    dm = ImageTableDataModule(name="pascal_voc", root=out, num_classes=20, img_size=32,
+                              multilabel=True, num_workers=0, batch_size=4)
     batch = next(iter(dm.test_dataloader()))
     assert batch["label"].shape == (4, 20) and batch["label"].dtype == torch.float32
     assert batch["label"][:, person].eq(1).all() and batch["has_mask"].all()
@@ -193,7 +203,8 @@ def test_low_data_rows_per_class_and_fraction() -> None:
 def test_low_data_regime_in_the_datamodule_with_unlabeled_pool() -> None:
     from xai_bench.data import SyntheticDataModule
 
-    dm = SyntheticDataModule(num_train=60, num_val=8, num_test=8, img_size=32, low_data={"per_class": 4})
+    dm = SyntheticDataModule(num_train=60, num_val=8, num_test=8, img_size=32,
+                             low_data={"per_class": 4})
     assert len(dm.train_dataset) == 8 and np.bincount(dm.train_labels()).tolist() == [4, 4]
     assert len(dm.unlabeled_dataloader().dataset) == 52
     with pytest.raises(ConfigError, match="OR"):
@@ -208,10 +219,11 @@ def test_mask_of_another_size_is_resized_or_rejected(tmp_path: Path) -> None:
     Image.fromarray(np.full((20, 20), 255, np.uint8)).save(root / "masks" / "i0.png")
     (root / "labels.csv").write_text("image,label,split\n" + "".join(
         f"images/i{i}.png,{i % 2},{s}\n" for i, s in enumerate(["test", "test", "train", "val"])))
-    ok = ImageTableDataModule(name="t", root=root, num_classes=2, img_size=40, num_workers=0, batch_size=2)
+    ok = ImageTableDataModule(name="t", root=root, num_classes=2, img_size=40, num_workers=0,
+                              batch_size=2)
     assert ok.test_dataset[0]["mask"].shape == (40, 40) and ok.test_dataset[0]["mask"].all()
-    strict = ImageTableDataModule(name="t", root=root, num_classes=2, img_size=40, num_workers=0, batch_size=2,
-                                  mask_size="reject")
+    strict = ImageTableDataModule(name="t", root=root, num_classes=2, img_size=40, num_workers=0,
+                                  batch_size=2, mask_size="reject")
     with pytest.raises(XaiBenchError, match="mask_size=reject"):
         strict.test_dataset[0]
 
@@ -227,9 +239,9 @@ def test_prepare_cli_then_train_a_tiny_model(tmp_path: Path, name: str) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "prepared" in proc.stdout
     run = tmp_path / "run"
-    proc = run_cli(["xai_bench.train", f"dataset={name}", f"paths.data_dir={tmp_path / 'data'}", "debug=tiny",
-                    "logger=none", "dataset.num_workers=0", "trainer.max_epochs=1", f"hydra.run.dir={run}"],
-                   cwd=tmp_path, timeout=600)
+    proc = run_cli(["xai_bench.train", f"dataset={name}", f"paths.data_dir={tmp_path / 'data'}",
+                    "debug=tiny", "logger=none", "dataset.num_workers=0", "trainer.max_epochs=1",
+                    f"hydra.run.dir={run}"], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     metrics = TrainingRecord.read(run)
     assert "acc" in metrics.test and "f1_macro" in metrics.test

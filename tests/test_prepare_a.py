@@ -46,13 +46,14 @@ def _labels(out: Path) -> list[dict[str, str]]:
 
 def _module(root: Path, class_names, name: str = "tiny") -> ImageTableDataModule:
     return ImageTableDataModule(name=name, root=root, num_classes=len(class_names), img_size=32,
-                                class_names=class_names, batch_size=8, num_workers=0, pin_memory=False,
-                                shuffle_seed=0)
+                                class_names=class_names, batch_size=8, num_workers=0,
+                                pin_memory=False, shuffle_seed=0)
 
 
 # ----------------------------------------------------------------------------- official layouts
 def make_cp_child(root: Path, n_train: int = 10, n_test: int = 3) -> Path:
-    """CP-CHILD/CP-CHILD-{A,B}/{Train,Test}/{Polyp,Non-Polyp}/<n (k)>.jpg, 256x256 JPEG in reality."""
+    """CP-CHILD/CP-CHILD-{A,B}/{Train,Test}/{Polyp,Non-Polyp}/<n (k)>.jpg,
+    256x256 JPEG in reality."""
     base = root / "CP-CHILD"
     seed = 0
     for subset, offset in (("A", 0), ("B", 100)):
@@ -61,12 +62,14 @@ def make_cp_child(root: Path, n_train: int = 10, n_test: int = 3) -> Path:
                 for k in range(n):
                     number = offset + k + (0 if split == "Train" else 50)
                     seed += 1
-                    _image(base / f"CP-CHILD-{subset}" / split / cls / f"{prefix} ({number}).jpg", seed)
+                    _image(base / f"CP-CHILD-{subset}" / split / cls / f"{prefix} ({number}).jpg",
+                           seed)
     return base
 
 
 def make_covid(root: Path, per_class: int = 10, nested: bool = True, v4: bool = True) -> Path:
-    """Kaggle archive.zip: COVID-19_Radiography_Dataset/<class>/{images,masks}/<class>-<i>.png + workbooks."""
+    """Kaggle archive.zip: COVID-19_Radiography_Dataset/<class>/{images,masks}/<class>-<i>.png
+    + workbooks."""
     base = root / "COVID-19_Radiography_Dataset"
     if nested:  # some Kaggle downloads nest the folder twice
         base = base / "COVID-19_Radiography_Dataset"
@@ -76,13 +79,15 @@ def make_covid(root: Path, per_class: int = 10, nested: bool = True, v4: bool = 
             _image(sub / f"{cls}-{i}.png", 1000 * c + i, mode="L")
             if v4:
                 _image(base / cls / "masks" / f"{cls}-{i}.png", 7, mode="L")
-        (base / f"{cls}.metadata.xlsx").write_bytes(b"PK placeholder (FILE NAME, FORMAT, SIZE, URL)")
+        (base / f"{cls}.metadata.xlsx").write_bytes(
+            b"PK placeholder (FILE NAME, FORMAT, SIZE, URL)")
     (base / "README.md.txt").write_text("COVID-19 Radiography Database\n")
     return root / "COVID-19_Radiography_Dataset"
 
 
 def make_crc(root: Path, n_train: int = 10, n_test: int = 2) -> Path:
-    """Zenodo 1214456: NCT-CRC-HE-100K/<class>/<class>-XXXXXXXX.tif and CRC-VAL-HE-7K/<class>/<class>-TCGA-XXXXXXXX.tif."""
+    """Zenodo 1214456: NCT-CRC-HE-100K/<class>/<class>-XXXXXXXX.tif and
+    CRC-VAL-HE-7K/<class>/<class>-TCGA-XXXXXXXX.tif."""
     seed = 0
     for cls in crc.CLASS_NAMES:
         for k in range(n_train):
@@ -147,12 +152,14 @@ def test_cp_child_publisher_split_labels_and_rois(tmp_path: Path) -> None:
     assert sum(info["counts"]["train"].values()) == 36 and report.masks == 0
     assert info["rois"]["attached"] == 1
     assert (out / "rois" / "cp-child-a" / "test" / "polyp" / "1 (50).png").is_file()
-    assert Image.open(out / "images" / "cp-child-a/test/polyp/1 (50).png").size == SIZE  # kept as published
+    # kept as published
+    assert Image.open(out / "images" / "cp-child-a/test/polyp/1 (50).png").size == SIZE
     batch = next(iter(_module(out, cp_child.CLASS_NAMES).test_dataloader()))
     assert batch["image"].shape[1:] == (3, 32, 32) and set(batch["label"].tolist()) <= {0, 1}
 
 
-def test_cp_child_subsets_options_and_errors(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_cp_child_subsets_options_and_errors(tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
     raw = make_cp_child(tmp_path / "raw", n_train=2, n_test=1)
     only_a = cp_child.records(raw, ("A",))
     assert len(only_a) == 2 * 2 + 2 * 1 and all(r.name.startswith("cp-child-a/") for r in only_a)
@@ -161,7 +168,8 @@ def test_cp_child_subsets_options_and_errors(tmp_path: Path, caplog: pytest.LogC
     rois = tmp_path / "rois"
     rois.mkdir()
     Image.new("RGB", (224, 224)).save(rois / "1 (0).png")
-    (raw / "CP-CHILD-B" / "Train" / "Polyp" / "1 (100).jpg").rename(raw / "CP-CHILD-B" / "Train" / "Polyp" / "1 (0).jpg")
+    (raw / "CP-CHILD-B" / "Train" / "Polyp" / "1 (100).jpg").rename(
+        raw / "CP-CHILD-B" / "Train" / "Polyp" / "1 (0).jpg")
     with caplog.at_level(logging.WARNING):
         assert cp_child.warn_ambiguous_rois(cp_child.records(raw), rois) == 1
     assert "--subsets A" in caplog.text
@@ -194,7 +202,8 @@ def test_covid_sorted_80_10_10_per_class_and_no_lung_mask_rois(tmp_path: Path) -
         assert {r["label"] for r in rows if r["image"].startswith(f"images/{cls}/")} == {str(c)}
     assert report.counts["train"] == dict.fromkeys(covid.CLASS_NAMES, 8)
     assert report.counts["val"] == report.counts["test"] == dict.fromkeys(covid.CLASS_NAMES, 1)
-    assert report.masks == 0 and not (out / "masks").exists()  # lung masks are not ROIs of the finding
+    # lung masks are not ROIs of the finding
+    assert report.masks == 0 and not (out / "masks").exists()
     info = json.loads((out / "prepare.json").read_text())
     assert info["class_names"] == list(covid.CLASS_NAMES) and info["resize"] is None
     dm = _module(out, covid.CLASS_NAMES)
@@ -204,7 +213,8 @@ def test_covid_sorted_80_10_10_per_class_and_no_lung_mask_rois(tmp_path: Path) -
 
 
 def test_covid_older_layout_and_missing_class(tmp_path: Path) -> None:
-    raw = make_covid(tmp_path / "raw", per_class=6, nested=False, v4=False)  # <= v3: images in the class folder
+    # <= v3: images in the class folder
+    raw = make_covid(tmp_path / "raw", per_class=6, nested=False, v4=False)
     recs = covid.records(raw)
     assert len(recs) == 24 and [r.split for r in recs[:6]] == ["train"] * 4 + ["val", "test"]
     (raw / "Viral Pneumonia").rename(raw / "Viral_Pneumonia")
@@ -227,8 +237,10 @@ def test_crc_test_is_crc_val_he_7k_and_val_comes_from_100k(tmp_path: Path) -> No
         assert row["label"] == str(crc.CLASS_NAMES.index(cls))
     assert report.counts["test"] == dict.fromkeys(crc.CLASS_NAMES, 2)
     assert report.counts["val"] == dict.fromkeys(crc.CLASS_NAMES, 1)  # seeded 10% of each class
-    assert json.loads((out / "prepare.json").read_text())["fractions"] == pytest.approx([0.9, 0.1, 0.0])
-    val_labels = [int(v) for batch in _module(out, crc.CLASS_NAMES).val_dataloader() for v in batch["label"]]
+    assert (json.loads((out / "prepare.json").read_text())["fractions"]
+            == pytest.approx([0.9, 0.1, 0.0]))
+    val_labels = [int(v) for batch in _module(out, crc.CLASS_NAMES).val_dataloader()
+                  for v in batch["label"]]
     assert sorted(val_labels) == list(range(9))
     # the companion's rule: per class sorted by name, the last 20% is validation
     recs = crc.records(raw, val_rule="sorted", val_fraction=0.2)
@@ -289,7 +301,8 @@ def test_folder_class_folders_sorted_names_and_explicit_order(tmp_path: Path) ->
     assert {r.label for r in recs if r.name.startswith("malignant/")} == {1}
     assert any(r.name == "malignant/p1/m1" for r in recs)  # nested folders are kept in the name
     recs, names = folder.records(raw, classes=["malignant", "benign"])
-    assert names == ["malignant", "benign"] and {r.label for r in recs if r.name.startswith("malignant/")} == {0}
+    assert (names == ["malignant", "benign"]
+            and {r.label for r in recs if r.name.startswith("malignant/")} == {0})
     out = tmp_path / "out"
     report = prepare_cli.run(["folder", "--raw", str(raw), "--out", str(out)])
     assert report.counts["test"] == report.counts["val"] == {"benign": 1, "malignant": 1}
@@ -309,7 +322,8 @@ def test_folder_csv_grouped_split_masks_and_boxes(tmp_path: Path) -> None:
         masks.mkdir(exist_ok=True)
         Image.fromarray(m).save(masks / f"pt{p:02d}_0.png")
     boxes = tmp_path / "boxes.csv"
-    boxes.write_text("path_or_stem,x0,y0,x1,y1\nimages/pt05_1.png,4,2,12,10\npt07_0,0,0,6,5\npt07_0,18,15,24,20\n")
+    boxes.write_text("path_or_stem,x0,y0,x1,y1\nimages/pt05_1.png,4,2,12,10\n"
+                     "pt07_0,0,0,6,5\npt07_0,18,15,24,20\n")
     out = tmp_path / "out"
     report = prepare_cli.run(["folder", "--raw", str(raw), "--csv", str(table), "--out", str(out),
                               "--masks", str(masks), "--boxes", str(boxes), "--resize", "48x40"])
@@ -317,12 +331,14 @@ def test_folder_csv_grouped_split_masks_and_boxes(tmp_path: Path) -> None:
     splits_of: dict[str, set[str]] = {}
     for row in rows:
         splits_of.setdefault(row["group"], set()).add(row["split"])
-        assert row["label"] == ("0" if int(row["group"][2:]) % 2 else "1")  # sorted names: lesion 0, normal 1
+        # sorted names: lesion 0, normal 1
+        assert row["label"] == ("0" if int(row["group"][2:]) % 2 else "1")
     assert all(len(s) == 1 for s in splits_of.values())  # no patient in two splits
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     assert report.masks == 4
     box = np.asarray(Image.open(out / "masks" / "images" / "pt05_1.png")) > 0
-    assert box.shape == (40, 48) and box.sum() == 16 * 16 and box[4:20, 8:24].all()  # (4,2,12,10) x 2
+    # (4,2,12,10) x 2
+    assert box.shape == (40, 48) and box.sum() == 16 * 16 and box[4:20, 8:24].all()
     two = np.asarray(Image.open(out / "masks" / "images" / "pt07_0.png")) > 0
     assert two[:10, :12].all() and two[30:, 36:].all() and two.sum() == 2 * 120
     mask = np.asarray(Image.open(out / "masks" / "images" / "pt01_0.png")) > 0
@@ -340,7 +356,8 @@ def test_folder_csv_grouped_split_masks_and_boxes(tmp_path: Path) -> None:
 def test_folder_csv_labels_splits_and_bad_input(tmp_path: Path) -> None:
     raw = make_class_folders(tmp_path / "raw", per_class=3)
     table = tmp_path / "t.csv"
-    table.write_text("path,label,split\nbenign/b0.jpg,1,test\nbenign/p1/b1.png,1,\nmalignant/m0.jpg,0,train\n")
+    table.write_text("path,label,split\nbenign/b0.jpg,1,test\nbenign/p1/b1.png,1,\n"
+                     "malignant/m0.jpg,0,train\n")
     recs, names = folder.records(raw, table)
     assert names == ["0", "1"] and [r.label for r in recs] == [1, 1, 0]
     assert [r.split for r in recs] == ["test", None, "train"] and recs[1].name == "benign/p1/b1"
@@ -372,24 +389,30 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp / "data"
     cfg = lambda name: PrepareConfig(out=data / name)  # noqa: E731
     prepare_dataset(cp_child.records(make_cp_child(tmp / "cp", n_train=4, n_test=2)),
-                    PrepareConfig(out=data / "cp_child", fractions=(0.75, 0.25, 0.0)), cp_child.CLASS_NAMES, "t")
-    prepare_dataset(covid.records(make_covid(tmp / "cv", per_class=10)), cfg("covid19_radiography"), covid.CLASS_NAMES, "t")
-    prepare_dataset(crc.records(make_crc(tmp / "crc", n_train=2, n_test=1), val_rule="sorted", val_fraction=0.5),
-                    cfg("crc"), crc.CLASS_NAMES, "t")
+                    PrepareConfig(out=data / "cp_child", fractions=(0.75, 0.25, 0.0)),
+                    cp_child.CLASS_NAMES, "t")
+    prepare_dataset(covid.records(make_covid(tmp / "cv", per_class=10)), cfg("covid19_radiography"),
+                    covid.CLASS_NAMES, "t")
+    prepare_dataset(crc.records(make_crc(tmp / "crc", n_train=2, n_test=1), val_rule="sorted",
+                                val_fraction=0.5), cfg("crc"), crc.CLASS_NAMES, "t")
     recs, names = folder.records(make_class_folders(tmp / "fo", per_class=6))
     prepare_dataset(recs, cfg("folder"), names, "t")
     return data
 
 
-@pytest.mark.parametrize("name,classes", [("cp_child", 2), ("covid19_radiography", 4), ("crc", 9), ("folder", 2)])
-def test_dataset_config_reads_the_prepared_folder(compose_cfg, prepared: Path, name: str, classes: int) -> None:
-    extra = ["dataset.num_classes=2", "dataset.class_names=[benign,malignant]"] if name == "folder" else []
+@pytest.mark.parametrize("name,classes", [("cp_child", 2), ("covid19_radiography", 4), ("crc", 9),
+                                          ("folder", 2)])
+def test_dataset_config_reads_the_prepared_folder(compose_cfg, prepared: Path, name: str,
+                                                  classes: int) -> None:
+    extra = (["dataset.num_classes=2", "dataset.class_names=[benign,malignant]"]
+             if name == "folder" else [])
     cfg = compose_cfg(f"dataset={name}", f"paths.data_dir={prepared}", "debug=tiny", *extra)
     assert cfg.dataset.num_classes == classes and len(cfg.dataset.class_names) == classes
     assert f"python -m xai_bench.prepare {name} --raw" in cfg.dataset.prepare_hint
     assert f"--out {prepared}/{name}" in cfg.dataset.prepare_hint
     if name in ("covid19_radiography", "crc"):
-        assert cfg.model.arch == "vit_tiny_patch16_224"  # debug=tiny's model wins over the companion's resnet34
+        # debug=tiny's model wins over the companion's resnet34
+        assert cfg.model.arch == "vit_tiny_patch16_224"
     dm = hydra.utils.instantiate(cfg.dataset)
     batch = next(iter(dm.test_dataloader()))
     assert batch["image"].shape[1:] == (3, 32, 32)
@@ -417,10 +440,11 @@ def test_prepare_then_train_from_the_command_line(name: str, tmp_path: Path) -> 
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "prepared" in proc.stdout
-    extra = ["dataset.num_classes=2", "dataset.class_names=[benign,malignant]"] if name == "folder" else []
+    extra = (["dataset.num_classes=2", "dataset.class_names=[benign,malignant]"]
+             if name == "folder" else [])
     run = tmp_path / f"run_{name}"
-    proc = run_cli(["xai_bench.train", f"dataset={name}", f"paths.data_dir={tmp_path / 'data'}", "debug=tiny",
-                    "logger=none", "dataset.num_workers=0", "trainer.max_epochs=1", f"hydra.run.dir={run}", *extra],
-                   cwd=tmp_path, timeout=600)
+    proc = run_cli(["xai_bench.train", f"dataset={name}", f"paths.data_dir={tmp_path / 'data'}",
+                    "debug=tiny", "logger=none", "dataset.num_workers=0", "trainer.max_epochs=1",
+                    f"hydra.run.dir={run}", *extra], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert 0.0 <= TrainingRecord.read(run).test["acc"] <= 1.0

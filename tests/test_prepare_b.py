@@ -1,4 +1,5 @@
-"""Prepare scripts of Duke-Breast-Cancer-MRI and MURA v1.1, on tiny downloads in the official layouts."""
+"""Prepare scripts of Duke-Breast-Cancer-MRI and MURA v1.1, on tiny downloads in the official
+layouts."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from xai_bench.utils.errors import DatasetNotFoundError, XaiBenchError
 
 # ----------------------------------------------------------------------------- Duke fixture
 N_SLICES = 16  # pre-contrast slices per patient; the box covers slices 6..11
-BOX = {"Start Row": 4, "End Row": 9, "Start Column": 2, "End Column": 7, "Start Slice": 6, "End Slice": 11}
+BOX = {"Start Row": 4, "End Row": 9, "Start Column": 2, "End Column": 7, "Start Slice": 6,
+       "End Slice": 11}
 
 
 def _write_dicom(path: Path, patient: str, description: str, series_number: int, instance: int,
@@ -57,9 +59,11 @@ def _write_dicom(path: Path, patient: str, description: str, series_number: int,
     dcmwrite(path, ds, enforce_file_format=True)
 
 
-def make_duke(root: Path, n_patients: int = 12, annotations: str = "csv", numbers: list[int] | None = None,
-              n_slices: int = N_SLICES, slices: tuple[int, int] | None = None) -> Path:
-    """<root>/manifest-1/Duke-Breast-Cancer-MRI/Breast_MRI_<nnn>/<study>/<series>/1-<k>.dcm + boxes file.
+def make_duke(root: Path, n_patients: int = 12, annotations: str = "csv",
+              numbers: list[int] | None = None, n_slices: int = N_SLICES,
+              slices: tuple[int, int] | None = None) -> Path:
+    """<root>/manifest-1/Duke-Breast-Cancer-MRI/Breast_MRI_<nnn>/<study>/<series>/1-<k>.dcm
+    + boxes file.
 
     Every patient has the pre-contrast series (16 slices) and a 3-slice first post-contrast
     series, whose file names clash with the pre series' (choosing it would change the counts).
@@ -69,14 +73,17 @@ def make_duke(root: Path, n_patients: int = 12, annotations: str = "csv", number
     rows = []
     for number in numbers or [*range(1, n_patients + 1), 901]:
         patient = f"Breast_MRI_{number:03d}"
-        study = raw / duke.COLLECTION / patient / f"01-01-1990-NA-BREASTROUTINE DYNAMICS-{51000 + number}"
+        study = (raw / duke.COLLECTION / patient
+                 / f"01-01-1990-NA-BREASTROUTINE DYNAMICS-{51000 + number}")
         for k in range(1, n_slices + 1):
-            _write_dicom(study / f"3.000000-ax dyn pre-{93000 + number}" / f"1-{k:03d}.dcm", patient, "ax dyn pre", 3, k,
-                         rng.integers(0, 1000, (16, 16)), slope=2.0 if number == 2 else None)
+            _write_dicom(study / f"3.000000-ax dyn pre-{93000 + number}" / f"1-{k:03d}.dcm",
+                         patient, "ax dyn pre", 3, k, rng.integers(0, 1000, (16, 16)),
+                         slope=2.0 if number == 2 else None)
         for k in range(1, 4):
-            _write_dicom(study / f"4.000000-ax dyn 1st pass-{94000 + number}" / f"1-{k:03d}.dcm", patient,
-                         "ax dyn 1st pass", 4, k, rng.integers(0, 1000, (16, 16)))
-        box = {**BOX, **(dict(zip(("Start Slice", "End Slice"), slices, strict=True)) if slices else {})}
+            _write_dicom(study / f"4.000000-ax dyn 1st pass-{94000 + number}" / f"1-{k:03d}.dcm",
+                         patient, "ax dyn 1st pass", 4, k, rng.integers(0, 1000, (16, 16)))
+        box = {**BOX, **(dict(zip(("Start Slice", "End Slice"), slices, strict=True))
+                         if slices else {})}
         rows.append([patient, *box.values()])
     header = list(duke.COLUMNS)
     if annotations == "csv":
@@ -104,32 +111,45 @@ def write_xlsx(path: Path, rows: list[list]) -> None:
                 cells.append(f'<c r="{ref}"><v>{value}</v></c>')
         sheet_rows.append(f'<row r="{r}">{"".join(cells)}</row>')
     with zipfile.ZipFile(path, "w") as book:
-        book.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"/>')
-        book.writestr("xl/workbook.xml", f'<?xml version="1.0"?><workbook {ns} {rel}><sheets><sheet name="Sheet1" sheetId="1" r:id="rId1"/></sheets></workbook>')
-        book.writestr("xl/_rels/workbook.xml.rels", '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
-                      '<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/></Relationships>')
-        book.writestr("xl/sharedStrings.xml", f'<?xml version="1.0"?><sst {ns}>' + "".join(f"<si><t>{s}</t></si>" for s in strings) + "</sst>")
-        book.writestr("xl/worksheets/sheet1.xml", f'<?xml version="1.0"?><worksheet {ns}><sheetData>{"".join(sheet_rows)}</sheetData></worksheet>')
+        book.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types xmlns='
+                      '"http://schemas.openxmlformats.org/package/2006/content-types"/>')
+        book.writestr("xl/workbook.xml", f'<?xml version="1.0"?><workbook {ns} {rel}><sheets>'
+                      '<sheet name="Sheet1" sheetId="1" r:id="rId1"/></sheets></workbook>')
+        book.writestr("xl/_rels/workbook.xml.rels", '<?xml version="1.0"?><Relationships xmlns='
+                      '"http://schemas.openxmlformats.org/package/2006/relationships">'
+                      '<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/'
+                      'officeDocument/2006/relationships/worksheet" '
+                      'Target="worksheets/sheet1.xml"/></Relationships>')
+        book.writestr("xl/sharedStrings.xml", f'<?xml version="1.0"?><sst {ns}>'
+                      + "".join(f"<si><t>{s}</t></si>" for s in strings) + "</sst>")
+        book.writestr("xl/worksheets/sheet1.xml", f'<?xml version="1.0"?><worksheet {ns}>'
+                      f'<sheetData>{"".join(sheet_rows)}</sheetData></worksheet>')
 
 
 # ----------------------------------------------------------------------------- MURA fixture
-def _png(path: Path, rng: np.random.Generator, size: tuple[int, int] = (24, 20), mode: str = "L") -> None:
+def _png(path: Path, rng: np.random.Generator, size: tuple[int, int] = (24, 20),
+         mode: str = "L") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
     Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
 
 
 def make_mura(root: Path) -> Path:
-    """<root>/MURA-v1.1/{train,valid}/XR_<PART>/patient<id>/study<k>_<label>/image<n>.png + the four CSVs."""
+    """<root>/MURA-v1.1/{train,valid}/XR_<PART>/patient<id>/study<k>_<label>/image<n>.png
+    + the four CSVs."""
     rng = np.random.default_rng(1)
     raw = root / "MURA-v1.1"
     studies = {"train": [], "valid": []}
     for number in range(1, 17):  # 16 train patients, alternating labels, 1-2 images per study
         label = "positive" if number % 2 else "negative"
-        studies["train"].append(("XR_WRIST", f"patient{number:05d}", f"study1_{label}", 1 + number % 2))
-    studies["train"].append(("XR_HAND", "patient00003", "study1_negative", 1))  # same patient, another part
-    studies["valid"] += [("XR_WRIST", "patient11185", "study1_negative", 2), ("XR_WRIST", "patient11188", "study1_positive", 3),
-                         ("XR_HUMERUS", "patient11186", "study1_negative", 1), ("XR_ELBOW", "patient11190", "study1_positive", 2)]
+        studies["train"].append(("XR_WRIST", f"patient{number:05d}", f"study1_{label}",
+                                 1 + number % 2))
+    # same patient, another part
+    studies["train"].append(("XR_HAND", "patient00003", "study1_negative", 1))
+    studies["valid"] += [("XR_WRIST", "patient11185", "study1_negative", 2),
+                         ("XR_WRIST", "patient11188", "study1_positive", 3),
+                         ("XR_HUMERUS", "patient11186", "study1_negative", 1),
+                         ("XR_ELBOW", "patient11190", "study1_positive", 2)]
     for split, items in studies.items():
         images, labelled = [], []
         for part, patient, study, n_images in items:
@@ -203,13 +223,15 @@ def test_duke_labels_balance_and_splits(duke_out: Path) -> None:
     assert negatives == {f"1-{k:03d}-{p}" for p in range(1, 13) for k in (1, N_SLICES)}
     for row in rows:  # the study's names (<DICOM stem>-<patient number>) and class folders
         stem = Path(row["image"]).stem
-        assert re.fullmatch(r"1-\d{3}-\d+", stem) and row["image"].startswith(f"images/{duke.CLASS_NAMES[int(row['label'])]}/")
+        assert (re.fullmatch(r"1-\d{3}-\d+", stem)
+                and row["image"].startswith(f"images/{duke.CLASS_NAMES[int(row['label'])]}/"))
         if row["label"] == "1":
             assert 6 <= int(stem.split("-")[1]) <= 11
     _check_splits(rows)
     report = json.loads((duke_out / "prepare.json").read_text())
     assert sum(sum(c.values()) for c in report["counts"].values()) == 48
-    assert report["masks"] == 24 and report["resize"] == "256x256" and report["class_names"] == ["no_tumour", "tumour"]
+    assert (report["masks"] == 24 and report["resize"] == "256x256"
+            and report["class_names"] == ["no_tumour", "tumour"])
 
 
 def test_duke_box_becomes_the_mask_of_positive_slices(duke_out: Path) -> None:
@@ -217,7 +239,8 @@ def test_duke_box_becomes_the_mask_of_positive_slices(duke_out: Path) -> None:
     positive = next(r for r in rows if r["label"] == "1")
     with Image.open(duke_out / positive["image"]) as image:
         assert image.size == (256, 256) and image.mode == "RGB"
-    mask = np.asarray(Image.open(duke_out / "masks" / Path(positive["image"]).relative_to("images"))) > 0
+    mask = np.asarray(Image.open(duke_out / "masks"
+                                 / Path(positive["image"]).relative_to("images"))) > 0
     expected = np.zeros((256, 256), bool)
     # rows 4..9, columns 2..7 (1-based, inclusive) of a 16x16 slice, scaled by 16
     expected[3 * 16 : 9 * 16, 1 * 16 : 7 * 16] = True
@@ -238,11 +261,13 @@ def test_duke_names_match_the_study_evaluation_rois(tmp_path: Path) -> None:
 def test_duke_rescale_and_reader(duke_raw: Path) -> None:
     path = next((duke_raw / duke.COLLECTION / "Breast_MRI_002").rglob("*pre*/1-003.dcm"))
     image = duke.read_dicom(path)
-    assert image.shape == (16, 16, 3) and image.dtype == np.uint8 and image.min() == 0 and image.max() == 255
+    assert (image.shape == (16, 16, 3) and image.dtype == np.uint8
+            and image.min() == 0 and image.max() == 255)
 
 
 def test_duke_xlsx_matches_the_csv_export(tmp_path: Path, duke_raw: Path) -> None:
-    rows = [list(duke.COLUMNS), ["Breast_MRI_001", 234, 271, 308, 341, 89, 112], ["Breast_MRI_002", 251, 294, 108, 136, 59, 72.0]]
+    rows = [list(duke.COLUMNS), ["Breast_MRI_001", 234, 271, 308, 341, 89, 112],
+            ["Breast_MRI_002", 251, 294, 108, 136, 59, 72.0]]
     write_xlsx(tmp_path / "Annotation_Boxes.xlsx", rows)
     with open(tmp_path / "Annotation_Boxes.csv", "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
@@ -338,16 +363,21 @@ def test_mura_labels_come_from_the_labeled_studies_csv(mura_raw: Path, tmp_path:
     relabelled = tmp_path / "MURA-v1.1"
     (relabelled / "train").mkdir(parents=True)
     (relabelled / "valid").mkdir()
-    _png(relabelled / "train/XR_HAND/patient00001/study1_negative/image1.png", np.random.default_rng(0))
-    _png(relabelled / "train/XR_HAND/patient00002/study1_positive/image1.png", np.random.default_rng(0))
-    (relabelled / "train_labeled_studies.csv").write_text("MURA-v1.1/train/XR_HAND/patient00001/study1_negative/,0\n")
+    _png(relabelled / "train/XR_HAND/patient00001/study1_negative/image1.png",
+         np.random.default_rng(0))
+    _png(relabelled / "train/XR_HAND/patient00002/study1_positive/image1.png",
+         np.random.default_rng(0))
+    (relabelled / "train_labeled_studies.csv").write_text(
+        "MURA-v1.1/train/XR_HAND/patient00001/study1_negative/,0\n")
     with pytest.raises(XaiBenchError, match="not listed in train_labeled_studies.csv"):
         mura.records(relabelled)
     # the CSV's label wins over the folder suffix; without the CSV the suffix is the label
     (relabelled / "train_labeled_studies.csv").write_text(
-        "MURA-v1.1/train/XR_HAND/patient00001/study1_negative/,1\nMURA-v1.1/train/XR_HAND/patient00002/study1_positive/,1\n")
+        "MURA-v1.1/train/XR_HAND/patient00001/study1_negative/,1\n"
+        "MURA-v1.1/train/XR_HAND/patient00002/study1_positive/,1\n")
     assert {r.name: r.label for r in mura.records(relabelled)} == {
-        "XR_HAND/patient00001_study1_negative_image1": 1, "XR_HAND/patient00002_study1_positive_image1": 1}
+        "XR_HAND/patient00001_study1_negative_image1": 1,
+        "XR_HAND/patient00002_study1_positive_image1": 1}
     (relabelled / "train_labeled_studies.csv").unlink()
     assert sorted(r.label for r in mura.records(relabelled)) == [0, 1]
 
@@ -378,7 +408,7 @@ def test_mura_datamodule_batch(mura_out: Path, compose_cfg) -> None:
     assert set(batch["label"].tolist()) <= {0, 1} and len(batch["label"]) == 8
 
 
-# ----------------------------------------------------------------------------- the CLI, as a user runs it
+# ----------------------------------------------------------------------- the CLI, as a user runs it
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["duke", "mura"])
 def test_prepare_and_train_cli(name: str, tmp_path: Path) -> None:
@@ -391,8 +421,9 @@ def test_prepare_and_train_cli(name: str, tmp_path: Path) -> None:
     assert prepare.returncode == 0, prepare.stdout + prepare.stderr
     assert "prepared" in prepare.stdout
     run_dir = tmp_path / f"run_{name}"
-    proc = run_cli(["xai_bench.train", f"dataset={name}", f"paths.data_dir={tmp_path / 'data'}", "debug=tiny",
-                    "logger=none", "dataset.num_workers=0", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    proc = run_cli(["xai_bench.train", f"dataset={name}", f"paths.data_dir={tmp_path / 'data'}",
+                    "debug=tiny", "logger=none", "dataset.num_workers=0", "trainer.max_epochs=1",
+                    f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     metrics = TrainingRecord.read(run_dir)
     assert 0.0 <= metrics.test["acc"] <= 1.0

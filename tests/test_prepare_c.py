@@ -44,7 +44,8 @@ def _image(path: Path, width: int, height: int, seed: int) -> Path:
     return path
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[object]], delimiter: str = ",") -> None:
+def _write_csv(path: Path, header: list[str], rows: list[list[object]],
+               delimiter: str = ",") -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, delimiter=delimiter)
         writer.writerow(header)
@@ -70,7 +71,8 @@ def build_ham10000(root: Path, tab: bool = False, flat: bool = False) -> Path:
                 image_id = f"ISIC_{index:07d}"
                 folder = raw if flat else raw / ham10000.IMAGE_FOLDERS[index % 2]
                 _image(folder / f"{image_id}.jpg", 32, 24, index)
-                rows.append([f"HAM_{dx}{lesion:05d}", image_id, dx, "histo", 50, "male", "back", "vidir_modern"])
+                rows.append([f"HAM_{dx}{lesion:05d}", image_id, dx, "histo", 50, "male", "back",
+                             "vidir_modern"])
                 index += 1
     masks = raw / ham10000.MASK_FOLDER
     masks.mkdir(parents=True)
@@ -113,7 +115,8 @@ def build_breakhis(root: Path) -> Path:
                 name = f"{prefix}-{rest}-{magnification[:-1]}-{seq:03d}.png"
                 _image(breast / cls / "SOB" / tumour / slide / magnification / name, 35, 23, seed)
                 seed += 1
-    (breast / "benign" / "SOB" / "adenosis" / "SOB_B_A_14-22549AB" / "40X" / "Thumbs.db").write_bytes(b"x")
+    (breast / "benign" / "SOB" / "adenosis" / "SOB_B_A_14-22549AB" / "40X"
+     / "Thumbs.db").write_bytes(b"x")
     return raw
 
 
@@ -158,10 +161,11 @@ def _write_dicom(path: Path, pixels: np.ndarray, patient: str) -> None:
 
 
 def build_isic2020(root: Path, layout: str = "kaggle") -> Path:
-    """layout 'kaggle' (train.csv, jpeg/train/*.jpg, train/*.dcm) or 'isic' (archive: train/*.jpg, v2 CSV)."""
+    """layout 'kaggle' (train.csv, jpeg/train/*.jpg, train/*.dcm) or 'isic' (archive:
+    train/*.jpg, v2 CSV)."""
     raw = root / ("siim-isic-melanoma-classification" if layout == "kaggle" else "isic2020")
-    header = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge", "diagnosis",
-              "benign_malignant", "target"]
+    header = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge",
+              "diagnosis", "benign_malignant", "target"]
     if layout == "isic":
         header.insert(2, "lesion_id")
     rows, index = [], 0
@@ -184,20 +188,24 @@ def build_isic2020(root: Path, layout: str = "kaggle") -> Path:
     table = "train.csv" if layout == "kaggle" else "ISIC_2020_Training_GroundTruth_v2.csv"
     _write_csv(raw / table, header, rows)
     if layout == "isic":
-        _write_csv(raw / isic2020.DUPLICATES, ["image_name_1", "image_name_2"], [["ISIC_0000000", "ISIC_0000001"]])
+        _write_csv(raw / isic2020.DUPLICATES, ["image_name_1", "image_name_2"],
+                   [["ISIC_0000000", "ISIC_0000001"]])
     return raw
 
 
 BUILDERS: dict[str, Callable[[Path], Path]] = {
-    "ham10000": build_ham10000, "breakhis": build_breakhis, "aptos2019": build_aptos2019, "isic2020": build_isic2020,
+    "ham10000": build_ham10000, "breakhis": build_breakhis, "aptos2019": build_aptos2019,
+    "isic2020": build_isic2020,
 }
 DATASETS = list(BUILDERS)
 
 
 # ----------------------------------------------------------------------------- helpers
 def _prepare(name: str, raw: Path, out: Path, **options: object):
-    cfg = PrepareConfig(out=out, resize=MODULES[name].DEFAULT_RESIZE, **options)  # type: ignore[arg-type]
-    return prepare_dataset(MODULES[name].records(raw), cfg, MODULES[name].CLASS_NAMES, MODULES[name].SOURCE)
+    cfg = PrepareConfig(out=out, resize=MODULES[name].DEFAULT_RESIZE,
+                        **options)  # type: ignore[arg-type]
+    return prepare_dataset(MODULES[name].records(raw), cfg, MODULES[name].CLASS_NAMES,
+                           MODULES[name].SOURCE)
 
 
 def _labels(out: Path) -> list[dict[str, str]]:
@@ -211,9 +219,11 @@ def _check_splits(rows: list[dict[str, str]], num_classes: int) -> None:
     for row in rows:
         if row["group"]:
             splits_of[row["group"]].add(row["split"])
-    assert all(len(s) == 1 for s in splits_of.values()), {g: s for g, s in splits_of.items() if len(s) > 1}
+    assert all(len(s) == 1 for s in splits_of.values()), {g: s for g, s in splits_of.items()
+                                                          if len(s) > 1}
     for split in ("train", "val", "test"):
-        assert {int(r["label"]) for r in rows if r["split"] == split} == set(range(num_classes)), split
+        assert ({int(r["label"]) for r in rows if r["split"] == split}
+                == set(range(num_classes))), split
 
 
 @pytest.fixture(scope="module")
@@ -242,12 +252,14 @@ def test_prepared_layout_splits_and_counts(prepared: dict[str, Path], name: str)
     assert report["class_names"] == list(module.CLASS_NAMES) and report["resize"] == "224x224"
     for split in ("train", "val", "test"):
         for index, cls in enumerate(module.CLASS_NAMES):
-            assert report["counts"][split][cls] == sum(r["split"] == split and r["label"] == str(index) for r in rows)
+            assert report["counts"][split][cls] == sum(
+                r["split"] == split and r["label"] == str(index) for r in rows)
     assert report["skipped"] == []
 
 
 @pytest.mark.parametrize("name", DATASETS)
-def test_config_builds_a_datamodule_that_reads_batches(prepared: dict[str, Path], name: str, compose_cfg) -> None:
+def test_config_builds_a_datamodule_that_reads_batches(prepared: dict[str, Path], name: str,
+                                                       compose_cfg) -> None:
     cfg = compose_cfg(f"dataset={name}", f"paths.data_dir={prepared[name]}", "dataset.img_size=32",
                       "dataset.num_workers=0", "dataset.pin_memory=false", "dataset.batch_size=64")
     assert cfg.model.arch == "resnet50" and cfg.optimizer.name == "adam"
@@ -259,7 +271,8 @@ def test_config_builds_a_datamodule_that_reads_batches(prepared: dict[str, Path]
     assert batch["image"].shape[1:] == (3, 32, 32)
     assert set(batch["label"].tolist()) == set(range(len(MODULES[name].CLASS_NAMES)))
     if name == "ham10000":  # the segmentation masks are ROIs; the other datasets have none
-        assert dm.table is not None and sum(m is not None for m in dm.table.masks) == len(HAM_MASKED)
+        assert (dm.table is not None
+                and sum(m is not None for m in dm.table.masks) == len(HAM_MASKED))
     else:
         assert not batch["has_mask"].any()
 
@@ -334,7 +347,8 @@ def test_breakhis_labels_and_slide_groups(prepared: dict[str, Path], tmp_path: P
     for row in rows:
         stem = Path(row["image"]).stem
         assert row["label"] == ("0" if stem.startswith("SOB_B_") else "1")
-        assert row["group"] == "-".join(stem.split("-")[1:3])  # 14-22549AB from SOB_B_A-14-22549AB-40-001
+        # 14-22549AB from SOB_B_A-14-22549AB-40-001
+        assert row["group"] == "-".join(stem.split("-")[1:3])
     # the ductal and lobular images of slide 14-13412 are one group, so one split
     assert len({r["split"] for r in rows if r["group"] == "14-13412"}) == 1
     assert len({r["group"] for r in rows}) == 7
@@ -344,14 +358,17 @@ def test_breakhis_labels_and_slide_groups(prepared: dict[str, Path], tmp_path: P
 
 def test_breakhis_accepts_the_folder_above_and_rejects_a_mislabelled_file(tmp_path: Path) -> None:
     raw = build_breakhis(tmp_path)
-    assert len(breakhis.records(tmp_path)) == len(breakhis.records(raw / "histology_slides" / "breast")) == 32
-    wrong = raw / "histology_slides/breast/benign/SOB/adenosis/SOB_B_A_14-22549AB/40X/SOB_M_A-14-22549AB-40-009.png"
+    assert (len(breakhis.records(tmp_path))
+            == len(breakhis.records(raw / "histology_slides" / "breast")) == 32)
+    wrong = raw / ("histology_slides/breast/benign/SOB/adenosis/SOB_B_A_14-22549AB/40X/"
+                   "SOB_M_A-14-22549AB-40-009.png")
     _image(wrong, 35, 23, 0)
     with pytest.raises(DatasetNotFoundError, match="under benign"):
         breakhis.records(raw)
     wrong.unlink()
     with pytest.raises(DatasetNotFoundError, match="histology_slides/breast"):
-        breakhis.records(tmp_path / "BreaKHis_v1" / "histology_slides" / "breast" / "benign" / "SOB")
+        breakhis.records(tmp_path / "BreaKHis_v1" / "histology_slides" / "breast" / "benign"
+                         / "SOB")
 
 
 # ----------------------------------------------------------------------------- APTOS 2019
@@ -379,7 +396,8 @@ def test_aptos2019_layout_errors(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- ISIC 2020
-def test_isic2020_kaggle_layout_patient_groups_and_dicom(prepared: dict[str, Path], tmp_path: Path) -> None:
+def test_isic2020_kaggle_layout_patient_groups_and_dicom(prepared: dict[str, Path],
+                                                        tmp_path: Path) -> None:
     rows = _labels(prepared["isic2020"] / "isic2020")
     targets = [t for ts in ISIC_PATIENTS.values() for t in ts]
     assert len(rows) == len(targets)
@@ -388,7 +406,8 @@ def test_isic2020_kaggle_layout_patient_groups_and_dicom(prepared: dict[str, Pat
     records = {r.name.split("/")[1]: r for r in isic2020.records(build_isic2020(tmp_path))}
     dicom = records[ISIC_DICOM_ONLY]
     assert dicom.source.suffix == ".dcm" and dicom.reader is not None
-    expected = np.random.default_rng(int(ISIC_DICOM_ONLY[5:])).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    expected = np.random.default_rng(int(ISIC_DICOM_ONLY[5:])).integers(0, 256, (24, 32, 3),
+                                                                        dtype=np.uint8)
     np.testing.assert_array_equal(dicom.reader(dicom.source), expected)
     assert records["ISIC_0000000"].source.parent.as_posix().endswith("jpeg/train")
 
@@ -424,7 +443,8 @@ def test_prepare_then_train_from_the_command_line(tmp_path: Path, name: str) -> 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "prepared" in done.stdout and (data / name / "labels.csv").is_file()
     run_dir = tmp_path / f"run_{name}"
-    proc = run_cli(["xai_bench.train", f"dataset={name}", f"paths.data_dir={data}", "debug=tiny", "logger=none",
-                    "dataset.num_workers=0", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=600)
+    proc = run_cli(["xai_bench.train", f"dataset={name}", f"paths.data_dir={data}", "debug=tiny",
+                    "logger=none", "dataset.num_workers=0", "trainer.max_epochs=1",
+                    f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert 0.0 <= TrainingRecord.read(run_dir).test["acc"] <= 1.0

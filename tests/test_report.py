@@ -27,28 +27,33 @@ GROUP = "study-sweep"
 # pointing game per (dataset, init) and method; iou@q = pg / 2 + q / 1000 (see _method_metrics)
 PG = {
     ("cp_child", "random"): {"gradcam_study": 0.40, "attention": 0.70, "chefer": 0.60},
-    ("cp_child", "dino"): {"gradcam_study": 0.80, "attention": 0.65, "chefer": 0.80},  # a tie for best
+    # a tie for best
+    ("cp_child", "dino"): {"gradcam_study": 0.80, "attention": 0.65, "chefer": 0.80},
     ("kvasir", "random"): {"gradcam_study": 0.30, "attention": 0.58, "chefer": 0.90},
     ("kvasir", "dino"): {"gradcam_study": 0.55, "attention": 0.75, "chefer": 0.50},
 }
 # the random baseline's pointing game per dataset; IoU of random and uniform maps = the ROI area
 RANDOM_PG = {"cp_child": 0.50, "kvasir": 0.58}
 ROI_AREA = {"cp_child": 0.431, "kvasir": 0.588}
-ACCURACY = {("cp_child", "random", 1): 0.90, ("cp_child", "random", 2): 0.80, ("cp_child", "dino", 1): 0.95,
-            ("kvasir", "random", 1): 0.70, ("kvasir", "dino", 1): 0.88}
+ACCURACY = {("cp_child", "random", 1): 0.90, ("cp_child", "random", 2): 0.80,
+            ("cp_child", "dino", 1): 0.95, ("kvasir", "random", 1): 0.70,
+            ("kvasir", "dino", 1): 0.88}
 
 
 def _stats(value: float) -> dict[str, Any]:
-    return {"value": value, "ci_low": round(value - 0.05, 6), "ci_high": round(value + 0.05, 6), "n": 50}
+    return {"value": value, "ci_low": round(value - 0.05, 6), "ci_high": round(value + 0.05, 6),
+            "n": 50}
 
 
 def _method_metrics(pg: float) -> dict[str, Any]:
-    return {"pointing_game": _stats(pg), **{f"iou@{q}": _stats(round(pg / 2 + q / 1000, 6)) for q in QS},
+    return {"pointing_game": _stats(pg),
+            **{f"iou@{q}": _stats(round(pg / 2 + q / 1000, 6)) for q in QS},
             "relevance_mass": _stats(0.3)}
 
 
 def _baseline_metrics(dataset: str, seed: int) -> dict[str, dict[str, Any]]:
-    random_pg = RANDOM_PG[dataset] + (0.04 if seed == 2 else 0.0)  # another checkpoint, another draw
+    # another checkpoint, another draw
+    random_pg = RANDOM_PG[dataset] + (0.04 if seed == 2 else 0.0)
     area = ROI_AREA[dataset]
     return {
         "random": {"pointing_game": _stats(random_pg), **{f"iou@{q}": _stats(area) for q in QS}},
@@ -65,27 +70,33 @@ def _png(path: Path, shade: int) -> None:
 def _training_run(root: Path, dataset: str, init: str, seed: int) -> Path:
     run = root / "train" / f"{dataset}-{init}-s{seed}"
     run.mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"task_name": "train", "dataset": {"name": dataset}}))
-    (run / "metrics.json").write_text(json.dumps({"best_epoch": 3, "test": {"acc": ACCURACY[(dataset, init, seed)]}}))
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({"task_name": "train", "dataset": {"name": dataset}}))
+    (run / "metrics.json").write_text(
+        json.dumps({"best_epoch": 3, "test": {"acc": ACCURACY[(dataset, init, seed)]}}))
     return run
 
 
-def _eval_run(root: Path, number: int, dataset: str, init: str, method: str, pg: float, seed: int = 1) -> Path:
+def _eval_run(root: Path, number: int, dataset: str, init: str, method: str, pg: float,
+              seed: int = 1) -> Path:
     train = root / "train" / f"{dataset}-{init}-s{seed}"
     run = root / f"{number}_{dataset}-{init}-{method}-s{seed}"
     run.mkdir(parents=True)
     config = {"task_name": "evaluate", "dataset": {"name": dataset}, "init": {"name": init},
-              "method": {"name": method}, "model": {"arch": "vit_base_patch16_224"}, "ckpt": str(train),
+              "method": {"name": method}, "model": {"arch": "vit_base_patch16_224"},
+              "ckpt": str(train),
               "logger": {"wandb": {"group": GROUP}}, "run_name": run.name, "seed": 42}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     methods = {method: {"metrics": _method_metrics(pg), "counts": {}}}
-    methods.update({b: {"metrics": m, "counts": {}} for b, m in _baseline_metrics(dataset, seed).items()})
+    methods.update({b: {"metrics": m, "counts": {}}
+                    for b, m in _baseline_metrics(dataset, seed).items()})
     metrics = {"method": method, "baselines": ["random", "centre", "uniform"], "methods": methods,
-               "counts": {"images": 50, "with_mask": 50}, "bootstrap": {"samples": 1000, "level": 0.95, "seed": 0},
+               "counts": {"images": 50, "with_mask": 50},
+               "bootstrap": {"samples": 1000, "level": 0.95, "seed": 0},
                "checkpoint": str(train / "checkpoints" / "best.ckpt"), "training_run": str(train)}
     (run / "metrics.json").write_text(json.dumps(metrics))
-    rows = [{"id": i, "image": f"test/img {i}.png", "label": 1, "pred": 1, "method": m, "pointing_game": 1,
-             "iou@10": 0.5} for m in methods for i in range(3)]
+    rows = [{"id": i, "image": f"test/img {i}.png", "label": 1, "pred": 1, "method": m,
+             "pointing_game": 1, "iou@10": 0.5} for m in methods for i in range(3)]
     with (run / "per_image.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -110,8 +121,10 @@ def sweep(tmp_path: Path) -> Path:
     _eval_run(root, number, "cp_child", "random", "attention", 0.80, seed=2)
     failed = root / f"{number + 1}_kvasir-dino-rollout"
     failed.mkdir()
-    (failed / "config.yaml").write_text(yaml.safe_dump({"task_name": "evaluate", "method": {"name": "rollout"}}))
-    (failed / "error.txt").write_text("Traceback (most recent call last):\nRuntimeError: CUDA out of memory\n")
+    (failed / "config.yaml").write_text(yaml.safe_dump({"task_name": "evaluate",
+                                                        "method": {"name": "rollout"}}))
+    (failed / "error.txt").write_text("Traceback (most recent call last):\n"
+                                      "RuntimeError: CUDA out of memory\n")
     (root / ".submitit").mkdir()
     (root / "multirun.yaml").write_text("hydra: {}\n")
     return root
@@ -129,12 +142,14 @@ def _table(sweep: Path, **kwargs: Any):
 def test_collect_finds_eval_runs_and_reports_the_rest(sweep: Path) -> None:
     scan = scan_sweep(sweep)
     assert len(scan.runs) == 13
-    assert {(r.dataset, r.init, r.method) for r in scan.runs} == {(d, i, m) for (d, i), ms in PG.items() for m in ms}
+    assert ({(r.dataset, r.init, r.method) for r in scan.runs}
+            == {(d, i, m) for (d, i), ms in PG.items() for m in ms})
     assert [s.run_dir.name for s in scan.incomplete] == ["13_kvasir-dino-rollout"]
     assert scan.incomplete[0].reason == "failed: RuntimeError: CUDA out of memory"
     assert len(scan.other) == 5 and all(s.reason == "task_name: train" for s in scan.other)
     run = next(r for r in scan.runs if r.run_dir.name.startswith("0_"))
-    assert (run.dataset, run.init, run.method, run.arch) == ("cp_child", "random", "gradcam_study", "vit_base_patch16_224")
+    assert (run.dataset, run.init, run.method, run.arch) == ("cp_child", "random", "gradcam_study",
+                                                             "vit_base_patch16_224")
     assert run.accuracy == 0.90 and run.best_epoch == 3 and run.group == GROUP and run.images == 50
     assert set(run.baselines) == {"random", "centre", "uniform"}
     assert run.metrics["pointing_game"]["value"] == 0.40
@@ -154,16 +169,19 @@ def test_collect_skips_report_folders_and_the_excluded_output(sweep: Path) -> No
 def test_report_config_composes(compose_cfg) -> None:
     cfg = compose_cfg("sweep=some/sweep", config_name="report")
     assert cfg.task_name == "report" and cfg.out == "some/sweep/report" and cfg.compare is None
-    assert cfg.compare_iou == "mean" and list(cfg.metrics) == ["pointing_game", "iou@5", "iou@10", "iou@20", "iou@40"]
+    assert cfg.compare_iou == "mean" and list(cfg.metrics) == ["pointing_game", "iou@5", "iou@10",
+                                                               "iou@20", "iou@40"]
     assert cfg.galleries == 4 and cfg.group is None
     wandb = cfg.logger.wandb
-    assert (wandb.job_type, wandb.name, list(wandb.tags), wandb.group) == ("report", "report", ["report"], None)
+    assert (wandb.job_type, wandb.name, list(wandb.tags), wandb.group) == ("report", "report",
+                                                                           ["report"], None)
     assert compose_cfg("sweep=s", "logger=none", config_name="report").get("logger") in (None, {})
 
 
 def test_table_order_values_best_and_beats_random(sweep: Path) -> None:
     _, table = _table(sweep)
-    assert table.rows == [("cp_child", "random"), ("cp_child", "dino"), ("kvasir", "random"), ("kvasir", "dino")]
+    assert table.rows == [("cp_child", "random"), ("cp_child", "dino"), ("kvasir", "random"),
+                          ("kvasir", "dino")]
     assert table.methods == ["gradcam_study", "attention", "chefer"]
     assert table.baselines == ["random", "centre", "uniform"]
     assert table.metrics == ["pointing_game", "iou@5", "iou@10", "iou@20", "iou@40"]
@@ -180,15 +198,17 @@ def test_table_order_values_best_and_beats_random(sweep: Path) -> None:
     assert [cell(("kvasir", "random"), m).best for m in table.methods] == [False, False, True]
     assert not cell(("cp_child", "dino"), "uniform").best
     # beats random: strictly above (kvasir attention 0.58 == random 0.58 does not)
-    assert [cell(("kvasir", "random"), m).beats_random for m in table.methods] == [False, False, True]
+    assert ([cell(("kvasir", "random"), m).beats_random for m in table.methods]
+            == [False, False, True])
     assert [cell(("kvasir", "dino"), m).beats_random for m in table.methods] == [False, True, False]
     assert cell(("kvasir", "dino"), "centre").beats_random is None
     # IoU: methods below the ROI area a random map reaches
     iou = cell(("kvasir", "random"), "chefer", "iou@40")
     assert iou.value == pytest.approx(0.49) and iou.beats_random is False
     assert cell(("kvasir", "random"), "random", "iou@40").value == 0.588
-    assert table.accuracy == {("cp_child", "random"): pytest.approx(0.85), ("cp_child", "dino"): 0.95,
-                              ("kvasir", "random"): 0.70, ("kvasir", "dino"): 0.88}
+    assert table.accuracy == {("cp_child", "random"): pytest.approx(0.85),
+                              ("cp_child", "dino"): 0.95, ("kvasir", "random"): 0.70,
+                              ("kvasir", "dino"): 0.88}
 
 
 def test_seeds_are_averaged_and_baselines_taken_once_per_checkpoint(sweep: Path) -> None:
@@ -248,7 +268,8 @@ def test_compare_errors(sweep: Path) -> None:
         study_table(scan.runs, compare="paper")
     with pytest.raises(ConfigError, match="compare_iou=iou@15"):
         study_table(scan.runs, compare="study", compare_iou="iou@15")
-    with pytest.raises(ConfigError, match=r"metrics=\['iou@7'\]: none is in the evaluation runs; they have iou@10,"):
+    with pytest.raises(ConfigError, match=r"metrics=\['iou@7'\]: none is in the evaluation runs; "
+                                          r"they have iou@10,"):
         study_table(scan.runs, metrics=["iou@7"])
 
 
@@ -280,17 +301,22 @@ def _write_all(sweep: Path, out: Path, **kwargs: Any) -> dict[str, Path]:
 def test_csv_long_format(sweep: Path, tmp_path: Path) -> None:
     files = _write_all(sweep, tmp_path / "out", compare="study")
     rows = list(csv.DictReader(files["csv"].open()))
-    assert list(rows[0]) == ["dataset", "init", "method", "kind", "metric", "value", "ci_low", "ci_high", "n", "n_runs",
-                             "runs_min", "runs_max", "best", "beats_random", "published", "delta", "accuracy"]
+    assert list(rows[0]) == ["dataset", "init", "method", "kind", "metric", "value", "ci_low",
+                             "ci_high", "n", "n_runs", "runs_min", "runs_max", "best",
+                             "beats_random", "published", "delta", "accuracy"]
     assert len(rows) == 4 * 6 * 6  # rows x (3 methods + 3 baselines) x (5 metrics + iou@mean)
     first = rows[0]
     assert (first["dataset"], first["init"], first["method"], first["kind"], first["metric"]) == (
         "cp_child", "random", "gradcam_study", "method", "pointing_game")
-    assert (float(first["value"]), float(first["ci_low"]), first["n"], first["n_runs"]) == (0.40, 0.35, "50", "1")
-    assert (first["best"], first["beats_random"], float(first["published"])) == ("false", "false", 0.64)
-    assert float(first["delta"]) == pytest.approx(-0.24) and float(first["accuracy"]) == pytest.approx(0.85)
+    assert ((float(first["value"]), float(first["ci_low"]), first["n"], first["n_runs"])
+            == (0.40, 0.35, "50", "1"))
+    assert ((first["best"], first["beats_random"], float(first["published"]))
+            == ("false", "false", 0.64))
+    assert (float(first["delta"]) == pytest.approx(-0.24)
+            and float(first["accuracy"]) == pytest.approx(0.85))
     uniform = next(r for r in rows if r["method"] == "uniform" and r["metric"] == "pointing_game")
-    assert (uniform["kind"], uniform["best"], uniform["beats_random"], uniform["published"]) == ("baseline", "", "", "")
+    assert ((uniform["kind"], uniform["best"], uniform["beats_random"], uniform["published"])
+            == ("baseline", "", "", ""))
 
 
 def test_markdown(sweep: Path, tmp_path: Path) -> None:
@@ -299,13 +325,17 @@ def test_markdown(sweep: Path, tmp_path: Path) -> None:
     assert "- **images per evaluation**: 50" in text
     assert "- **bootstrap**: 95% percentile intervals over images, 1000 resamples" in text
     assert f"- **W&B group**: {GROUP}" in text
-    assert "## Pointing game" in text and "## IoU (top 5%)" in text and "## IoU (mean over q)" in text
-    header = ("| dataset | init | test acc. | gradcam_study | attention | chefer | random (baseline) | "
-              "centre (baseline) | uniform (baseline) |")
+    assert ("## Pointing game" in text and "## IoU (top 5%)" in text
+            and "## IoU (mean over q)" in text)
+    header = ("| dataset | init | test acc. | gradcam_study | attention | chefer | "
+              "random (baseline) | centre (baseline) | uniform (baseline) |")
     assert header in text
-    assert ("| cp_child | random | 0.85 | 0.40† [0.35, 0.45] (pub. 0.64) | **0.75** (2 runs: 0.70–0.80) (pub. 0.96) | "
-            "0.60 [0.55, 0.65] (pub. 0.54) | 0.52 (2 runs: 0.50–0.54) | 0.45 (2 runs: 0.45–0.45) | 1.00 (2 runs: 1.00–1.00) |") in text
-    assert "| kvasir | dino | 0.88 | 0.55† [0.50, 0.60] (pub. 0.72) | **0.75** [0.70, 0.80] (pub. 0.96) |" in text
+    assert ("| cp_child | random | 0.85 | 0.40† [0.35, 0.45] (pub. 0.64) | "
+            "**0.75** (2 runs: 0.70–0.80) (pub. 0.96) | "
+            "0.60 [0.55, 0.65] (pub. 0.54) | 0.52 (2 runs: 0.50–0.54) | "
+            "0.45 (2 runs: 0.45–0.45) | 1.00 (2 runs: 1.00–1.00) |") in text
+    assert ("| kvasir | dino | 0.88 | 0.55† [0.50, 0.60] (pub. 0.72) | "
+            "**0.75** [0.70, 0.80] (pub. 0.96) |") in text
     assert "13_kvasir-dino-rollout (failed: RuntimeError: CUDA out of memory)" in text
     assert "†: not above the random baseline" in text
 
@@ -314,7 +344,8 @@ def test_tex_fragments(sweep: Path, tmp_path: Path) -> None:
     text = _write_all(sweep, tmp_path / "out")["tex"].read_text()
     assert text.count(r"\begin{tabular}") == text.count(r"\end{tabular}") == 5
     assert text.count(r"\toprule") == text.count(r"\bottomrule") == 5
-    assert r"dataset & init & test acc. & gradcam\_study & attention & chefer & random & centre & uniform \\" in text
+    assert (r"dataset & init & test acc. & gradcam\_study & attention & chefer & random & centre & "
+            r"uniform \\") in text
     assert (r"cp\_child & random & 0.85 & 0.40$^\dagger$ {\scriptsize [0.35, 0.45]} & "
             r"\textbf{0.75} {\scriptsize (2 runs: 0.70--0.80)} &") in text
     assert r"\label{tab:iou-5}" in text
@@ -327,7 +358,8 @@ def test_html_is_self_contained(sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     page = _write_all(sweep, out, compare="study")["html"].read_text()
     links = re.findall(r'(?:src|href)="([^"]+)"', page)
-    assert len([x for x in links if x.startswith("assets/overlays/")]) == 4 * 6 * 2 * 2  # img + link each
+    # img + link each
+    assert len([x for x in links if x.startswith("assets/overlays/")]) == 4 * 6 * 2 * 2
     assert sum(x.startswith("assets/plots/") for x in links) == 2
     for link in links:
         assert not link.startswith(("/", "http")) and (out / link).is_file(), link
@@ -343,22 +375,24 @@ def test_html_is_self_contained(sweep: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cli_writes_report_and_wandb_run(sweep: Path, tmp_path: Path) -> None:
-    proc = run_cli(["xai_bench.report", f"sweep={sweep}", "compare=study", "print_config=false"], cwd=tmp_path,
-                   timeout=300)
+    proc = run_cli(["xai_bench.report", f"sweep={sweep}", "compare=study", "print_config=false"],
+                   cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = sweep / "report"
     for name in ("report.csv", "report.md", "report.tex", "index.html", "config.yaml"):
         assert (out / name).is_file(), name
     assert f"Open the report: {(out / 'index.html').resolve()}" in proc.stdout
     config = read_plain_config(out)
-    assert config["task_name"] == "report" and config["group"] == GROUP and config["compare"] == "study"
+    assert (config["task_name"] == "report" and config["group"] == GROUP
+            and config["compare"] == "study")
 
     runs = offline_run_dirs(out)
     assert len(runs) == 1
     run = read_offline_run(runs[0])
     assert (run.job_type, run.group, run.name, run.tags) == ("report", GROUP, "report", ["report"])
     logged = {key for row in run.history for key in row}
-    assert {"report/table/_type", "report/pointing_game/_type", "report/iou@mean/_type", "report/plots/count"} <= logged
+    assert {"report/table/_type", "report/pointing_game/_type", "report/iou@mean/_type",
+            "report/plots/count"} <= logged
     table_files = list(runs[0].rglob("table_*.table.json"))
     data = json.loads(table_files[0].read_text())
     assert len(data["data"]) == len(list(csv.DictReader((out / "report.csv").open())))

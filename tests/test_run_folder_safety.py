@@ -164,24 +164,30 @@ def test_atomic_write_keeps_the_old_file_on_a_full_disk(tmp_path: Path, full_dis
         atomic_write_text(target, "new: 2\n" * 100)
     message = str(err.value)
     assert "\n" not in message
-    assert f"config.yaml in {tmp_path}" in message and "free of" in message and "free space" in message
+    assert (f"config.yaml in {tmp_path}" in message and "free of" in message
+            and "free space" in message)
     assert target.read_text() == "old: 1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # no temporary file left
 
 
-@pytest.mark.parametrize("writer", ["config", "metrics", "per_image", "jobs", "error", "checkpoint"])
+@pytest.mark.parametrize("writer",
+                         ["config", "metrics", "per_image", "jobs", "error", "checkpoint"])
 def test_every_run_file_survives_a_full_disk(tmp_path: Path, full_disk, writer: str) -> None:
     """The run files of issue 12 (config.yaml, metrics.json, per_image.csv, jobs.jsonl,
     error.txt, checkpoints): the previous version stays whole when the disk fills mid-write."""
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     writers = {
         "config": (tmp_path / "config.yaml", lambda: write_config({"a": "x" * 20000}, tmp_path)),
-        "metrics": (tmp_path / "metrics.json", lambda: write_metrics({"acc": [0.5] * 2000}, tmp_path)),
+        "metrics": (tmp_path / "metrics.json",
+                    lambda: write_metrics({"acc": [0.5] * 2000}, tmp_path)),
         "per_image": (tmp_path / "per_image.csv",
-                      lambda: write_per_image_csv([{"id": i, "v": 0.5} for i in range(2000)], tmp_path / "per_image.csv")),
-        "jobs": (tmp_path / "jobs.jsonl", lambda: record_attempt(tmp_path, {"checkpoint": "x" * 20000})),
+                      lambda: write_per_image_csv([{"id": i, "v": 0.5} for i in range(2000)],
+                                                  tmp_path / "per_image.csv")),
+        "jobs": (tmp_path / "jobs.jsonl",
+                 lambda: record_attempt(tmp_path, {"checkpoint": "x" * 20000})),
         "error": (tmp_path / "error.txt", lambda: write_error(tmp_path, "Traceback\n" * 2000)),
-        "checkpoint": (ckpt, lambda: AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(20000)}, ckpt)),
+        "checkpoint": (ckpt, lambda: AtomicCheckpointIO().save_checkpoint({"w": torch.zeros(20000)},
+                                                                          ckpt)),
     }
     path, write = writers[writer]
     write()  # the previous version, written normally
@@ -191,7 +197,8 @@ def test_every_run_file_survives_a_full_disk(tmp_path: Path, full_disk, writer: 
     if writer == "error":
         assert write() is None  # never raises: the task's own error matters more
     else:
-        with pytest.raises(DiskFullError, match=f"disk full while writing {path.name} in {path.parent}"):
+        with pytest.raises(DiskFullError,
+                           match=f"disk full while writing {path.name} in {path.parent}"):
             write()
     assert path.read_bytes() == before
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
@@ -230,7 +237,8 @@ def test_attempt_numbers_never_overwrite_an_archived_config(tmp_path: Path) -> N
     start_attempt(tmp_path, {"new": True}, attempt)
     assert (tmp_path / "attempts" / "config.3.yaml").read_text() == "kept: true\n"
     assert read_plain_config(tmp_path) == {"new": True}
-    assert (tmp_path / "attempts" / "config.4.yaml").read_bytes() == (tmp_path / "config.yaml").read_bytes()
+    assert ((tmp_path / "attempts" / "config.4.yaml").read_bytes()
+            == (tmp_path / "config.yaml").read_bytes())
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,8 +247,8 @@ def test_attempt_numbers_never_overwrite_an_archived_config(tmp_path: Path) -> N
 
 def _checkpoint(path: Path, epoch: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {"w": torch.ones(1000)}, "loops": {}, "optimizer_states": [], "epoch": epoch,
-                "global_step": 10 * epoch}, path)
+    torch.save({"state_dict": {"w": torch.ones(1000)}, "loops": {}, "optimizer_states": [],
+                "epoch": epoch, "global_step": 10 * epoch}, path)
 
 
 def test_resume_skips_a_truncated_last_checkpoint(tmp_path: Path) -> None:
@@ -263,7 +271,8 @@ def test_no_readable_checkpoint_stops_with_a_message(tmp_path: Path, damage: str
         find_resume_point(tmp_path, True)
     message = str(err.value)
     assert "\n" not in message
-    assert "checkpoints/last.ckpt" in message and "resume=fresh" in message and "hydra.run.dir" in message
+    assert ("checkpoints/last.ckpt" in message and "resume=fresh" in message
+            and "hydra.run.dir" in message)
     assert find_resume_point(tmp_path, "fresh").checkpoint is None  # the user said so: start over
     assert find_resume_point(tmp_path, False).checkpoint is None
 
@@ -281,15 +290,19 @@ def _rerun(run: Path, *overrides: str, env: dict[str, str] | None = None, timeou
 @pytest.mark.parametrize(
     ("override", "needles"),
     [
-        ("model.embed_dim=48", ("checkpoints/last.ckpt does not fit the model", "net.cls_token", "hydra.run.dir=")),
+        ("model.embed_dim=48",
+         ("checkpoints/last.ckpt does not fit the model", "net.cls_token", "hydra.run.dir=")),
         ("optimizer.lr=-1", ("optimizer.lr must be > 0",)),
-        ("resume=false", ("already holds checkpoints", "best.ckpt", "hydra.run.dir=", "resume=true")),
+        ("resume=false",
+         ("already holds checkpoints", "best.ckpt", "hydra.run.dir=", "resume=true")),
     ],
 )
-def test_refused_rerun_changes_nothing_in_a_finished_run(run_copy: Path, override: str, needles: tuple[str, ...]) -> None:
+def test_refused_rerun_changes_nothing_in_a_finished_run(run_copy: Path, override: str,
+                                                         needles: tuple[str, ...]) -> None:
     before = _digest(run_copy, skip=HYDRA_OWN)
     _fails_cleanly(_rerun(run_copy, override), *needles)
-    assert _digest(run_copy, skip=HYDRA_OWN) == before  # config.yaml, checkpoints, metrics, jobs, attempts/
+    # config.yaml, checkpoints, metrics, jobs, attempts/
+    assert _digest(run_copy, skip=HYDRA_OWN) == before
     assert not (run_copy / "error.txt").exists()  # the finished run is not marked failed
     # Hydra rewrote .hydra/ for the refused launch; the finished attempt's record is in attempts/
     assert override in (run_copy / ".hydra" / "overrides.yaml").read_text()
@@ -345,14 +358,18 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path: Path) -> None:
     site.mkdir()
     (site / "sitecustomize.py").write_text(FAULT_INJECTOR)
     run = tmp_path / "run"
-    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    env = {"PYTHONPATH": os.pathsep.join([str(site),
+                                          os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "XAI_FAULT_DIR": str(run), "XAI_FAULT_GLOB": "*last.ckpt*", "XAI_FAULT_SKIP": "1",
            "XAI_FAULT_BYTES": "100000"}
-    proc = run_cli(["xai_bench.train", *TINY, f"hydra.run.dir={run}"], cwd=tmp_path, timeout=600, env=env)
-    line = _fails_cleanly(proc, "disk full while writing last.ckpt in", str(run / "checkpoints"), "free of")
+    proc = run_cli(["xai_bench.train", *TINY, f"hydra.run.dir={run}"], cwd=tmp_path, timeout=600,
+                   env=env)
+    line = _fails_cleanly(proc, "disk full while writing last.ckpt in", str(run / "checkpoints"),
+                          "free of")
     assert "run the same command again" in line
     checkpoints = run / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary file
+    # no temporary file
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
     state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 0  # epoch 1's, whole
     assert not (run / "metrics.json").exists()
@@ -362,7 +379,8 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path: Path) -> None:
     proc = run_cli(["xai_bench.train", *TINY, f"hydra.run.dir={run}"], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     metrics = TrainingRecord.read(run)
-    assert metrics.resumed_from["checkpoint"].endswith("last.ckpt") and metrics.resumed_from["epoch"] == 0
+    assert (metrics.resumed_from["checkpoint"].endswith("last.ckpt")
+            and metrics.resumed_from["epoch"] == 0)
     assert metrics.epochs_trained == 2 and not error.exists()
 
 
@@ -376,7 +394,8 @@ def test_truncated_last_checkpoint_falls_back_to_best(run_copy: Path) -> None:
     jobs = read_attempts(run_copy)
     assert jobs[-1]["resumed_from"]["checkpoint"].endswith("checkpoints/best.ckpt")
     assert "last.ckpt" in jobs[-1]["skipped_checkpoints"]
-    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= 2  # saved anew, whole
+    # saved anew, whole
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] >= 2
     assert sorted(p.name for p in last.parent.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
@@ -387,7 +406,8 @@ def test_no_readable_checkpoint_stops_then_starts_over_when_asked(run_copy: Path
         ckpt.write_bytes(ckpt.read_bytes()[:5000])
     damaged = {p.name: p.read_bytes() for p in checkpoints.iterdir()}
     before = _digest(run_copy, skip=HYDRA_OWN)
-    _fails_cleanly(_rerun(run_copy), "checkpoints/last.ckpt is unreadable", "resume=fresh", "hydra.run.dir=")
+    _fails_cleanly(_rerun(run_copy), "checkpoints/last.ckpt is unreadable", "resume=fresh",
+                   "hydra.run.dir=")
     assert _digest(run_copy, skip=HYDRA_OWN) == before
 
     proc = _rerun(run_copy, "resume=fresh")
@@ -395,6 +415,7 @@ def test_no_readable_checkpoint_stops_then_starts_over_when_asked(run_copy: Path
     kept = run_copy / "attempts" / "checkpoints.1"
     assert {p.name: p.read_bytes() for p in kept.iterdir()} == damaged  # moved aside, not deleted
     assert (run_copy / "attempts" / "metrics.1.json").is_file()
-    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu",
+                      weights_only=True)["epoch"] == 1
     assert TrainingRecord.read(run_copy).resumed_from is None
 

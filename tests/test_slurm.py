@@ -29,10 +29,12 @@ LAUNCH_TIMEOUT_S = 420
 
 def _cluster_problem() -> str | None:
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        return "SLURM is not installed (sudo bash scripts/slurm_local_cluster.sh start installs and starts it)"
+        return ("SLURM is not installed (sudo bash scripts/slurm_local_cluster.sh start "
+                "installs and starts it)")
     probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
     if probe.returncode != 0 or not probe.stdout.strip():
-        return f"no SLURM cluster answers ({probe.stderr.strip()[:200]}); start one: sudo bash scripts/slurm_local_cluster.sh start"
+        return (f"no SLURM cluster answers ({probe.stderr.strip()[:200]}); "
+                "start one: sudo bash scripts/slurm_local_cluster.sh start")
     if not any(state.startswith(("idle", "mixed", "alloc")) for state in probe.stdout.split()):
         return f"the SLURM node is not usable (state {probe.stdout.split()})"
     return None
@@ -57,15 +59,18 @@ def _sweep_args(log_dir: Path, *overrides: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1"}
 
 
 def _run_folders(log_dir: Path) -> list[Path]:
-    return sorted(p for p in log_dir.glob("train/multiruns/*/*/*") if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in log_dir.glob("train/multiruns/*/*/*")
+                  if p.is_dir() and not p.name.startswith("."))
 
 
 def _job_state(job_id: str) -> str:
-    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True,
+                         timeout=30).stdout
     for field in out.split():
         if field.startswith("JobState="):
             return field.removeprefix("JobState=")
@@ -90,7 +95,8 @@ def _cancel(job_ids: list[str]) -> None:
 
 def test_sweep_runs_each_job_through_slurm(slurm, tmp_path: Path) -> None:
     proc = subprocess.run(
-        _sweep_args(tmp_path, "seed=1,2"), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
+        _sweep_args(tmp_path, "seed=1,2"), cwd=REPO_ROOT, env=_env(), capture_output=True,
+        text=True, timeout=LAUNCH_TIMEOUT_S
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = _run_folders(tmp_path)
@@ -105,7 +111,8 @@ def test_sweep_runs_each_job_through_slurm(slurm, tmp_path: Path) -> None:
         metrics = TrainingRecord.read(run)
         assert metrics.slurm_job["job_id"] == job["job_id"]
         assert metrics.epochs_trained == 2 and metrics.resumed_from is None
-        assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+        assert ((run / "checkpoints" / "best.ckpt").is_file()
+                and (run / "checkpoints" / "last.ckpt").is_file())
         # SLURM itself knows the job, and it ran to completion
         assert _final_state(job["job_id"]) == "COMPLETED"
         (wandb_dir,) = offline_run_dirs(run)
@@ -123,7 +130,8 @@ def test_sweep_runs_each_job_through_slurm(slurm, tmp_path: Path) -> None:
 def test_ddp_job_gets_one_slurm_task_per_device(slurm, tmp_path: Path) -> None:
     # launcher: tasks_per_node = trainer.devices; Lightning's SLURM environment joins the tasks
     proc = subprocess.run(
-        _sweep_args(tmp_path, "seed=5", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"),
+        _sweep_args(tmp_path, "seed=5", "trainer=ddp", "trainer.accelerator=cpu",
+                    "trainer.devices=2"),
         cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -143,7 +151,8 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen):
         if value:
             return value
         if proc.poll() is not None:
-            raise AssertionError(f"the launcher exited ({proc.returncode}) while waiting for {what}")
+            raise AssertionError(
+                f"the launcher exited ({proc.returncode}) while waiting for {what}")
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
@@ -152,13 +161,16 @@ def test_interrupted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_
     max_epochs = 5
     log = (tmp_path / "launcher.log").open("w")
     proc = subprocess.Popen(
-        _sweep_args(tmp_path, "seed=3", f"trainer.max_epochs={max_epochs}", "trainer.limit_train_batches=40"),
+        _sweep_args(tmp_path, "seed=3", f"trainer.max_epochs={max_epochs}",
+                    "trainer.limit_train_batches=40"),
         cwd=REPO_ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     job_ids: list[str] = []
     try:
-        last = _wait_for(lambda: next(iter(tmp_path.glob("train/multiruns/*/*/0_*/checkpoints/last.ckpt")), None),
-                         240, "the first epoch's last.ckpt", proc)
+        last = _wait_for(
+            lambda: next(iter(tmp_path.glob("train/multiruns/*/*/0_*/checkpoints/last.ckpt")),
+                         None),
+            240, "the first epoch's last.ckpt", proc)
         run = last.parent.parent
         job_id = read_attempts(run)[0]["slurm"]["job_id"]
         job_ids.append(job_id)
@@ -166,7 +178,8 @@ def test_interrupted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_
         # call and requeues the job, which runs again in the same run folder
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
         _wait_for(lambda: len(read_attempts(run)) == 2, 240, "the requeued attempt", proc)
-        assert proc.wait(timeout=LAUNCH_TIMEOUT_S) == 0, (tmp_path / "launcher.log").read_text()[-3000:]
+        assert proc.wait(timeout=LAUNCH_TIMEOUT_S) == 0, (
+            (tmp_path / "launcher.log").read_text()[-3000:])
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -43,7 +43,8 @@ def test_fifty_masks_per_study_dataset_in_the_input_frame() -> None:
             with Image.open(file) as image:
                 assert image.size == (224, 224), file
     assert sum(" " in f.name for f in study_rois.masks("cp_child")) == 50  # "1 (10).png"
-    empty = [f.stem for f in study_rois.masks("mura") if not (np.asarray(Image.open(f).convert("L")) > 0).any()]
+    empty = [f.stem for f in study_rois.masks("mura")
+             if not (np.asarray(Image.open(f).convert("L")) > 0).any()]
     assert empty == ["patient11213_study1_positive_image2", "patient11261_study1_positive_image1"]
 
 
@@ -68,7 +69,8 @@ def test_the_four_study_prepare_scripts_attach_the_study_rois_by_default(
     module = STUDY_MODULES[dataset]
     seen: dict[str, common.PrepareConfig] = {}
     monkeypatch.setattr(module, "records", lambda *args, **kwargs: [])
-    monkeypatch.setattr(module, "prepare_dataset", lambda recs, cfg, *rest: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(module, "prepare_dataset",
+                        lambda recs, cfg, *rest: seen.setdefault("cfg", cfg))
     prepare_cli.run([dataset, "--raw", str(tmp_path), "--out", str(tmp_path / "out")])
     assert seen.pop("cfg").rois == study_rois.path(dataset)
     prepare_cli.run([dataset, "--raw", str(tmp_path), "--out", str(tmp_path / "out"), "--rois",
@@ -87,7 +89,8 @@ def _kvasir_raw(root: Path) -> Path:
             path = raw / cls / f"{cls[:3]}{i}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(path)
-    Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(raw / "esophagitis" / f"{KVASIR_STEM}.jpg")
+    Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(
+        raw / "esophagitis" / f"{KVASIR_STEM}.jpg")
     return raw
 
 
@@ -115,8 +118,10 @@ def test_rois_study_for_a_dataset_without_study_masks_is_refused(tmp_path: Path,
 def test_nothing_in_the_project_refers_to_the_development_folder() -> None:
     needles = ("../" + "shared", "seed" + "_rois", "/work/" + "shared")
     roots = [REPO_ROOT / d for d in ("xai_bench", "conf", "scripts", "tests", "docs")]
-    files = [p for r in roots if r.is_dir() for p in r.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    files += [REPO_ROOT / n for n in ("README.md", "Makefile", "pyproject.toml") if (REPO_ROOT / n).is_file()]
+    files = [p for r in roots if r.is_dir() for p in r.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]
+    files += [REPO_ROOT / n for n in ("README.md", "Makefile", "pyproject.toml")
+              if (REPO_ROOT / n).is_file()]
     hits = []
     for path in files:
         try:
@@ -129,15 +134,17 @@ def test_nothing_in_the_project_refers_to_the_development_folder() -> None:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """xai_bench as a user installs it: a wheel built from this checkout, unpacked (no repository)."""
+    """xai_bench as a user installs it: a wheel built from this checkout, unpacked (no
+    repository)."""
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "source"  # a copy, so the build leaves nothing in the checkout
     shutil.copytree(REPO_ROOT / "xai_bench", source / "xai_bench",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO_ROOT / name, source / name)
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                           "--no-build-isolation", "-q", "-w", str(tmp / "dist"), str(source)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     (wheel,) = (tmp / "dist").glob("xai_bench-*.whl")
     with zipfile.ZipFile(wheel) as archive:
@@ -145,7 +152,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "site"
 
 
-def test_an_installed_package_outside_the_repository_finds_all_200_masks(installed: Path, tmp_path: Path) -> None:
+def test_an_installed_package_outside_the_repository_finds_all_200_masks(installed: Path,
+                                                                         tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import json, sys
         from pathlib import Path
@@ -164,10 +172,10 @@ def test_an_installed_package_outside_the_repository_finds_all_200_masks(install
         report = run(["kvasir", "--raw", "raw", "--out", "out", "--resize", "none"])
         print(json.dumps({{"counts": counts, "spaces": str(study_rois.masks("cp_child")[0].name),
                           "attached": report.rois["attached"]}}))
-    """)
+    """)  # noqa: E501 (the script's assert line)
     env = {"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["counts"] == {"cp_child": 50, "duke": 50, "kvasir": 50, "mura": 50}
@@ -175,4 +183,5 @@ def test_an_installed_package_outside_the_repository_finds_all_200_masks(install
     with zipfile.ZipFile(next((installed.parent / "dist").glob("*.whl"))) as archive:
         names = [n for n in archive.namelist() if n.startswith("xai_bench/data/study_rois/")]
     assert len([n for n in names if n.endswith(".png")]) == 200
-    assert {"xai_bench/data/study_rois/README.md", "xai_bench/data/study_rois/LICENSE"} <= set(names)
+    assert ({"xai_bench/data/study_rois/README.md", "xai_bench/data/study_rois/LICENSE"}
+            <= set(names))

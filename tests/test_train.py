@@ -20,7 +20,8 @@ TINY = ["debug=tiny", "dataset.num_train=128", "dataset.num_val=64", "dataset.nu
 
 def _train(tmp_path: Path, *overrides: str, run_dir: str = "run", timeout: float = 600):
     out = tmp_path / run_dir
-    proc = run_cli(["xai_bench.train", *TINY, f"hydra.run.dir={out}", *overrides], cwd=tmp_path, timeout=timeout)
+    proc = run_cli(["xai_bench.train", *TINY, f"hydra.run.dir={out}", *overrides], cwd=tmp_path,
+                   timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out, proc
 
@@ -29,7 +30,8 @@ def _train(tmp_path: Path, *overrides: str, run_dir: str = "run", timeout: float
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny run with both loggers: W&B offline and CSV (the CSV cross-checks best_epoch)."""
     tmp = tmp_path_factory.mktemp("train")
-    out, _ = _train(tmp, "trainer.max_epochs=3", "trainer.limit_val_batches=1.0", "logger=wandb_csv")
+    out, _ = _train(tmp, "trainer.max_epochs=3", "trainer.limit_val_batches=1.0",
+                    "logger=wandb_csv")
     return out
 
 
@@ -87,20 +89,24 @@ def test_resume_from_last_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
 
 def test_local_multirun_gives_separate_folders_and_wandb_runs(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_cli(["xai_bench.train", "-m", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    proc = run_cli(["xai_bench.train", "-m", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}"],
+                   cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert [p.name for p in jobs] == ["0_synthetic-random-adamw-s0", "1_synthetic-random-adamw-s1"]
     runs = [read_offline_run(d) for d in offline_run_dirs(sweep)]
     assert len(runs) == 2 and runs[0].run_id != runs[1].run_id
-    assert sorted(r.name for r in runs) == ["synthetic-random-adamw-s0", "synthetic-random-adamw-s1"]
+    assert sorted(r.name for r in runs) == ["synthetic-random-adamw-s0",
+                                            "synthetic-random-adamw-s1"]
     for job, run in zip(jobs, sorted(runs, key=lambda r: r.name), strict=True):
-        assert offline_run_dirs(job)[0].name.endswith(run.run_id)  # each job's run in its own folder
+        # each job's run in its own folder
+        assert offline_run_dirs(job)[0].name.endswith(run.run_id)
         assert run.metric("test/acc")  # each run finished with its own test metrics
 
 
 def test_ddp_two_cpu_processes_log_once(tmp_path: Path) -> None:
-    out, proc = _train(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", timeout=900)
+    out, proc = _train(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                       timeout=900)
     metrics = TrainingRecord.read(out)
     assert metrics.world_size == 2
     runs = offline_run_dirs(out)
@@ -114,7 +120,8 @@ def test_same_seed_same_result(tmp_path: Path) -> None:
     """Seeds are set everywhere (weights, shuffling, augmentation workers): reruns match."""
     results = []
     for name in ("a", "b"):
-        out, _ = _train(tmp_path, "seed=7", "trainer.max_epochs=1", "logger=none", "dataset.num_workers=2", run_dir=name)
+        out, _ = _train(tmp_path, "seed=7", "trainer.max_epochs=1", "logger=none",
+                        "dataset.num_workers=2", run_dir=name)
         results.append(TrainingRecord.read(out))
     assert results[0].val == results[1].val
     assert results[0].test == results[1].test
@@ -137,7 +144,8 @@ def test_bf16_mixed_precision_on_cpu(tmp_path: Path) -> None:
     bf16, fp32 = runs["bf16-mixed"], runs["32-true"]
     for split in ("val", "test"):
         for name in ("loss", "acc", "balanced_acc", "f1_macro", "auroc"):
-            value = getattr(bf16, split)[name]  # null (a NaN written to JSON) or a non-number fails here
+            # null (a NaN written to JSON) or a non-number fails here
+            value = getattr(bf16, split)[name]
             is_number = isinstance(value, int | float) and not isinstance(value, bool)
             assert is_number and math.isfinite(value), (split, name, value)
         pair = (split, getattr(bf16, split), getattr(fp32, split))

@@ -1,4 +1,5 @@
-"""Explain a trained classifier and score the maps: `python -m xai_bench.evaluate ckpt=... method=chefer`.
+"""Explain a trained classifier and score the maps:
+`python -m xai_bench.evaluate ckpt=... method=chefer`.
 
 Thin entry point: Hydra composes conf/evaluate.yaml; the model and the data are rebuilt from the
 training run's config.yaml, the weights come from the checkpoint (read with weights_only=True),
@@ -47,7 +48,8 @@ register_resolvers()  # before Hydra composes conf/ (${xai.*}, ${run:*})
 RUN_SECTIONS = ("dataset", "init", "model")
 
 
-def load_network(model_cfg: DictConfig, checkpoint: Path, state: dict[str, Any] | None = None) -> nn.Module:
+def load_network(model_cfg: DictConfig, checkpoint: Path,
+                 state: dict[str, Any] | None = None) -> nn.Module:
     """Rebuild the trained network from its config (no pretrained weights: the checkpoint
     overwrites every parameter) and load the checkpoint's weights strictly. `state`: the
     checkpoint already read (safely); read here when not given. The config comes from a run
@@ -76,8 +78,9 @@ def _datamodule(cfg: DictConfig, run_cfg: DictConfig) -> pl.LightningDataModule:
 
 
 def _methods(cfg: DictConfig) -> dict[str, Any]:
-    """The configured method, then the baselines with their default settings (conf/method/<name>.yaml
-    defaults), so a baseline scores the same in every run and as method=<name> itself."""
+    """The configured method, then the baselines with their default settings
+    (conf/method/<name>.yaml defaults), so a baseline scores the same in every run and as
+    method=<name> itself."""
     methods = {str(cfg.method.name): hydra.utils.instantiate(cfg.method)}
     for name in cfg.get("baselines") or []:
         methods.setdefault(str(name), build_method(str(name)))
@@ -88,18 +91,21 @@ def _table_cell(value: Any) -> Any:
     return None if value == "" else value  # W&B tables type-check columns: a gap is None
 
 
-def _log_to_loggers(loggers: list, summary: EvaluationSummary, rows: list[dict[str, Any]], overlay_dir: Path) -> None:
+def _log_to_loggers(loggers: list, summary: EvaluationSummary, rows: list[dict[str, Any]],
+                    overlay_dir: Path) -> None:
     scalars = flat_scalars(summary.to_dict())
     for logger in loggers:
         logger.log_metrics(scalars)
         if hasattr(logger, "log_table") and rows:
             columns = list(dict.fromkeys(k for row in rows for k in row))
-            logger.log_table(key="eval/per_image", columns=columns, data=[[_table_cell(row.get(c)) for c in columns] for row in rows])
+            logger.log_table(key="eval/per_image", columns=columns,
+                             data=[[_table_cell(row.get(c)) for c in columns] for row in rows])
         if hasattr(logger, "log_image"):
             for method_dir in sorted(p for p in overlay_dir.glob("*") if p.is_dir()):
                 images = sorted(method_dir.glob("*.png"))
                 if images:
-                    logger.log_image(key=f"eval/overlays/{method_dir.name}", images=[str(p) for p in images],
+                    logger.log_image(key=f"eval/overlays/{method_dir.name}",
+                                     images=[str(p) for p in images],
                                      caption=[p.stem for p in images])
 
 
@@ -119,18 +125,22 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Explain the split with the method and the baselines, score, write the run folder."""
     run_cfg = training_config(cfg)  # clear errors for a missing ckpt / config before anything else
     checkpoint = resolve_checkpoint(cfg.ckpt)
-    with open_dict(cfg):  # the training run's sections as real nodes (loggers interpolate into them)
+    # the training run's sections as real nodes (loggers interpolate into them)
+    with open_dict(cfg):
         for section in RUN_SECTIONS:
             cfg[section] = run_cfg[section]
     if cfg.get("print_config", True):
         print_config_tree(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    check_precision(str(cfg.trainer.get("precision", "32-true")))  # half weights: refused before any file
+    # half weights: refused before any file
+    check_precision(str(cfg.trainer.get("precision", "32-true")))
 
     datamodule = _datamodule(cfg, run_cfg)
-    net = load_network(run_cfg.model, checkpoint, load_checkpoint_safely(checkpoint))  # read once, safely
+    # read once, safely
+    net = load_network(run_cfg.model, checkpoint, load_checkpoint_safely(checkpoint))
     methods = _methods(cfg)
-    metrics = {str(key): hydra.utils.instantiate(node) for key, node in (cfg.get("metric") or {}).items()}
+    metrics = {str(key): hydra.utils.instantiate(node)
+               for key, node in (cfg.get("metric") or {}).items()}
     loader = datamodule.eval_dataloader(cfg.split, cfg.get("max_images"))
     ids = list(getattr(loader.dataset, "indices", range(len(loader.dataset))))
     output_dir = Path(cfg.paths.output_dir)
@@ -141,14 +151,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     module = ExplanationEvaluator(
         net, methods, metrics, num_classes=int(run_cfg.dataset.num_classes), mean=mean, std=std,
-        overlay_ids=ids[: int(cfg.get("overlays") or 0)], overlay_dir=output_dir / "overlays", image_names=image_name,
-        multilabel=bool(run_cfg.dataset.get("multilabel", False)), allow_tf32=bool(cfg.get("allow_tf32", False)),
+        overlay_ids=ids[: int(cfg.get("overlays") or 0)], overlay_dir=output_dir / "overlays",
+        image_names=image_name, multilabel=bool(run_cfg.dataset.get("multilabel", False)),
+        allow_tf32=bool(cfg.get("allow_tf32", False)),
     )
-    if cfg.split != "roi" and module.requires_mask and not any(getattr(loader.dataset, "has_mask", [True])):
-        raise ConfigError(f"the localisation metrics need ROI masks, and split={cfg.split} has none: use split=roi.")
+    if (cfg.split != "roi" and module.requires_mask
+            and not any(getattr(loader.dataset, "has_mask", [True]))):
+        raise ConfigError(f"the localisation metrics need ROI masks, and split={cfg.split} has "
+                          "none: use split=roi.")
     loggers = instantiate_loggers(cfg.get("logger"))
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
+    trainer: pl.Trainer = instantiate_node(cfg.trainer, "trainer", logger=loggers or False,
+                                           callbacks=callbacks)
     config = resolved_config(cfg)
     if trainer.is_global_zero:
         start_loggers(loggers)  # a W&B failure (no API key) stops here, before any file is written
@@ -161,7 +175,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     boot = cfg.bootstrap
     summary = EvaluationSummary.from_dict(
         summarise(module.results, {m: module.metric_objects(m) for m in methods},
-                  int(run_cfg.dataset.num_classes), int(boot.samples), float(boot.level), int(boot.seed))
+                  int(run_cfg.dataset.num_classes), int(boot.samples), float(boot.level),
+                  int(boot.seed))
     )
     summary.checkpoint = str(checkpoint.resolve())
     summary.training_run = str(run_of(checkpoint.resolve()))
@@ -181,9 +196,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if all_nan:  # every rank holds the same gathered summary: all stop here
         raise XaiBenchError(
             f"every map of {', '.join(all_nan)} is NaN ({summary.images} images), so its scores "
-            f"are meaningless: no metrics.json was written (per_image.csv in {output_dir} has the rows, "
-            "nan_map=1). A diverged training run has NaN weights (check the training run's metrics.json "
-            "and train.log); otherwise check the method's settings (method.*)."
+            f"are meaningless: no metrics.json was written (per_image.csv in {output_dir} has the "
+            "rows, nan_map=1). A diverged training run has NaN weights (check the training run's "
+            "metrics.json and train.log); otherwise check the method's settings (method.*)."
         )
     return summary.to_dict()
 
@@ -197,7 +212,8 @@ def nan_map_methods(summary: EvaluationSummary) -> list[str]:
         if images and nan_maps == images:
             failed.append(method)
         elif nan_maps:
-            log.warning("%d of %d maps of %s are NaN: its scores leave those images out", nan_maps, images, method)
+            log.warning("%d of %d maps of %s are NaN: its scores leave those images out",
+                        nan_maps, images, method)
     return failed
 
 

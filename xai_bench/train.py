@@ -95,11 +95,12 @@ def _resume_point(cfg: DictConfig, output_dir: Path) -> ResumePoint:
     point = find_resume_point(output_dir, cfg.get("resume"))
     explicit = cfg.get("ckpt_path")
     if explicit and not Path(str(explicit)).expanduser().is_file():
-        raise XaiBenchError(f"ckpt_path={explicit}: no such file. Pass a checkpoint of a training run "
-                            "(<run>/checkpoints/last.ckpt), or leave ckpt_path unset.")
+        raise XaiBenchError(f"ckpt_path={explicit}: no such file. Pass a checkpoint of a "
+                            "training run (<run>/checkpoints/last.ckpt), or leave ckpt_path unset.")
     if point.checkpoint is not None:
         if explicit:
-            log.info("continuing this run folder's own %s (ckpt_path=%s was where it started)", point.checkpoint, explicit)
+            log.info("continuing this run folder's own %s (ckpt_path=%s was where it started)",
+                     point.checkpoint, explicit)
         return point
     if not explicit:
         return point
@@ -108,8 +109,9 @@ def _resume_point(cfg: DictConfig, output_dir: Path) -> ResumePoint:
     missing = [key for key in RESUMABLE_KEYS if key not in state]
     if missing:
         raise XaiBenchError(
-            f"ckpt_path={explicit} is not a full training checkpoint (no {', '.join(missing)}), so training "
-            f"cannot continue from it: to start from its weights, use init_from={explicit}."
+            f"ckpt_path={explicit} is not a full training checkpoint (no {', '.join(missing)}), so "
+            f"training cannot continue from it: to start from its weights, "
+            f"use init_from={explicit}."
         )
     return ResumePoint(checkpoint=path, state=state, skipped=point.skipped)
 
@@ -119,19 +121,21 @@ def _check_resume_fits(module: pl.LightningModule, point: ResumePoint, output_di
     strict load would fail only after the config was written (a size-mismatch traceback)."""
     assert point.state is not None
     problem = state_dict_mismatch(
-        module.state_dict(), point.state.get("state_dict", {}), check_keys=getattr(module, "strict_loading", True)
+        module.state_dict(), point.state.get("state_dict", {}),
+        check_keys=getattr(module, "strict_loading", True)
     )
     if problem is None:
         return
     own = point.checkpoint is not None and point.checkpoint.parent == output_dir / CHECKPOINT_DIR
     if own:
         fix = (
-            f"this run folder holds a run with other model settings: continue it with the settings in its "
-            f"{CONFIG_FILE}, or train into a new folder (hydra.run.dir=...)"
+            f"this run folder holds a run with other model settings: continue it with the settings "
+            f"in its {CONFIG_FILE}, or train into a new folder (hydra.run.dir=...)"
         )
     else:
         fix = "pass a checkpoint of this model (or the model settings it was trained with)"
-    raise XaiBenchError(f"{point.checkpoint} does not fit the model this config builds ({problem}): {fix}.")
+    raise XaiBenchError(
+        f"{point.checkpoint} does not fit the model this config builds ({problem}): {fix}.")
 
 
 def _check_run_folder(cfg: DictConfig, output_dir: Path, point: ResumePoint) -> bool:
@@ -149,9 +153,9 @@ def _check_run_folder(cfg: DictConfig, output_dir: Path, point: ResumePoint) -> 
     why = f"ckpt_path={cfg.ckpt_path}" if point.checkpoint is not None else "resume=false"
     names = ", ".join(p.name for p in existing[:4])
     raise XaiBenchError(
-        f"{output_dir} already holds checkpoints of an earlier run ({names}) and this attempt would not "
-        f"continue from them ({why}): train into a new folder (hydra.run.dir=...), or continue this run "
-        "with resume=true."
+        f"{output_dir} already holds checkpoints of an earlier run ({names}) and this attempt "
+        f"would not continue from them ({why}): train into a new folder (hydra.run.dir=...), or "
+        "continue this run with resume=true."
     )
 
 
@@ -174,7 +178,8 @@ def _check_optimization(module: pl.LightningModule, cfg: DictConfig) -> None:
         return
     max_epochs = cfg.trainer.get("max_epochs")
     if scheduler_factory.interval == "epoch" and (max_epochs is None or int(max_epochs) < 1):
-        raise ConfigError("the cosine schedule needs a finite trainer.max_epochs (T_max = max epochs).")
+        raise ConfigError(
+            "the cosine schedule needs a finite trainer.max_epochs (T_max = max epochs).")
     scheduler_factory(optimizer=optimizer, total=max(int(max_epochs or 1), 1))
 
 

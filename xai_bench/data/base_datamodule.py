@@ -63,7 +63,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             names = tuple(f"class_{i}" for i in range(num_classes))
         if len(names) != num_classes:
             raise ConfigError(
-                f"dataset.class_names has {len(names)} names {list(names)} but num_classes={num_classes}."
+                f"dataset.class_names has {len(names)} names {list(names)} "
+                f"but num_classes={num_classes}."
             )
         self.name = str(name)
         self.num_classes = int(num_classes)
@@ -104,7 +105,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         nothing: consumers (ATCON's unsupervised steps) must not read them."""
         self._dataset("train")
         if self.unlabeled is None:
-            raise ConfigError("there is no unlabeled pool: set dataset.low_data.per_class or dataset.low_data.fraction.")
+            raise ConfigError("there is no unlabeled pool: set dataset.low_data.per_class "
+                              "or dataset.low_data.fraction.")
         return self._loader(self.unlabeled, shuffle=True)
 
     def _dataset(self, split: str) -> Dataset:
@@ -188,7 +190,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         labelled = self._loader(self.train_dataset, shuffle=True)
         if not self.pair_unlabeled:
             return labelled
-        return {"labelled": labelled, "unlabeled": self._loader(self.unlabeled_dataset(), shuffle=True, seed_offset=1)}
+        return {"labelled": labelled,
+                "unlabeled": self._loader(self.unlabeled_dataset(), shuffle=True, seed_offset=1)}
 
     def unlabeled_dataset(self) -> Dataset:
         """The low-data regime's unlabeled pool; without one (or an empty one: fraction 1.0), the
@@ -226,12 +229,14 @@ class ClassificationDataModule(pl.LightningDataModule):
             rows = np.flatnonzero(dataset.has_mask)  # type: ignore[attr-defined]
             if rows.size == 0:
                 raise DatasetNotFoundError(
-                    f"Dataset '{self.name}': no test image has a ROI mask (masks/<image stem>.png), so "
+                    f"Dataset '{self.name}': no test image has a ROI mask "
+                    "(masks/<image stem>.png), so "
                     "localisation cannot be evaluated; use split=test for the other metrics."
                 )
         if max_images is not None:
             if int(max_images) < 1:
-                raise ConfigError(f"max_images must be a positive integer or null; got {max_images!r}.")
+                raise ConfigError(
+                    f"max_images must be a positive integer or null; got {max_images!r}.")
             rows = rows[: int(max_images)]
         subset = dataset if rows.size == len(dataset) else Subset(dataset, rows.tolist())  # type: ignore[arg-type]
         return self._loader(subset, shuffle=False)

@@ -20,14 +20,17 @@ from xai_bench.utils.errors import XaiBenchError
 __all__ = ["BOX_COLUMNS", "ClassBox", "box_class_names", "box_union_mask", "read_class_boxes"]
 
 BOX_COLUMNS: tuple[str, ...] = ("image", "class", "x0", "y0", "x1", "y1")
-ClassBox = tuple[int, float, float, float, float]  # class, x0, y0, x1, y1 (exclusive), stored pixels
+# class, x0, y0, x1, y1 (exclusive), stored pixels
+ClassBox = tuple[int, float, float, float, float]
 
 
 def box_class_names(root: Path, class_names: Sequence[str] | None) -> tuple[str, ...]:
     """Names the class column may use: the config's, else prepare.json's (the prepare scripts
     write names, e.g. PASCAL VOC's "person", and a datamodule built without class_names only has
     placeholders class_0, class_1, ...)."""
-    generic = class_names is not None and list(class_names) == [f"class_{i}" for i in range(len(class_names))]
+    generic = class_names is not None and list(class_names) == [
+        f"class_{i}" for i in range(len(class_names))
+    ]
     if class_names is not None and not generic:  # the datamodule's placeholders name nothing
         return tuple(class_names)
     try:
@@ -37,7 +40,8 @@ def box_class_names(root: Path, class_names: Sequence[str] | None) -> tuple[str,
 
 
 def _box_class(text: str, names: Sequence[str], num_classes: int) -> int:
-    index = int(text) if text.lstrip("-").isdigit() else (names.index(text) if text in names else None)
+    index = (int(text) if text.lstrip("-").isdigit()
+             else (names.index(text) if text in names else None))
     if index is None or not 0 <= index < num_classes:
         known = f" or one of the class names {listing(list(names))}" if names else ""
         raise ValueError(f"class {text!r} is not a class index in 0..{num_classes - 1}{known}")
@@ -51,8 +55,9 @@ def _box_corners(row: Mapping[str, str]) -> tuple[float, float, float, float]:
     except ValueError:
         raise ValueError(f"coordinates {texts} are not all numbers") from None
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or not (x1 > x0 and y1 > y0):
-        raise ValueError(f"box x0={texts[0]}, y0={texts[1]}, x1={texts[2]}, y1={texts[3]} is empty or not "
-                         "finite (x1 > x0 and y1 > y0 are needed: x1, y1 are exclusive)")
+        raise ValueError(f"box x0={texts[0]}, y0={texts[1]}, x1={texts[2]}, y1={texts[3]} "
+                         "is empty or not finite "
+                         "(x1 > x0 and y1 > y0 are needed: x1, y1 are exclusive)")
     return x0, y0, x1, y1
 
 
@@ -70,8 +75,9 @@ def read_class_boxes(
         missing = [c for c in BOX_COLUMNS if c not in columns]
         if missing:
             raise XaiBenchError(
-                f"{path} lacks column(s) {missing}; found {columns}. boxes.csv needs columns image (as in "
-                "labels.csv), class (index or name), x0, y0, x1, y1 (x1, y1 exclusive, stored-image pixels)."
+                f"{path} lacks column(s) {missing}; found {columns}. "
+                "boxes.csv needs columns image (as in labels.csv), class (index or name), "
+                "x0, y0, x1, y1 (x1, y1 exclusive, stored-image pixels)."
             )
         reader.fieldnames = columns
         for raw in reader:

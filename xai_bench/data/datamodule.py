@@ -55,17 +55,20 @@ class SyntheticDataModule(ClassificationDataModule):
         pair_unlabeled: bool = False,
     ) -> None:
         if num_classes != 2:
-            raise ConfigError(f"the synthetic dataset is binary (normal vs lesion): num_classes must be 2, got {num_classes}.")
+            raise ConfigError("the synthetic dataset is binary (normal vs lesion): "
+                              f"num_classes must be 2, got {num_classes}.")
         check_positive(num_train=num_train, num_val=num_val, num_test=num_test)
         if isinstance(img_size, int) and img_size < 16:
-            raise ConfigError(f"dataset.img_size must be >= 16 px for the synthetic dataset; got {img_size}.")
+            raise ConfigError(
+                f"dataset.img_size must be >= 16 px for the synthetic dataset; got {img_size}.")
         if not isinstance(data_seed, int | np.integer) or data_seed < 0:
             raise ConfigError(f"dataset.data_seed must be an integer >= 0; got {data_seed!r}.")
         if not 0.0 <= float(positive_fraction) <= 1.0:
-            raise ConfigError(f"dataset.positive_fraction must lie in [0, 1]; got {positive_fraction}.")
+            raise ConfigError(
+                f"dataset.positive_fraction must lie in [0, 1]; got {positive_fraction}.")
         super().__init__(
-            name, num_classes, img_size, class_names, batch_size, num_workers, pin_memory, transforms, shuffle_seed,
-            low_data, pair_unlabeled,
+            name, num_classes, img_size, class_names, batch_size, num_workers, pin_memory,
+            transforms, shuffle_seed, low_data, pair_unlabeled,
         )
         parse_shortcut(shortcut, self.img_size)  # fail at construction, not in setup
         self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
@@ -116,8 +119,8 @@ class ImageTableDataModule(ClassificationDataModule):
         pair_unlabeled: bool = False,
     ) -> None:
         super().__init__(
-            name, num_classes, img_size, class_names, batch_size, num_workers, pin_memory, transforms, shuffle_seed,
-            low_data, pair_unlabeled,
+            name, num_classes, img_size, class_names, batch_size, num_workers, pin_memory,
+            transforms, shuffle_seed, low_data, pair_unlabeled,
         )
         self.multilabel = bool(multilabel)
         self.mask_size = mask_size
@@ -128,8 +131,9 @@ class ImageTableDataModule(ClassificationDataModule):
     def not_found_message(self) -> str:
         hint = f" {self.prepare_hint}" if self.prepare_hint else ""
         return (
-            f"Dataset '{self.name}' not found: {os.path.abspath(self.root)} does not exist (or has no "
-            f"labels.csv).{hint} Then point paths.data_dir at the folder that contains '{self.name}/', "
+            f"Dataset '{self.name}' not found: {os.path.abspath(self.root)} does not exist "
+            f"(or has no labels.csv).{hint} "
+            f"Then point paths.data_dir at the folder that contains '{self.name}/', "
             f"e.g. python -m xai_bench.train dataset={self.name} paths.data_dir=/data"
         )
 

@@ -106,7 +106,8 @@ def _read_image(path: Path) -> np.ndarray:
         return read_rgb(path)
     except Exception as err:  # PIL raises OSError, SyntaxError, zlib.error, ... for bad files
         raise XaiBenchError(
-            f"cannot read image {path}: {type(err).__name__}: {err}. Re-export it or drop its row from labels.csv."
+            f"cannot read image {path}: {type(err).__name__}: {err}. "
+            "Re-export it or drop its row from labels.csv."
         ) from err
 
 
@@ -132,18 +133,21 @@ class ImageTableDataset(Dataset):
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {list(SPLITS)}; got {split!r}.")
         if mask_size not in MASK_SIZE_POLICIES:
-            raise ConfigError(f"dataset.mask_size must be one of {list(MASK_SIZE_POLICIES)}; got {mask_size!r}.")
+            raise ConfigError(f"dataset.mask_size must be one of {list(MASK_SIZE_POLICIES)}; "
+                              f"got {mask_size!r}.")
         self.mask_size = mask_size
         self.root = Path(root)
         self.split = split
         self.transform = transform
         self.class_names = tuple(class_names) if class_names is not None else None
         num_classes = len(self.class_names) if self.class_names is not None else None
-        self.table = table if table is not None else read_label_table(self.root, num_classes, multilabel)
+        self.table = (table if table is not None
+                      else read_label_table(self.root, num_classes, multilabel))
         self.rows = self.table.rows(split)
         # input-frame ROIs describe the evaluation frame: training crops would misplace them
         self.use_rois = split != "train" and any(self.table.rois)
-        if not self.table.multilabel and num_classes is not None and self.table.labels.size and self.table.labels.max() >= num_classes:
+        if (not self.table.multilabel and num_classes is not None and self.table.labels.size
+                and self.table.labels.max() >= num_classes):
             raise ConfigError(
                 f"{self.root / 'labels.csv'} has label {int(self.table.labels.max())} but only "
                 f"{num_classes} class names are given: {list(self.class_names or ())}."
@@ -170,7 +174,8 @@ class ImageTableDataset(Dataset):
     @property
     def has_mask(self) -> np.ndarray:
         rois = self.table.rois if self.use_rois else (None,) * len(self.table.masks)
-        return np.array([self.table.masks[r] is not None or rois[r] is not None for r in self.rows], dtype=bool)
+        return np.array([self.table.masks[r] is not None or rois[r] is not None for r in self.rows],
+                        dtype=bool)
 
     @property
     def groups(self) -> list[str] | None:
@@ -198,8 +203,10 @@ class ImageTableDataset(Dataset):
         if roi_path is not None:
             mask_t = torch.from_numpy(read_mask(roi_path, out_h, out_w, self.mask_size))
         label = self.table.labels[row]
-        label_t = torch.from_numpy(label.astype(np.float32)) if self.table.multilabel else int(label)
-        sample = make_sample(image_t, mask_t, label_t, mask_path is not None or roi_path is not None, index)
+        label_t = (torch.from_numpy(label.astype(np.float32)) if self.table.multilabel
+                   else int(label))
+        sample = make_sample(image_t, mask_t, label_t,
+                             mask_path is not None or roi_path is not None, index)
         if self.class_boxes is not None:
             class_masks = torch.zeros((self.table.labels.shape[1], out_h, out_w), dtype=torch.uint8)
             for cls, class_mask in zip(present, class_t, strict=True):

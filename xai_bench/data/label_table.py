@@ -90,25 +90,28 @@ def _mask_index(root: Path, image_rel: Sequence[str], folder: str = "masks") -> 
             found.append(None)
     if ambiguous:
         raise DatasetNotFoundError(
-            f"{mask_dir}: masks {listing(sorted(set(ambiguous)))} match several images with the same file "
-            f"stem. Store such masks under {folder}/ mirroring the image paths "
+            f"{mask_dir}: masks {listing(sorted(set(ambiguous)))} match several images "
+            f"with the same file stem. Store such masks under {folder}/ mirroring the image paths "
             f"({folder}/<image path with .png suffix>)."
         )
     present_masks = [p for p in found if p is not None]
     outside = paths_outside(root, present_masks)
     if outside:
         names = [repr(present_masks[i].relative_to(root).as_posix()) for i in outside]
-        raise DatasetNotFoundError(_outside_message(f"{folder}/ files", mask_dir, root, names, len(present_masks)))
+        raise DatasetNotFoundError(
+            _outside_message(f"{folder}/ files", mask_dir, root, names, len(present_masks)))
     return found
 
 
-def _parse_labels(rows: list[dict[str, str]], csv_path: Path, num_classes: int | None, multilabel: bool) -> np.ndarray:
+def _parse_labels(rows: list[dict[str, str]], csv_path: Path, num_classes: int | None,
+                  multilabel: bool) -> np.ndarray:
     bad: list[str] = []
     parsed: list[list[int]] = []
     for i, row in enumerate(rows):
         text = row["label"]
         try:
-            values = [int(v) for v in text.split(";") if v.strip() != ""] if multilabel else [int(text)]
+            values = ([int(v) for v in text.split(";") if v.strip() != ""] if multilabel
+                      else [int(text)])
         except ValueError:
             values = []
         if not values and not (multilabel and text == ""):
@@ -121,10 +124,13 @@ def _parse_labels(rows: list[dict[str, str]], csv_path: Path, num_classes: int |
     upper = num_classes if num_classes is not None else np.iinfo(np.int64).max
     wrong = flat[(flat < 0) | (flat >= upper)]
     if wrong.size:
-        first = next(i for i, values in enumerate(parsed) if any(v < 0 or v >= upper for v in values))
-        allowed = f"0..{num_classes - 1} (num_classes={num_classes})" if num_classes is not None else ">= 0"
+        first = next(i for i, values in enumerate(parsed)
+                     if any(v < 0 or v >= upper for v in values))
+        allowed = (f"0..{num_classes - 1} (num_classes={num_classes})" if num_classes is not None
+                   else ">= 0")
         raise ConfigError(
-            f"{csv_path}: {int(wrong.size)} labels {sorted(set(wrong.tolist()))} lie outside {allowed}; "
+            f"{csv_path}: {int(wrong.size)} labels {sorted(set(wrong.tolist()))} "
+            f"lie outside {allowed}; "
             f"first at line {first + 2}."
         )
     if not multilabel:
@@ -137,7 +143,8 @@ def _parse_labels(rows: list[dict[str, str]], csv_path: Path, num_classes: int |
     return hot
 
 
-def read_label_table(root: str | Path, num_classes: int | None = None, multilabel: bool = False) -> LabelTable:
+def read_label_table(root: str | Path, num_classes: int | None = None,
+                     multilabel: bool = False) -> LabelTable:
     """Read and validate `root/labels.csv` once, reporting every problem of a kind in one error."""
     root = Path(root)
     csv_path = root / "labels.csv"
@@ -149,7 +156,8 @@ def read_label_table(root: str | Path, num_classes: int | None = None, multilabe
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
             raise DatasetNotFoundError(
-                f"{csv_path} lacks column(s) {missing}; found {columns}. The canonical layout needs "
+                f"{csv_path} lacks column(s) {missing}; found {columns}. "
+                "The canonical layout needs "
                 "columns image (path relative to the folder), label (int), split (train|val|test), "
                 "optionally group."
             )
@@ -172,16 +180,19 @@ def read_label_table(root: str | Path, num_classes: int | None = None, multilabe
     rel = [row["image"] for row in rows]
     empty = [i + 2 for i, r in enumerate(rel) if not r]
     if empty:
-        raise DatasetNotFoundError(f"{csv_path}: empty image path on lines {listing([str(i) for i in empty])}.")
+        raise DatasetNotFoundError(
+            f"{csv_path}: empty image path on lines {listing([str(i) for i in empty])}.")
     images = tuple(root / r for r in rel)
     outside = paths_outside(root, images)
     if outside:
         rows_out = [f"line {i + 2} {rel[i]!r}" for i in outside]
-        raise DatasetNotFoundError(_outside_message("image paths", csv_path, root, rows_out, len(rows)))
+        raise DatasetNotFoundError(
+            _outside_message("image paths", csv_path, root, rows_out, len(rows)))
     missing_files = [r for r, p in zip(rel, images, strict=True) if not p.is_file()]
     if missing_files:
         raise DatasetNotFoundError(
-            f"{csv_path}: {len(missing_files)} of {len(rows)} image files do not exist under {root}: "
+            f"{csv_path}: {len(missing_files)} of {len(rows)} image files "
+            f"do not exist under {root}: "
             f"{listing(missing_files)}."
         )
     groups = tuple(row.get("group", "") for row in rows) if "group" in columns else None

@@ -35,9 +35,11 @@ def check_low_data(spec: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if fraction is not None and not 0.0 < float(fraction) <= 1.0:
         raise ConfigError(f"dataset.low_data.fraction must lie in (0, 1]; got {fraction}.")
     if per_class is not None and (not isinstance(per_class, int | np.integer) or per_class < 1):
-        raise ConfigError(f"dataset.low_data.per_class must be a positive integer; got {per_class!r}.")
+        raise ConfigError(
+            f"dataset.low_data.per_class must be a positive integer; got {per_class!r}.")
     return {"fraction": None if fraction is None else float(fraction),
-            "per_class": None if per_class is None else int(per_class), "seed": int(spec.get("seed", 42))}
+            "per_class": None if per_class is None else int(per_class),
+            "seed": int(spec.get("seed", 42))}
 
 
 def low_data_rows(labels: np.ndarray, fraction: float | None = None, per_class: int | None = None,
@@ -49,8 +51,10 @@ def low_data_rows(labels: np.ndarray, fraction: float | None = None, per_class: 
     rows = np.arange(labels.shape[0])
     if labels.ndim == 2:
         if per_class is not None:
-            raise ConfigError("dataset.low_data.per_class needs a single-label dataset; use fraction.")
-        chosen = np.sort(rng.permutation(rows)[: max(1, int(round(float(fraction or 1.0) * rows.size)))])
+            raise ConfigError(
+                "dataset.low_data.per_class needs a single-label dataset; use fraction.")
+        chosen = np.sort(
+            rng.permutation(rows)[: max(1, int(round(float(fraction or 1.0) * rows.size)))])
     else:
         picks = []
         for cls in np.unique(labels):
@@ -58,7 +62,8 @@ def low_data_rows(labels: np.ndarray, fraction: float | None = None, per_class: 
             if per_class is not None:
                 if members.size < per_class:
                     raise ConfigError(
-                        f"dataset.low_data.per_class={per_class} but class {int(cls)} has {members.size} training images."
+                        f"dataset.low_data.per_class={per_class} but class {int(cls)} "
+                        f"has {members.size} training images."
                     )
                 picks.append(members[:per_class])
             else:

@@ -40,14 +40,16 @@ def read_mask(path: Path, height: int, width: int, policy: str = "resize") -> np
     if (h, w) != (height, width):
         if not _mask_fits((w, h), (width, height), policy):
             raise XaiBenchError(
-                f"mask {path} is {w}x{h} but its image is {width}x{height}: {_MASK_SIZE_FIX[policy]}"
+                f"mask {path} is {w}x{h} but its image is {width}x{height}: "
+                f"{_MASK_SIZE_FIX[policy]}"
             )
         mask = np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST))
     return mask
 
 
 _MASK_SIZE_FIX = {
-    "reject": "dataset.mask_size=reject refuses masks of another size; re-export them at their image's size, "
+    "reject": "dataset.mask_size=reject refuses masks of another size; "
+              "re-export them at their image's size, "
               "or set dataset.mask_size=resize to scale masks with nearest neighbours.",
     "resize": "masks must be in the image's frame (the same size, or the same aspect ratio, which "
               "dataset.mask_size=resize scales); re-export them in that frame.",
@@ -74,7 +76,8 @@ def check_mask_sizes(table: LabelTable, policy: str, eval_transform: Transform |
     image, rois/ (val/test images) against the network input that `eval_transform` makes of it.
     Same rule as when the masks are read (`policy`: resize | reject); one error lists them all."""
     if policy not in MASK_SIZE_POLICIES:
-        raise ConfigError(f"dataset.mask_size must be one of {list(MASK_SIZE_POLICIES)}; got {policy!r}.")
+        raise ConfigError(
+            f"dataset.mask_size must be one of {list(MASK_SIZE_POLICIES)}; got {policy!r}.")
     use_rois = any(table.rois)  # as ImageTableDataset: val/test images use rois/ when there are any
     input_frames: dict[tuple[int, int], tuple[int, int]] = {}
 
@@ -97,9 +100,11 @@ def check_mask_sizes(table: LabelTable, policy: str, eval_transform: Transform |
         try:
             image_size = _header_size(image_path)
         except Exception as err:  # PIL raises OSError, SyntaxError, ... for bad files
-            unreadable.append(f"{image_path.relative_to(table.root).as_posix()} ({type(err).__name__})")
+            unreadable.append(
+                f"{image_path.relative_to(table.root).as_posix()} ({type(err).__name__})")
             continue
-        path, frame, what = (mask, image_size, "image") if roi is None else (roi, input_frame(image_size), "input frame")
+        path, frame, what = ((mask, image_size, "image") if roi is None
+                             else (roi, input_frame(image_size), "input frame"))
         try:
             size = _header_size(path)
         except Exception as err:
@@ -111,11 +116,12 @@ def check_mask_sizes(table: LabelTable, policy: str, eval_transform: Transform |
                          f"({what} {frame[0]}x{frame[1]})")
     problems = []
     if wrong:
-        frames = " (rois/ masks are in the network-input frame, after the eval transform)" if roi_frames else ""
+        frames = (" (rois/ masks are in the network-input frame, after the eval transform)"
+                  if roi_frames else "")
         problems.append(f"{len(wrong)} ROI masks do not fit their image: {listing(wrong)}; "
                         f"{_MASK_SIZE_FIX[policy].rstrip('.')}{frames}")
     if unreadable:
-        problems.append(f"{len(unreadable)} files cannot be read: {listing(unreadable)}; re-export them or "
-                        "drop their rows / masks")
+        problems.append(f"{len(unreadable)} files cannot be read: {listing(unreadable)}; "
+                        "re-export them or drop their rows / masks")
     if problems:
         raise XaiBenchError(f"{table.root}: " + "; ".join(problems) + ".")

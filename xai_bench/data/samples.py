@@ -35,16 +35,19 @@ def _as_mask_tensor(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def apply_transform(
-    transform: Transform | None, image: np.ndarray, mask: np.ndarray, extra: Sequence[np.ndarray] = ()
+    transform: Transform | None, image: np.ndarray, mask: np.ndarray,
+    extra: Sequence[np.ndarray] = (),
 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Run image, mask and `extra` masks through ONE transform call, so random crops and flips
     agree; -> (float (3, H, W), uint8 mask (H, W[, C]), [uint8 (H, W)] per extra mask)."""
     if transform is None:
         transform = _normalize_only()
-    out = transform(image=image, mask=mask, masks=list(extra)) if len(extra) else transform(image=image, mask=mask)
+    out = (transform(image=image, mask=mask, masks=list(extra)) if len(extra)
+           else transform(image=image, mask=mask))
     img = out["image"]
     if isinstance(img, np.ndarray):  # the pipeline did not end with ToTensorV2
-        img = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1) if img.ndim == 3 else img[None]))
+        img = torch.from_numpy(
+            np.ascontiguousarray(img.transpose(2, 0, 1) if img.ndim == 3 else img[None]))
     if img.dtype == torch.uint8:  # no Normalize in the pipeline: at least give the model floats
         img = img.float().div_(255.0)
     extra_t = [_as_mask_tensor(m) for m in out["masks"]] if len(extra) else []
@@ -58,7 +61,8 @@ def make_sample(
     box = masks_to_boxes(mask.numpy()[None])[0]
     return {
         "image": image,
-        "label": label if isinstance(label, torch.Tensor) else torch.tensor(label, dtype=torch.int64),
+        "label": (label if isinstance(label, torch.Tensor)
+                  else torch.tensor(label, dtype=torch.int64)),
         "mask": mask,
         "has_mask": torch.tensor(has_mask, dtype=torch.bool),
         "box": torch.from_numpy(box),

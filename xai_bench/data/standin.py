@@ -38,7 +38,8 @@ def standin_datamodule(
     low_data: Mapping[str, Any] | None = None,
     **dataset_specific: Any,
 ) -> SyntheticDataModule:
-    """The synthetic data module under `name`; the real dataset's own keys (root, ...) are unused."""
+    """The synthetic data module under `name`; the real dataset's own keys (root, ...) are
+    unused."""
     if dataset_specific:
         log.debug("stand-in for %s ignores %s", name, sorted(dataset_specific))
     return SyntheticDataModule(

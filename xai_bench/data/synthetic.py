@@ -20,7 +20,8 @@ import numpy as np
 
 from xai_bench.utils.errors import ConfigError
 
-__all__ = ["ShortcutSpec", "SyntheticSamples", "generate_synthetic", "masks_to_boxes", "parse_shortcut"]
+__all__ = ["ShortcutSpec", "SyntheticSamples", "generate_synthetic", "masks_to_boxes",
+           "parse_shortcut"]
 
 # Smooth-noise fields: (name, grid nodes per side). Grid sizes are fixed, so one seed gives the
 # same scene at every resolution. Normals are consumed in this order (changing it changes data).
@@ -97,7 +98,8 @@ def parse_shortcut(shortcut: Mapping[str, Any] | None, img_size: int) -> Shortcu
     if shortcut is None:
         return None
     if not isinstance(shortcut, Mapping):
-        raise ConfigError(f"shortcut must be a mapping (enabled, strength, size, position); got {shortcut!r}.")
+        raise ConfigError(
+            f"shortcut must be a mapping (enabled, strength, size, position); got {shortcut!r}.")
     known = {"enabled", "strength", "size", "position"}
     unknown = sorted(str(k) for k in shortcut if k not in known)
     if unknown:
@@ -108,9 +110,11 @@ def parse_shortcut(shortcut: Mapping[str, Any] | None, img_size: int) -> Shortcu
     size = int(shortcut.get("size", 6))
     position = str(shortcut.get("position", "corner"))
     if not 0.0 <= strength <= 1.0:
-        raise ConfigError(f"shortcut.strength must lie in [0, 1] (P(marker | lesion)); got {strength}.")
+        raise ConfigError(
+            f"shortcut.strength must lie in [0, 1] (P(marker | lesion)); got {strength}.")
     if not 1 <= size <= img_size // 2:
-        raise ConfigError(f"shortcut.size must be between 1 and img_size/2 = {img_size // 2} px; got {size}.")
+        raise ConfigError(
+            f"shortcut.size must be between 1 and img_size/2 = {img_size // 2} px; got {size}.")
     if position not in _CORNERS:
         raise ConfigError(f"shortcut.position must be one of {list(_CORNERS)}; got {position!r}.")
     return ShortcutSpec(strength=strength, size=size, position=position)
@@ -202,7 +206,8 @@ class _Renderer:
         )
         tint = 0.07 * self.field(normals, "chroma")
         base = (0.81 + 0.04 * hue, 0.45 + 0.06 * hue, 0.41 - 0.06 * hue)
-        chans = [base[0] * lum * (1.0 + 0.3 * tint), base[1] * lum * (1.0 - tint), base[2] * lum * (1.0 - tint)]
+        chans = [base[0] * lum * (1.0 + 0.3 * tint), base[1] * lum * (1.0 - tint),
+                 base[2] * lum * (1.0 - tint)]
 
         # Vessels: thin lines along zero-contours of a mid-frequency field, gated into patches.
         vfield = (self.field(normals, "vessel0") + 0.5 * self.field(normals, "vessel1")) / 1.118
@@ -224,7 +229,8 @@ class _Renderer:
         for k in range(_N_DECOYS):
             on = (p(f"d{k}_on") < 0.45).astype(np.float32)
             radius = _lerp(p(f"d{k}_r"), 0.03, 0.06)
-            dist = np.sqrt((x - _lerp(p(f"d{k}_x"), 0.1, 0.9)) ** 2 + (y - _lerp(p(f"d{k}_y"), 0.1, 0.9)) ** 2)
+            dist = np.sqrt((x - _lerp(p(f"d{k}_x"), 0.1, 0.9)) ** 2
+                           + (y - _lerp(p(f"d{k}_y"), 0.1, 0.9)) ** 2)
             alpha = on * 0.4 * _sigmoid((1.0 - dist / radius) / 0.12)
             tone = p(f"d{k}_tone")
             colour = (0.93 - 0.1 * tone, 0.72 - 0.2 * tone, 0.68 - 0.18 * tone)
@@ -238,11 +244,14 @@ class _Renderer:
             img[pos], masks[pos] = self._lesion(img[pos], params[pos], normals[pos], bright[pos])
 
         # Endoscope light fall-off, then specular highlights and sensor noise.
-        r2 = ((x - 0.5 - _lerp(p("vig_x"), -0.06, 0.06)) ** 2 + (y - 0.5 - _lerp(p("vig_y"), -0.06, 0.06)) ** 2) / 0.25
+        r2 = ((x - 0.5 - _lerp(p("vig_x"), -0.06, 0.06)) ** 2
+              + (y - 0.5 - _lerp(p("vig_y"), -0.06, 0.06)) ** 2) / 0.25
         img *= np.clip(1.0 - _lerp(p("vig_str"), 0.15, 0.4) * r2, 0.1, 1.0)[..., None]
-        spec = np.clip((self.field(normals, "spec") - _lerp(p("spec_thr"), 2.3, 3.1)) * 4.0, 0.0, 1.0)[..., None]
+        spec = np.clip((self.field(normals, "spec") - _lerp(p("spec_thr"), 2.3, 3.1)) * 4.0,
+                       0.0, 1.0)[..., None]
         img = img * (1.0 - spec) + 0.98 * spec
-        img += (_PIXEL_NOISE * 2.0 * np.sqrt(3.0, dtype=np.float32)) * (noise - 0.5)[..., None]  # luminance grain
+        # luminance grain
+        img += (_PIXEL_NOISE * 2.0 * np.sqrt(3.0, dtype=np.float32)) * (noise - 0.5)[..., None]
         return np.clip(img, 0.0, 1.0), masks, labels
 
     def _lesion(
@@ -275,8 +284,10 @@ class _Renderer:
         dome = np.sqrt(np.clip(1.0 - rn * rn, 0.0, 1.0))
         light = _lerp(p("light_dir"), 0.0, 2 * np.pi)
         side = np.clip(u * np.cos(light) + v * np.sin(light), -1.0, 1.0)
-        shade = bright * (0.74 + 0.26 * dome + 0.16 * side) * (1.0 + _lerp(p("les_tex"), 0.12, 0.24) * texture)
-        colour = (_lerp(p("les_r"), 0.56, 0.68), _lerp(p("les_g"), 0.14, 0.22), _lerp(p("les_bl"), 0.15, 0.24))
+        shade = (bright * (0.74 + 0.26 * dome + 0.16 * side)
+                 * (1.0 + _lerp(p("les_tex"), 0.12, 0.24) * texture))
+        colour = (_lerp(p("les_r"), 0.56, 0.68), _lerp(p("les_g"), 0.14, 0.22),
+                  _lerp(p("les_bl"), 0.15, 0.24))
         for c, rim_k in enumerate((0.1, 0.35, 0.3)):
             ch = img[..., c] * (1.0 - rim_k * rim)
             img[..., c] = ch * (1.0 - alpha) + colour[c] * shade * alpha
@@ -316,7 +327,8 @@ def generate_synthetic(
         draws = [_draw(int(seed), i, size) for i in range(start, stop)]
         params = np.stack([d[0] for d in draws])
         img, mask, lab = renderer.render(
-            params, np.stack([d[1] for d in draws]), np.stack([d[2] for d in draws]), float(positive_fraction)
+            params, np.stack([d[1] for d in draws]), np.stack([d[2] for d in draws]),
+            float(positive_fraction),
         )
         images[start:stop] = (img * 255.0 + 0.5).astype(np.uint8)
         masks[start:stop] = mask

@@ -72,7 +72,8 @@ def _as_transform(value: Any, key: str) -> Any:
         value = hydra.utils.instantiate(value)
     if not callable(value):
         raise ConfigError(
-            f"transforms.{key} must be an albumentations Compose (or null for the default); got {type(value).__name__}."
+            f"transforms.{key} must be an albumentations Compose (or null for the default); "
+            f"got {type(value).__name__}."
         )
     return value
 
@@ -82,12 +83,14 @@ def resolve_transforms(transforms: Mapping[str, Any] | None, img_size: int) -> t
     if transforms is None:
         transforms = {}
     if not isinstance(transforms, Mapping):
-        raise ConfigError(f"transforms must be a mapping with keys train/eval; got {type(transforms).__name__}.")
+        raise ConfigError("transforms must be a mapping with keys train/eval; "
+                          f"got {type(transforms).__name__}.")
     unknown = sorted(str(k) for k in transforms if k not in ("train", "eval"))
     if unknown:
         raise ConfigError(f"transforms has unknown keys {unknown}; expected 'train' and/or 'eval'.")
     train, evaluation = transforms.get("train"), transforms.get("eval")
     return (
         default_train_transform(img_size) if train is None else _as_transform(train, "train"),
-        default_eval_transform(img_size) if evaluation is None else _as_transform(evaluation, "eval"),
+        default_eval_transform(img_size) if evaluation is None
+        else _as_transform(evaluation, "eval"),
     )

@@ -2,7 +2,8 @@
 registry that `method=<name>` configs build from. Importing this package registers every method.
 """
 
-from xai_bench.explain import attention, baselines, cam, chefer, gradients  # noqa: F401  (registration)
+# imported for their registration
+from xai_bench.explain import attention, baselines, cam, chefer, gradients  # noqa: F401
 from xai_bench.explain.base import (
     METHODS,
     ExplainMethod,

@@ -37,7 +37,8 @@ def reduce_heads(attn: torch.Tensor, how: str = "mean") -> torch.Tensor:
 
 
 def check_cls_model(model: nn.Module) -> tuple[int, int, int]:
-    """Token geometry, refusing models whose row 0 is not a CLS token (the maps read the CLS row)."""
+    """Token geometry, refusing models whose row 0 is not a CLS token (the maps read the
+    CLS row)."""
     prefix, gh, gw = token_grid(model)
     if getattr(model, "cls_token", None) is None or prefix < 1:
         raise ConfigError(
@@ -59,8 +60,9 @@ def cls_row_to_grid(matrix: torch.Tensor, prefix: int, gh: int, gw: int) -> torc
     return matrix[:, 0, prefix:].reshape(matrix.shape[0], gh, gw)
 
 
-def rollout_matrix(attentions: list[torch.Tensor], head_reduction: str = "mean", start_layer: int = 0,
-                   residual: bool = True, discard_ratio: float = 0.0) -> torch.Tensor:
+def rollout_matrix(attentions: list[torch.Tensor], head_reduction: str = "mean",
+                   start_layer: int = 0, residual: bool = True,
+                   discard_ratio: float = 0.0) -> torch.Tensor:
     """Full rolled-out matrix R = A_L ... A_start (B, N, N) from per-block (B, heads, N, N) probs.
 
     Each A_b is the head-reduced attention, optionally with the lowest `discard_ratio` of every
@@ -116,10 +118,12 @@ class AttentionMap(ExplainMethod):
     def __init__(self, layer: int = -1, head_reduction: str = "mean", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if head_reduction not in HEAD_REDUCTIONS:
-            raise ConfigError(f"head_reduction must be one of {HEAD_REDUCTIONS}; got {head_reduction!r}.")
+            raise ConfigError(f"head_reduction must be one of {HEAD_REDUCTIONS}; "
+                              f"got {head_reduction!r}.")
         self.layer, self.head_reduction = layer, head_reduction
 
-    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def explain_raw(self, model: nn.Module, images: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
         prefix, gh, gw = check_cls_model(model)
         layer = resolve_layer(self.layer, len(model.blocks), "layer")
         with torch.no_grad(), capture_attention(model) as attns:
@@ -138,7 +142,8 @@ class AttentionRollout(ExplainMethod):
                  discard_ratio: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if head_reduction not in HEAD_REDUCTIONS:
-            raise ConfigError(f"head_reduction must be one of {HEAD_REDUCTIONS}; got {head_reduction!r}.")
+            raise ConfigError(f"head_reduction must be one of {HEAD_REDUCTIONS}; "
+                              f"got {head_reduction!r}.")
         if not 0.0 <= discard_ratio < 1.0:
             raise ConfigError(f"discard_ratio must be in [0, 1); got {discard_ratio}.")
         self.head_reduction, self.start_layer = head_reduction, start_layer
@@ -148,9 +153,11 @@ class AttentionRollout(ExplainMethod):
         """The full rolled-out (B, N, N) matrix (exposed for tests and analyses)."""
         with torch.no_grad(), capture_attention(model) as attns:
             model(images)
-        return rollout_matrix(attns, self.head_reduction, self.start_layer, self.residual, self.discard_ratio)
+        return rollout_matrix(attns, self.head_reduction, self.start_layer, self.residual,
+                              self.discard_ratio)
 
-    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def explain_raw(self, model: nn.Module, images: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
         prefix, gh, gw = check_cls_model(model)
         return cls_row_to_grid(self.rollout(model, images), prefix, gh, gw)
 
@@ -188,7 +195,8 @@ class CheferGeneric(ExplainMethod):
         super().__init__(**kwargs)
         self.start_layer, self.remove_identity = start_layer, remove_identity
 
-    def relevance(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def relevance(self, model: nn.Module, images: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
         """The full (B, N, N) relevance matrix R."""
         attns, grads = attention_and_grads(model, images, target)
         rel = generic_relevance(attns, grads, self.start_layer)
@@ -196,7 +204,8 @@ class CheferGeneric(ExplainMethod):
             rel = rel - torch.eye(rel.shape[-1], dtype=rel.dtype, device=rel.device)
         return rel
 
-    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def explain_raw(self, model: nn.Module, images: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
         prefix, gh, gw = check_cls_model(model)
         resolve_layer(self.start_layer, len(model.blocks), "start_layer")
         return cls_row_to_grid(self.relevance(model, images, target), prefix, gh, gw)

@@ -42,7 +42,8 @@ class Explanation:
     logits: torch.Tensor | None = None  # (B, C) the model's logits on the inputs, when computed
 
 
-def resolve_target(target: Target, logits: torch.Tensor | None, labels: torch.Tensor | None = None) -> torch.Tensor:
+def resolve_target(target: Target, logits: torch.Tensor | None,
+                   labels: torch.Tensor | None = None) -> torch.Tensor:
     """predicted | label | a fixed class index | a (B,) tensor -> (B,) long on the logits' device.
 
     The reference study always explained class 1 (target=1); `predicted` is the usual default.
@@ -54,7 +55,8 @@ def resolve_target(target: Target, logits: torch.Tensor | None, labels: torch.Te
         return logits.argmax(dim=-1)
     if isinstance(target, str) and target == "label":
         if labels is None:
-            raise ConfigError("target=label needs the batch labels; pass labels=... or use target=predicted.")
+            raise ConfigError("target=label needs the batch labels; "
+                              "pass labels=... or use target=predicted.")
         return labels.to(logits.device).long().view(batch)
     if isinstance(target, torch.Tensor):
         out = target.to(logits.device).long().view(-1)
@@ -65,7 +67,8 @@ def resolve_target(target: Target, logits: torch.Tensor | None, labels: torch.Te
     else:
         raise ConfigError(f"target must be 'predicted', 'label' or a class index; got {target!r}.")
     if out.shape[0] != batch or (out < 0).any() or (out >= num_classes).any():
-        raise ConfigError(f"target {target!r} is not a valid class index for {num_classes} classes.")
+        raise ConfigError(
+            f"target {target!r} is not a valid class index for {num_classes} classes.")
     return out
 
 
@@ -98,7 +101,8 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     """Leave a caller's autocast (Lightning's *-mixed precision) for the enclosed code; nothing
     to do on devices without autocast."""
-    available = getattr(torch.amp, "is_autocast_available", lambda _: device_type in ("cpu", "cuda"))
+    available = getattr(torch.amp, "is_autocast_available",
+                        lambda _: device_type in ("cpu", "cuda"))
     if not available(device_type):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, enabled=False)
@@ -162,8 +166,8 @@ class ExplainMethod:
     # is read only after it: the base class then resolves the target from that forward's logits
     target_in_forward: ClassVar[bool] = False
 
-    def __init__(self, target: Target = "predicted", upsample: str | None = None, normalize: str = "minmax",
-                 relu: bool | None = None, eps: float = 1e-7) -> None:
+    def __init__(self, target: Target = "predicted", upsample: str | None = None,
+                 normalize: str = "minmax", relu: bool | None = None, eps: float = 1e-7) -> None:
         self.target = target
         self.upsample_mode = upsample or self.default_upsample
         self.normalize_mode = normalize
@@ -171,11 +175,13 @@ class ExplainMethod:
         self.eps = eps
         self.current_ids: torch.Tensor | None = None
         if self.upsample_mode not in UPSAMPLE_MODES:
-            raise ConfigError(f"upsample must be one of {UPSAMPLE_MODES}; got {self.upsample_mode!r}.")
+            raise ConfigError(
+                f"upsample must be one of {UPSAMPLE_MODES}; got {self.upsample_mode!r}.")
         if normalize not in NORMALIZE_MODES:
             raise ConfigError(f"normalize must be one of {NORMALIZE_MODES}; got {normalize!r}.")
 
-    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    def explain_raw(self, model: nn.Module, images: torch.Tensor,
+                    target: torch.Tensor | None) -> torch.Tensor:
         """(B, h, w) raw maps for the `target` classes. With `target_in_forward` (and for
         class-agnostic methods) the target's values are filled in by the first model forward."""
         raise NotImplementedError
@@ -204,7 +210,8 @@ class ExplainMethod:
                 raw = self.explain_raw(model, images, tgt)
             if not outputs:
                 if self.needs_grad:
-                    raise RuntimeError(f"{type(self).__name__}.target_in_forward is set but it ran no forward")
+                    raise RuntimeError(
+                        f"{type(self).__name__}.target_in_forward is set but it ran no forward")
                 with torch.no_grad():
                     model(images)
         finally:
@@ -212,7 +219,8 @@ class ExplainMethod:
         return raw, outputs[0], tgt
 
     def __call__(self, model: nn.Module, images: torch.Tensor, target: Target = None,
-                 labels: torch.Tensor | None = None, ids: torch.Tensor | None = None) -> Explanation:
+                 labels: torch.Tensor | None = None,
+                 ids: torch.Tensor | None = None) -> Explanation:
         """`ids` (B,) identify the images (dataset indices) for methods that draw random numbers:
         seeded per image, their maps do not depend on batching or DDP rank."""
         spec = self.target if target is None else target
@@ -231,7 +239,8 @@ class ExplainMethod:
                  labels: torch.Tensor | None) -> Explanation:
         with model_state(model):
             if self.target_in_forward or not self.needs_grad:
-                raw, logits, tgt = self._explain_target_from_own_forward(model, images, spec, labels)
+                raw, logits, tgt = self._explain_target_from_own_forward(model, images, spec,
+                                                                         labels)
             else:
                 # the target must be known before the method's first forward: a no-grad pass first
                 with torch.no_grad():

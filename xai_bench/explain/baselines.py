@@ -29,10 +29,12 @@ class RandomMap(ExplainMethod):
         super().__init__(*args, **kwargs)
         self.seed = int(seed)
 
-    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def explain_raw(self, model: nn.Module, images: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
         batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
         if self.current_ids is not None:
-            return seeded_uniform(self.current_ids, (height, width), seed=self.seed, device=images.device)
+            return seeded_uniform(self.current_ids, (height, width), seed=self.seed,
+                                  device=images.device)
         gen = torch.Generator().manual_seed(self.seed)  # CPU generator: same maps on every device
         return torch.rand((batch, height, width), generator=gen).to(images.device)
 
@@ -49,13 +51,17 @@ class CentrePrior(ExplainMethod):
     def __init__(self, *args: Any, sigma: float = 0.25, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if not float(sigma) > 0:
-            raise ConfigError(f"centre prior sigma must be > 0 (a fraction of the image side); got {sigma}.")
+            raise ConfigError(
+                f"centre prior sigma must be > 0 (a fraction of the image side); got {sigma}.")
         self.sigma = float(sigma)
 
-    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def explain_raw(self, model: nn.Module, images: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2], images.shape[-1]
-        ys = (torch.arange(height, device=images.device, dtype=torch.float32) + 0.5 - height / 2) / height
-        xs = (torch.arange(width, device=images.device, dtype=torch.float32) + 0.5 - width / 2) / width
+        ys = (torch.arange(height, device=images.device, dtype=torch.float32)
+              + 0.5 - height / 2) / height
+        xs = (torch.arange(width, device=images.device, dtype=torch.float32)
+              + 0.5 - width / 2) / width
         gauss = torch.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2 * self.sigma**2))
         return gauss.expand(images.shape[0], height, width).clone()
 
@@ -71,5 +77,7 @@ class UniformMap(ExplainMethod):
         kwargs.setdefault("normalize", "none")  # min-max of a constant is all zeros: keep ones
         super().__init__(*args, **kwargs)
 
-    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.ones(images.shape[0], images.shape[-2], images.shape[-1], device=images.device)
+    def explain_raw(self, model: nn.Module, images: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
+        return torch.ones(images.shape[0], images.shape[-2], images.shape[-1],
+                          device=images.device)

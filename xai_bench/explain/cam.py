@@ -3,8 +3,9 @@
 One implementation with a mode (one forward, one backward of the summed target logits):
   gradcam   cam = sum_c mean_hw(dy/dA_c) * A_c          (Selvaraju et al.)
   hirescam  cam = sum_c dy/dA_c * A_c   (element-wise)  (Draelos & Carin; faithful when the
-            layer is followed by Flatten -> Linear, the Grad-CAM vs HiResCAM faithfulness study; equal to Grad-CAM times h*w when
-            the layer is followed by global average pooling and a linear head)
+            layer is followed by Flatten -> Linear, the Grad-CAM vs HiResCAM faithfulness
+            study; equal to Grad-CAM times h*w when the layer is followed by global average
+            pooling and a linear head)
 
 Layer: a dotted module path, or the default: `blocks[-1].norm1` for ViTs (the study's choice;
 its (B, N, C) tokens become (B, C, gh, gw) after dropping the prefix tokens) and
@@ -56,13 +57,15 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
         found = getattr(model, "feature_layer", None)
         if found is None:
             raise ConfigError(
-                f"{type(model).__name__} has no feature_layer: set layer=<dotted module path> for CAM methods."
+                f"{type(model).__name__} has no feature_layer: "
+                "set layer=<dotted module path> for CAM methods."
             )
         return found
     try:
         return model.get_submodule(str(layer))
     except AttributeError as err:
-        raise ConfigError(f"layer={layer!r} is not a module path of {type(model).__name__}: {err}") from err
+        raise ConfigError(
+            f"layer={layer!r} is not a module path of {type(model).__name__}: {err}") from err
 
 
 def _as_map(t: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -72,7 +75,8 @@ def _as_map(t: torch.Tensor, model: nn.Module) -> torch.Tensor:
     if t.dim() == 3 and is_vit(model):
         return tokens_to_grid(t, model).permute(0, 3, 1, 2)
     raise ConfigError(
-        f"the CAM layer gives a {tuple(t.shape)} output; need a (B, C, h, w) map or ViT (B, N, C) tokens."
+        f"the CAM layer gives a {tuple(t.shape)} output; "
+        "need a (B, C, h, w) map or ViT (B, N, C) tokens."
     )
 
 
@@ -95,7 +99,8 @@ def layer_activations_and_grads(model: nn.Module, images: torch.Tensor, target: 
     finally:
         handle.remove()
     if len(store) != 1:
-        raise ConfigError(f"the CAM layer ran {len(store)} times in one forward; choose a layer used once.")
+        raise ConfigError(f"the CAM layer ran {len(store)} times in one forward; "
+                          "choose a layer used once.")
     act = store[0]
     if not act.requires_grad:
         raise ConfigError("the CAM layer's output does not depend on anything that requires grad.")
@@ -141,8 +146,8 @@ def eigen_projection(weighted: torch.Tensor, sign: str = "align") -> torch.Tenso
     return proj.view(batch, height, width)
 
 
-def cam_from(acts: torch.Tensor, grads: torch.Tensor, mode: str = "gradcam", eigen_smooth: bool = False,
-             eigen_sign: str = "align") -> torch.Tensor:
+def cam_from(acts: torch.Tensor, grads: torch.Tensor, mode: str = "gradcam",
+             eigen_smooth: bool = False, eigen_sign: str = "align") -> torch.Tensor:
     """(B, C, h, w) activations and gradients -> (B, h, w) Grad-CAM / HiResCAM map."""
     if mode == "gradcam":
         weighted = grads.mean(dim=(2, 3), keepdim=True) * acts
@@ -191,14 +196,16 @@ class CAM(ExplainMethod):
     default_eigen_sign: ClassVar[str] = "align"
     default_order: ClassVar[str] = "standard"
 
-    def __init__(self, target: Target = "predicted", upsample: str | None = None, normalize: str = "minmax",
-                 relu: bool | None = None, eps: float = 1e-7, layer: str | None = None,
+    def __init__(self, target: Target = "predicted", upsample: str | None = None,
+                 normalize: str = "minmax", relu: bool | None = None, eps: float = 1e-7,
+                 layer: str | None = None,
                  eigen_smooth: bool | None = None, aug_smooth: bool | None = None,
                  eigen_sign: str | None = None, order: str | None = None,
                  differentiable: bool = False) -> None:
         super().__init__(target=target, upsample=upsample, normalize=normalize, relu=relu, eps=eps)
         self.layer = layer
-        self.eigen_smooth = self.default_eigen_smooth if eigen_smooth is None else bool(eigen_smooth)
+        self.eigen_smooth = (self.default_eigen_smooth if eigen_smooth is None
+                             else bool(eigen_smooth))
         self.aug_smooth = self.default_aug_smooth if aug_smooth is None else bool(aug_smooth)
         self.eigen_sign = eigen_sign or self.default_eigen_sign
         self.order = order or self.default_order
@@ -208,7 +215,8 @@ class CAM(ExplainMethod):
         if self.order not in ORDERS:
             raise ConfigError(f"order must be one of {ORDERS}; got {self.order!r}.")
         if self.differentiable and self.eigen_smooth and self.eigen_sign == "library":
-            raise ConfigError("eigen_sign=library runs numpy and cannot be differentiable; use svd or align.")
+            raise ConfigError("eigen_sign=library runs numpy and cannot be differentiable; "
+                              "use svd or align.")
 
     # -- raw maps ---------------------------------------------------------------------------
 
@@ -220,18 +228,23 @@ class CAM(ExplainMethod):
         with frozen_params(model):
             x = images.detach().requires_grad_(True)
             acts, grads, _, _ = layer_activations_and_grads(model, x, target, self.layer)
-            return cam_from(acts.detach(), grads.detach(), self.mode, self.eigen_smooth, self.eigen_sign)
+            return cam_from(acts.detach(), grads.detach(), self.mode, self.eigen_smooth,
+                            self.eigen_sign)
 
-    def augmented_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def augmented_raw(self, model: nn.Module, images: torch.Tensor,
+                      target: torch.Tensor) -> torch.Tensor:
         """(A, B, h, w) raw maps of the 6 test-time augmentations (no flip / horizontal flip x
         brightness 0.9, 1.0, 1.1, the library's ttach default), flips undone; all in one batch."""
         views = [(flip, factor) for flip in (False, True) for factor in AUG_FACTORS]
-        batch = torch.cat([(images.flip(-1) if flip else images) * factor for flip, factor in views])
+        batch = torch.cat([(images.flip(-1) if flip else images) * factor
+                           for flip, factor in views])
         cams = self._cams(model, batch, target.repeat(len(views)))
         cams = cams.view(len(views), images.shape[0], *cams.shape[1:])
-        return torch.stack([cam.flip(-1) if flip else cam for (flip, _), cam in zip(views, cams, strict=True)])
+        return torch.stack([cam.flip(-1) if flip else cam
+                            for (flip, _), cam in zip(views, cams, strict=True)])
 
-    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def explain_raw(self, model: nn.Module, images: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
         """(B, h, w) CAM; with aug_smooth the mean of the augmented raw maps (the post-processed
         `maps` average the augmentations after post-processing, as the library does)."""
         if self.aug_smooth:
@@ -244,7 +257,8 @@ class CAM(ExplainMethod):
         if self.order == "standard":
             return super().postprocess(raw, size)
         maps = raw.clamp(min=0) if self.relu else raw
-        maps = normalize(maps, self.normalize_mode, self.eps)  # the library: min-max before resizing
+        # the library: min-max before resizing
+        maps = normalize(maps, self.normalize_mode, self.eps)
         return normalize(upsample(maps, size, self.upsample_mode), self.normalize_mode, self.eps)
 
     def _explain(self, model: nn.Module, images: torch.Tensor, spec: Target,
@@ -260,7 +274,8 @@ class CAM(ExplainMethod):
             tgt = resolve_target(spec, logits, labels)
             per_view = self.augmented_raw(model, images, tgt)
         size = tuple(images.shape[-2:])
-        maps = torch.stack([self.postprocess(r.detach().float(), size) for r in per_view]).mean(dim=0)
+        maps = torch.stack([self.postprocess(r.detach().float(), size)
+                            for r in per_view]).mean(dim=0)
         if self.order == "standard":
             maps = normalize(maps, self.normalize_mode, self.eps)
         return Explanation(maps=maps, raw=per_view.mean(dim=0).detach(), target=tgt, logits=logits)

@@ -54,7 +54,8 @@ def relprop_linear(x: torch.Tensor, weight: torch.Tensor, rel: torch.Tensor) -> 
     return px * (s @ pw) + nx * (s @ nw)
 
 
-def relprop_add(a: torch.Tensor, b: torch.Tensor, rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def relprop_add(a: torch.Tensor, b: torch.Tensor,
+                rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add out = a + b: z-proportional split, rescaled so the per-image total is kept."""
     dims = tuple(range(1, rel.dim()))
     s = safe_divide(rel, a + b)
@@ -66,7 +67,8 @@ def relprop_add(a: torch.Tensor, b: torch.Tensor, rel: torch.Tensor) -> tuple[to
     return ra * safe_divide(a_fact, a_sum), rb * safe_divide(b_fact, b_sum)
 
 
-def relprop_matmul(a: torch.Tensor, b: torch.Tensor, rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def relprop_matmul(a: torch.Tensor, b: torch.Tensor,
+                   rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """out = a @ b: gradient x input for each operand (each then sums to the total), halved."""
     s = safe_divide(rel, a @ b)
     return 0.5 * a * (s @ b.transpose(-2, -1)), 0.5 * b * (a.transpose(-2, -1) @ s)
@@ -94,26 +96,31 @@ def check_supported(model: nn.Module) -> None:
     """Refuse ViT variants the hand-written forward / relevance pass does not reproduce."""
     check_cls_model(model)
     name = type(model).__name__
-    if getattr(model, "global_pool", None) != "token" or getattr(model, "attn_pool", None) is not None:
+    if (getattr(model, "global_pool", None) != "token"
+            or getattr(model, "attn_pool", None) is not None):
         raise ConfigError(
             f"method=chefer supports ViTs classifying from the CLS token (global_pool='token'); "
             f"{name} has global_pool={getattr(model, 'global_pool', None)!r}."
         )
     heads = [model.head] + ([model.head_dist] if hasattr(model, "head_dist") else [])
     if not all(isinstance(h, nn.Linear) for h in heads):
-        raise ConfigError(f"method=chefer needs a linear classifier head; {name}.head is {type(model.head).__name__}.")
+        raise ConfigError(f"method=chefer needs a linear classifier head; "
+                          f"{name}.head is {type(model.head).__name__}.")
     for i, blk in enumerate(model.blocks):
-        ok = (type(blk) is Block and type(blk.attn) is Attention and getattr(blk.attn, "gate", None) is None
-              and type(blk.mlp) is Mlp and all(isinstance(ls, nn.Identity | LayerScale) for ls in (blk.ls1, blk.ls2)))
+        ok = (type(blk) is Block and type(blk.attn) is Attention
+              and getattr(blk.attn, "gate", None) is None and type(blk.mlp) is Mlp
+              and all(isinstance(ls, nn.Identity | LayerScale) for ls in (blk.ls1, blk.ls2)))
         if not ok:
             raise ConfigError(
-                f"method=chefer supports timm ViT blocks (Block with timm Attention, no gate, Mlp); "
+                "method=chefer supports timm ViT blocks "
+                "(Block with timm Attention, no gate, Mlp); "
                 f"block {i} of {name} is {type(blk).__name__} with {type(blk.attn).__name__}/"
                 f"{type(blk.mlp).__name__}. Use method=chefer_generic or rollout for this model."
             )
 
 
-def forward_with_tape(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[BlockTape]]:
+def forward_with_tape(model: nn.Module, images: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[BlockTape]]:
     """Run the timm ViT with its own modules, keeping activations: (logits, final tokens, tapes).
 
     Mirrors VisionTransformer.forward in eval mode (the distilled DeiT head averages its two
@@ -126,7 +133,8 @@ def forward_with_tape(model: nn.Module, images: torch.Tensor) -> tuple[torch.Ten
         x_in = x
         h1 = blk.norm1(x_in)
         bsz, n, _ = h1.shape
-        qkv = attn_mod.qkv(h1).reshape(bsz, n, 3, attn_mod.num_heads, attn_mod.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = attn_mod.qkv(h1).reshape(bsz, n, 3, attn_mod.num_heads,
+                                       attn_mod.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = attn_mod.q_norm(q) * attn_mod.scale, attn_mod.k_norm(k)
         probs = attn_mod.attn_drop((q @ k.transpose(-2, -1)).softmax(dim=-1))
@@ -178,7 +186,8 @@ def relprop_head(model: nn.Module, tokens: torch.Tensor, rel_out: torch.Tensor) 
     return rel_tokens
 
 
-def relprop_block(blk: nn.Module, tape: BlockTape, rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def relprop_block(blk: nn.Module, tape: BlockTape,
+                  rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Relevance at the block input and at the attention probabilities, from the block output."""
     # x_out = x_mid + y_mlp
     rel_mid_skip, rel_y_mlp = relprop_add(tape.x_mid, tape.y_mlp, rel)
@@ -198,8 +207,9 @@ def relprop_block(blk: nn.Module, tape: BlockTape, rel: torch.Tensor) -> tuple[t
     return rel_in_skip + rel_h1, rel_attn
 
 
-def lrp_attention(model: nn.Module, images: torch.Tensor, target: torch.Tensor
-                  ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+def lrp_attention(
+    model: nn.Module, images: torch.Tensor, target: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """(attention probs, their gradients, their LRP relevances, relevance at the block-0 input).
 
     One forward with the model's modules, one autograd pass for d(target logit)/dA (the batch
@@ -210,10 +220,12 @@ def lrp_attention(model: nn.Module, images: torch.Tensor, target: torch.Tensor
         logits, tokens, tapes = forward_with_tape(model, images.detach().requires_grad_(True))
         score = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()
         grads = torch.autograd.grad(score, [t.attn for t in tapes], allow_unused=True)
-    grads = [torch.zeros_like(t.attn) if g is None else g.detach() for t, g in zip(tapes, grads, strict=True)]
+    grads = [torch.zeros_like(t.attn) if g is None else g.detach()
+             for t, g in zip(tapes, grads, strict=True)]
     with torch.no_grad():
         tokens = tokens.detach()
-        tapes = [BlockTape(*(getattr(t, f).detach() for f in BlockTape.__dataclass_fields__)) for t in tapes]
+        tapes = [BlockTape(*(getattr(t, f).detach() for f in BlockTape.__dataclass_fields__))
+                 for t in tapes]
         rel_out = F.one_hot(target.to(logits.device), logits.shape[1]).to(logits.dtype)
         rel = relprop_head(model, tokens, rel_out)  # model.norm: identity
         rel_attns: list[torch.Tensor] = [torch.empty(0)] * len(tapes)
@@ -243,12 +255,14 @@ class CheferLRP(ExplainMethod):
         super().__init__(**kwargs)
         self.start_layer = start_layer
 
-    def attribution(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribution(self, model: nn.Module, images: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
         """The full (B, N, N) rolled-out matrix C."""
         resolve_layer(self.start_layer, len(model.blocks), "start_layer")
         _, grads, rel_attns, _ = lrp_attention(model, images, target)
         return transformer_attribution(grads, rel_attns, self.start_layer)
 
-    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def explain_raw(self, model: nn.Module, images: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
         prefix, gh, gw = check_cls_model(model)
         return cls_row_to_grid(self.attribution(model, images, target), prefix, gh, gw)

@@ -40,17 +40,20 @@ from xai_bench.explain.vit_geometry import is_vit
 from xai_bench.utils.errors import ConfigError
 
 CHANNEL_REDUCTIONS = ("max", "sum", "mean")
-IG_METHODS = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+IG_METHODS = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid",
+              "gausslegendre")
 
 
 # ----------------------------------------------------------------------------------------------
 # shared helpers
 
 
-def reduce_channels(attr: torch.Tensor, reduction: str = "sum", take_abs: bool = False) -> torch.Tensor:
+def reduce_channels(attr: torch.Tensor, reduction: str = "sum",
+                    take_abs: bool = False) -> torch.Tensor:
     """(B, C, H, W) -> (B, H, W): the per-pixel score a map shows."""
     if reduction not in CHANNEL_REDUCTIONS:
-        raise ConfigError(f"channel_reduction must be one of {CHANNEL_REDUCTIONS}; got {reduction!r}.")
+        raise ConfigError(
+            f"channel_reduction must be one of {CHANNEL_REDUCTIONS}; got {reduction!r}.")
     values = attr.abs() if take_abs else attr
     if reduction == "max":
         return values.max(dim=1).values
@@ -71,7 +74,8 @@ def frozen_params(model: nn.Module) -> Iterator[nn.Module]:
 def not_inplace(model: nn.Module) -> Iterator[nn.Module]:
     """Temporarily set `inplace=False` on activation modules (timm ResNets use inplace ReLU,
     which captum's module hooks cannot handle); restored afterwards."""
-    changed = [m for m in model.modules() if isinstance(getattr(m, "inplace", None), bool) and m.inplace]
+    changed = [m for m in model.modules()
+               if isinstance(getattr(m, "inplace", None), bool) and m.inplace]
     for module in changed:
         module.inplace = False
     try:
@@ -108,7 +112,8 @@ def ig_parameters(method: str, n_steps: int) -> tuple[list[float], list[float]]:
     linspace through float32: differences ~1e-8).
     """
     if method not in IG_METHODS:
-        raise ConfigError(f"integrated_gradients method must be one of {IG_METHODS}; got {method!r}.")
+        raise ConfigError(
+            f"integrated_gradients method must be one of {IG_METHODS}; got {method!r}.")
     if method == "gausslegendre":
         if n_steps < 1:
             raise ConfigError("integrated_gradients needs n_steps >= 1.")
@@ -278,23 +283,25 @@ class PixelMethod(ExplainMethod):
     default_abs: ClassVar[bool] = False
     default_reduction: ClassVar[str] = "sum"
 
-    def __init__(self, target: Target = "predicted", upsample: str | None = None, normalize: str = "minmax",
-                 relu: bool | None = None, eps: float = 1e-7, abs: bool | None = None,
-                 channel_reduction: str | None = None) -> None:
+    def __init__(self, target: Target = "predicted", upsample: str | None = None,
+                 normalize: str = "minmax", relu: bool | None = None, eps: float = 1e-7,
+                 abs: bool | None = None, channel_reduction: str | None = None) -> None:
         super().__init__(target=target, upsample=upsample, normalize=normalize, relu=relu, eps=eps)
         self.abs = self.default_abs if abs is None else bool(abs)
         self.channel_reduction = channel_reduction or self.default_reduction
         if self.channel_reduction not in CHANNEL_REDUCTIONS:
-            raise ConfigError(
-                f"channel_reduction must be one of {CHANNEL_REDUCTIONS}; got {self.channel_reduction!r}."
-            )
+            raise ConfigError(f"channel_reduction must be one of {CHANNEL_REDUCTIONS}; "
+                              f"got {self.channel_reduction!r}.")
 
-    def attribute(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribute(self, model: nn.Module, images: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) channel-resolved attributions."""
         raise NotImplementedError
 
-    def explain_raw(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return reduce_channels(self.attribute(model, images, target), self.channel_reduction, self.abs)
+    def explain_raw(self, model: nn.Module, images: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
+        return reduce_channels(self.attribute(model, images, target), self.channel_reduction,
+                               self.abs)
 
 
 @register_method("saliency")
@@ -306,7 +313,8 @@ class Saliency(PixelMethod):
     default_abs = True
     default_reduction = "max"
 
-    def attribute(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribute(self, model: nn.Module, images: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
         with frozen_params(model):
             return input_gradient(model, images, target)
 
@@ -317,7 +325,8 @@ class InputXGradient(PixelMethod):
 
     target_in_forward = True
 
-    def attribute(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribute(self, model: nn.Module, images: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
         with frozen_params(model):
             return images.detach() * input_gradient(model, images, target)
 
@@ -330,15 +339,18 @@ class IntegratedGradients(PixelMethod):
     16 is as fast as captum's single pass (larger batches gain little); raise it on a GPU."""
 
     def __init__(self, *args: Any, n_steps: int = 50, method: str = "gausslegendre",
-                 internal_batch_size: int | None = 16, baseline: float = 0.0, **kwargs: Any) -> None:
+                 internal_batch_size: int | None = 16, baseline: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         ig_parameters(method, n_steps)  # validates early
         if internal_batch_size is not None and internal_batch_size < 1:
-            raise ConfigError(f"internal_batch_size must be >= 1 or null; got {internal_batch_size}.")
+            raise ConfigError(
+                f"internal_batch_size must be >= 1 or null; got {internal_batch_size}.")
         self.n_steps, self.method = n_steps, method
         self.internal_batch_size, self.baseline = internal_batch_size, float(baseline)
 
-    def attribute(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribute(self, model: nn.Module, images: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
         with frozen_params(model):
             return integrated_gradients_attr(model, images, target, self.baseline, self.n_steps,
                                              self.method, self.internal_batch_size)
@@ -357,17 +369,16 @@ class GuidedBackprop(PixelMethod):
         super().__init__(*args, **kwargs)
         self.gelu_rule = gelu_rule
 
-    def attribute(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribute(self, model: nn.Module, images: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
         with frozen_params(model):
             return guided_backprop_attr(model, images, target, gelu_rule=self.gelu_rule)
 
 
 def _require_cnn(model: nn.Module, method: str, alternative: str) -> None:
     if is_vit(model):
-        raise ConfigError(
-            f"method={method} is for CNNs (its rules need nn.ReLU modules); {type(model).__name__} is a "
-            f"transformer: use method={alternative}."
-        )
+        raise ConfigError(f"method={method} is for CNNs (its rules need nn.ReLU modules); "
+                          f"{type(model).__name__} is a transformer: use method={alternative}.")
 
 
 @register_method("deeplift")
@@ -378,7 +389,8 @@ class DeepLift(PixelMethod):
         super().__init__(*args, **kwargs)
         self.baseline = float(baseline)
 
-    def attribute(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribute(self, model: nn.Module, images: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
         from captum.attr import DeepLift as CaptumDeepLift
 
         _require_cnn(model, "deeplift", "integrated_gradients or chefer")
@@ -397,25 +409,29 @@ _LRP_PASS_THROUGH: tuple[type[nn.Module], ...] = (nn.Identity, nn.Flatten)
 class LRP(PixelMethod):
     """captum LRP with the epsilon rule on conv / linear / batch-norm / pooling layers and on
     pass-through modules (nn.Identity, nn.Flatten: z = x, so the epsilon rule hands the relevance
-    through; captum's IdentityRule cannot reshape). CNNs only (transformers: method=chefer). Residual additions are
-    functional, so relevance is split there as the gradient splits (no exact conservation)."""
+    through; captum's IdentityRule cannot reshape). CNNs only (transformers: method=chefer).
+    Residual additions are functional, so relevance is split there as the gradient splits (no
+    exact conservation)."""
 
     def __init__(self, *args: Any, epsilon: float = 1e-9, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.epsilon = float(epsilon)
 
-    def attribute(self, model: nn.Module, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def attribute(self, model: nn.Module, images: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
         from captum.attr import LRP as CaptumLRP
         from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
         from captum.attr._utils.lrp_rules import EpsilonRule
 
         _require_cnn(model, "lrp", "chefer")
         leaves = [m for m in model.modules() if not list(m.children())]
-        unsupported = sorted({type(m).__name__ for m in leaves if type(m) not in SUPPORTED_LAYERS_WITH_RULES
+        unsupported = sorted({type(m).__name__ for m in leaves
+                              if type(m) not in SUPPORTED_LAYERS_WITH_RULES
                               and type(m) not in SUPPORTED_NON_LINEAR_LAYERS
                               and not isinstance(m, _LRP_PASS_THROUGH)})
         if unsupported:
-            raise ConfigError(f"method=lrp has no rule for the modules {unsupported} of {type(model).__name__}; "
+            raise ConfigError(f"method=lrp has no rule for the modules {unsupported} of "
+                              f"{type(model).__name__}; "
                               "use deeplift or integrated_gradients for this model.")
         ruled: list[nn.Module] = []
         for module in leaves:

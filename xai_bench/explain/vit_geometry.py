@@ -29,7 +29,8 @@ def tokens_to_grid(tokens: torch.Tensor, model: nn.Module) -> torch.Tensor:
     prefix, gh, gw = token_grid(model)
     patches = tokens[:, prefix:]
     if patches.shape[1] != gh * gw:
-        raise ValueError(f"expected {gh * gw} patch tokens after {prefix} prefix tokens, got {patches.shape[1]}")
+        raise ValueError(f"expected {gh * gw} patch tokens after {prefix} prefix tokens, "
+                         f"got {patches.shape[1]}")
     return patches.reshape(patches.shape[0], gh, gw, *patches.shape[2:])
 
 

@@ -48,7 +48,8 @@ def bootstrap_summary(
         for name, values in resampled.items():
             finite = values[torch.isfinite(values)]
             if finite.numel():
-                lo, hi = torch.quantile(finite, torch.tensor([alpha, 1.0 - alpha], dtype=finite.dtype)).tolist()
+                lo, hi = torch.quantile(
+                    finite, torch.tensor([alpha, 1.0 - alpha], dtype=finite.dtype)).tolist()
                 intervals[name] = (lo, hi)
     out: dict[str, dict[str, Any]] = {}
     for name, value in point.items():

@@ -22,7 +22,24 @@ from xai_bench.explain.base import ExplainMethod
 from xai_bench.metrics.aggregate import nanmean_aggregate
 from xai_bench.utils.errors import ConfigError
 
-__all__ = ["METRICS", "EvalBatch", "ImageMetric", "build_metric", "check_choice", "register_metric"]
+__all__ = ["METRICS", "NEEDS", "Cost", "EvalBatch", "ImageMetric", "build_metric", "check_choice",
+           "register_metric"]
+
+# what a metric may need beyond the maps, images, labels and logits of a batch: the ROI mask,
+# per-class boxes, the model (it runs it again), the explanation method (it explains again)
+NEEDS = ("mask", "class_masks", "model", "method")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Model passes a metric spends per image, beyond the evaluation's own forward and map:
+    forwards and backwards of the model, and calls of the explanation method (each costing
+    the method's own passes). Declared by each metric, counted by tests/test_metrics_catalog.py,
+    printed by `scripts/bench_metrics.py` beside the measured time."""
+
+    forwards: float = 0
+    backwards: float = 0
+    explanations: float = 0
 
 
 @dataclass
@@ -39,7 +56,7 @@ class EvalBatch:
     method: ExplainMethod
     masks: torch.Tensor | None = None  # (B, H, W) ROI, nonzero = inside
     has_mask: torch.Tensor | None = None  # (B,) bool: the image has a ROI annotation
-    class_masks: torch.Tensor | None = None  # (B, K, H, W) per-class boxes (boxes.csv); None without
+    class_masks: torch.Tensor | None = None  # (B, K, H, W) per-class boxes (boxes.csv) or None
     mean: Sequence[float] = (0.485, 0.456, 0.406)  # input normalisation (for HAAS)
     std: Sequence[float] = (0.229, 0.224, 0.225)
 
@@ -56,9 +73,11 @@ class EvalBatch:
             return labels.gather(1, self.predicted[:, None]).squeeze(1) > 0
         return self.predicted == labels
 
-    def explain(self, images: torch.Tensor, target: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    def explain(self, images: torch.Tensor, target: torch.Tensor,
+                ids: torch.Tensor | None = None) -> torch.Tensor:
         """Re-run the method on other inputs (perturbed images, a randomised model, ...)."""
-        return self.method(self.model, images, target=target, ids=self.ids if ids is None else ids).maps
+        return self.method(self.model, images, target=target,
+                           ids=self.ids if ids is None else ids).maps
 
 
 def check_choice(value: Any, choices: Sequence[Any], what: str) -> Any:
@@ -71,14 +90,16 @@ class ImageMetric(Metric):
     """Base class: `score(batch)` returns {column: (B,) tensor}; NaN = undefined for an image.
 
     Subclasses set `columns` in __init__ (before calling `_add_columns`) and may override
-    `aggregate` (default: NaN-aware mean of every column) and `requires_mask`. Like torchmetrics,
+    `aggregate` (default: NaN-aware mean of every column). Each declares what it `needs`
+    (a subset of NEEDS: the evaluation refuses a dataset without masks before it starts) and
+    what it costs (`cost`: model passes per image). Like torchmetrics,
     a metric declares `higher_is_better` (None: no better direction); one whose aggregated
     columns differ (deletion vs insertion) overrides `column_higher_is_better`. The evaluation
     summary records it per column, and the report marks the best method with it.
     """
 
     full_state_update: ClassVar[bool] = False
-    requires_mask: ClassVar[bool] = False
+    needs: ClassVar[frozenset[str]] = frozenset()
     higher_is_better: bool | None = None
 
     def __init__(self, key: str, **kwargs: Any) -> None:
@@ -92,6 +113,16 @@ class ImageMetric(Metric):
         for index, _ in enumerate(self.columns):
             self.add_state(f"col{index}", default=[], dist_reduce_fx="cat")
 
+    @property
+    def requires_mask(self) -> bool:
+        return "mask" in self.needs
+
+    def cost(self, model: nn.Module, height: int, width: int) -> Cost:
+        """Model passes per image on `model` at this input size (map-only metrics: none). A
+        metric that explains a class other than the map's (max_sensitivity's target=label)
+        declares the case where they coincide and documents the extra explanation."""
+        return Cost()
+
     def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -104,12 +135,14 @@ class ImageMetric(Metric):
             raise RuntimeError(f"{type(self).__name__}.score did not return {sorted(missing)}")
         self.ids.append(batch.ids.detach().to(self.device, torch.int64).view(-1))
         for index, column in enumerate(self.columns):
-            getattr(self, f"col{index}").append(scores[column].detach().to(self.device, torch.float32).view(-1))
+            getattr(self, f"col{index}").append(
+                scores[column].detach().to(self.device, torch.float32).view(-1))
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Per-image table {"id": (N,), column: (N,)}: gathered, de-duplicated, sorted by id."""
         if isinstance(self.ids, list) and not self.ids:  # a list before a DDP sync, a tensor after
-            return {"id": torch.zeros(0, dtype=torch.int64), **{c: torch.zeros(0) for c in self.columns}}
+            return {"id": torch.zeros(0, dtype=torch.int64),
+                    **{c: torch.zeros(0) for c in self.columns}}
         ids = dim_zero_cat(self.ids).long()
         order = torch.argsort(ids, stable=True)
         ids = ids[order]

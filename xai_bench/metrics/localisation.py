@@ -23,7 +23,7 @@ EMPTY_MASK = ("miss", "skip")
 
 
 class _MaskMetric(ImageMetric):
-    requires_mask = True
+    needs = frozenset({"mask"})
     higher_is_better = True  # more of the map on the ROI
 
     def __init__(self, key: str, empty_mask: str = "miss", **kwargs: Any) -> None:
@@ -35,7 +35,8 @@ class _MaskMetric(ImageMetric):
 
     def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
         if batch.masks is None:
-            raise ConfigError(f"metric {self.key} needs ROI masks; evaluate on split=roi or a dataset with masks/.")
+            raise ConfigError(f"metric {self.key} needs ROI masks; "
+                              "evaluate on split=roi or a dataset with masks/.")
         masks = batch.masks.to(batch.maps.device) > 0
         scores = self.mask_scores(batch.maps.float(), masks)
         undefined = torch.zeros(masks.shape[0], dtype=torch.bool, device=masks.device)
@@ -60,7 +61,8 @@ class PointingGame(_MaskMetric):
         self._add_columns([key])
 
     def mask_scores(self, maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {self.key: F_loc.pointing_game(maps, masks, tolerance=self.tolerance, constant=self.constant)}
+        return {self.key: F_loc.pointing_game(maps, masks, tolerance=self.tolerance,
+                                              constant=self.constant)}
 
 
 @register_metric("iou")
@@ -68,8 +70,8 @@ class IoUAtQ(_MaskMetric):
     """IoU of the top q% of the map with the ROI, one column per q (`<key>@<q>`).
     region=box: the study's rule, ONE rectangle enclosing every kept pixel; pixel: the kept set."""
 
-    def __init__(self, key: str = "iou", q: Sequence[float] | float = (5, 10, 20, 40), region: str = "box",
-                 empty_mask: str = "miss", **kwargs: Any) -> None:
+    def __init__(self, key: str = "iou", q: Sequence[float] | float = (5, 10, 20, 40),
+                 region: str = "box", empty_mask: str = "miss", **kwargs: Any) -> None:
         super().__init__(key, empty_mask, **kwargs)
         self.qs = [float(v) for v in (q if isinstance(q, Sequence) else [q])]
         if not self.qs:
@@ -78,14 +80,16 @@ class IoUAtQ(_MaskMetric):
         self._add_columns([f"{key}@{v:g}" for v in self.qs])
 
     def mask_scores(self, maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {f"{self.key}@{v:g}": F_loc.iou_at_q(maps, masks, q=v, region=self.region) for v in self.qs}
+        return {f"{self.key}@{v:g}": F_loc.iou_at_q(maps, masks, q=v, region=self.region)
+                for v in self.qs}
 
 
 @register_metric("relevance_mass")
 class RelevanceMass(_MaskMetric):
     """Share of the map's total relevance inside the ROI (energy-based pointing game)."""
 
-    def __init__(self, key: str = "relevance_mass", empty_mask: str = "miss", **kwargs: Any) -> None:
+    def __init__(self, key: str = "relevance_mass", empty_mask: str = "miss",
+                 **kwargs: Any) -> None:
         super().__init__(key, empty_mask, **kwargs)
         self._add_columns([key])
 
@@ -97,7 +101,8 @@ class RelevanceMass(_MaskMetric):
 class RelevanceRank(_MaskMetric):
     """Share of the top-|ROI| pixels of the map that lie in the ROI (ties shared evenly)."""
 
-    def __init__(self, key: str = "relevance_rank", empty_mask: str = "miss", **kwargs: Any) -> None:
+    def __init__(self, key: str = "relevance_rank", empty_mask: str = "miss",
+                 **kwargs: Any) -> None:
         super().__init__(key, empty_mask, **kwargs)
         self._add_columns([key])
 
@@ -112,6 +117,7 @@ class WslIoU(ImageMetric):
     image without boxes (see functional.localisation.wsl_iou)."""
 
     higher_is_better = True
+    needs = frozenset({"class_masks"})
 
     def __init__(self, key: str = "wsl_iou", threshold: float = 0.5, **kwargs: Any) -> None:
         super().__init__(key, **kwargs)
@@ -121,8 +127,10 @@ class WslIoU(ImageMetric):
     def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
         if batch.class_masks is None:
             raise ConfigError(
-                f"metric {self.key} needs per-class boxes, and the dataset has no boxes.csv (a multi-label "
-                "dataset's <root>/boxes.csv, e.g. from `python -m xai_bench.prepare pascal_voc` "
+                f"metric {self.key} needs per-class boxes, and the dataset has no boxes.csv "
+                "(a multi-label dataset's <root>/boxes.csv, e.g. from "
+                "`python -m xai_bench.prepare pascal_voc` "
                 "without --resize)."
             )
-        return {self.key: F_loc.wsl_iou(batch.maps.float(), batch.class_masks, batch.target, self.threshold)}
+        return {self.key: F_loc.wsl_iou(batch.maps.float(), batch.class_masks, batch.target,
+                                        self.threshold)}

@@ -17,7 +17,8 @@ import torch
 
 from xai_bench.metrics.base import EvalBatch, ImageMetric
 
-__all__ = ["BITS_PER_WORD", "MapStats", "PredictionTable", "class_set_texts", "pack_classes", "unpack_class"]
+__all__ = ["BITS_PER_WORD", "MapStats", "PredictionTable", "class_set_texts", "pack_classes",
+           "unpack_class"]
 
 # the per-image states are float32, which holds every integer below 2**24 exactly
 BITS_PER_WORD = 24
@@ -42,12 +43,14 @@ def unpack_class(columns: Mapping[str, torch.Tensor], prefix: str, cls: int) -> 
 
 def class_set_texts(columns: Mapping[str, torch.Tensor], prefix: str) -> list[str] | None:
     """Each image's set as the labels.csv text ("3;7"; "" = empty); None for single-label tables."""
-    words = sorted((k for k in columns if k.startswith(f"{prefix}@")), key=lambda k: int(k.split("@")[1]))
+    words = sorted((k for k in columns if k.startswith(f"{prefix}@")),
+                   key=lambda k: int(k.split("@")[1]))
     if not words:
         return None
     texts = []
     for values in zip(*(columns[k].long().tolist() for k in words), strict=True):
-        classes = [w * BITS_PER_WORD + b for w, v in enumerate(values) for b in range(BITS_PER_WORD) if v >> b & 1]
+        classes = [w * BITS_PER_WORD + b for w, v in enumerate(values)
+                   for b in range(BITS_PER_WORD) if v >> b & 1]
         texts.append(";".join(map(str, classes)))
     return texts
 
@@ -83,7 +86,8 @@ class PredictionTable(ImageMetric):
 
     def _mask_columns(self, batch: EvalBatch, device: torch.device) -> dict[str, torch.Tensor]:
         count = batch.logits.shape[0]
-        has_mask = batch.has_mask if batch.has_mask is not None else torch.zeros(count, dtype=torch.bool)
+        has_mask = (batch.has_mask if batch.has_mask is not None
+                    else torch.zeros(count, dtype=torch.bool))
         has_mask = has_mask.to(device).bool()
         empty = torch.zeros(count, dtype=torch.bool, device=device)
         if batch.masks is not None:
@@ -94,7 +98,8 @@ class PredictionTable(ImageMetric):
         probs = batch.logits.float().sigmoid()
         labels, preds = batch.labels.to(probs.device) > 0, probs >= self.threshold
         nan = torch.full((probs.shape[0],), math.nan, device=probs.device)
-        out = {"label": nan, "pred": nan, "prob": probs.amax(dim=-1), "correct": (labels == preds).all(dim=-1)}
+        out = {"label": nan, "pred": nan, "prob": probs.amax(dim=-1),
+               "correct": (labels == preds).all(dim=-1)}
         for prefix, hot in (("label_set", labels), ("pred_set", preds)):
             out.update({f"{prefix}@{w}": word for w, word in enumerate(pack_classes(hot))})
         return out
@@ -121,16 +126,21 @@ class PredictionTable(ImageMetric):
             recalls.append((correct * members).sum(-1) / members.sum(-1))
             f1, seen = _f1(labels == cls, preds == cls)
             f1s.append(f1)
-            present.append((seen > 0).double())  # MulticlassF1Score: a class never seen gets weight 0
+            # MulticlassF1Score: a class never seen gets weight 0
+            present.append((seen > 0).double())
         recall, f1, weight = (torch.stack(v, dim=-1) for v in (recalls, f1s, present))
         f1_macro = (f1 * weight).sum(-1) / weight.sum(-1).clamp_min(1)
-        return {"accuracy": correct.mean(-1), "balanced_accuracy": recall.nanmean(dim=-1), "f1_macro": f1_macro}
+        return {"accuracy": correct.mean(-1), "balanced_accuracy": recall.nanmean(dim=-1),
+                "f1_macro": f1_macro}
 
     def _multilabel_aggregate(self, columns: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Macro F1 over ALL classes, an absent one scoring 0 (MultilabelF1Score(average="macro"))."""
-        f1s = [_f1(unpack_class(columns, "label_set", cls), unpack_class(columns, "pred_set", cls))[0]
+        """Macro F1 over ALL classes, an absent one scoring 0
+        (MultilabelF1Score(average="macro"))."""
+        f1s = [_f1(unpack_class(columns, "label_set", cls),
+                   unpack_class(columns, "pred_set", cls))[0]
                for cls in range(self.num_classes)]
-        return {"accuracy": columns["correct"].double().mean(-1), "f1_macro": torch.stack(f1s, dim=-1).mean(-1)}
+        return {"accuracy": columns["correct"].double().mean(-1),
+                "f1_macro": torch.stack(f1s, dim=-1).mean(-1)}
 
 
 class MapStats(ImageMetric):
@@ -147,4 +157,5 @@ class MapStats(ImageMetric):
         return {"target": batch.target, "constant_map": constant, "nan_map": nan}
 
     def aggregate(self, columns: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"constant_maps": columns["constant_map"].sum(-1), "nan_maps": columns["nan_map"].sum(-1)}
+        return {"constant_maps": columns["constant_map"].sum(-1),
+                "nan_maps": columns["nan_map"].sum(-1)}

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from xai_bench.metrics.base import EvalBatch, ImageMetric, check_choice, register_metric
+from xai_bench.metrics.base import Cost, EvalBatch, ImageMetric, check_choice, register_metric
 from xai_bench.metrics.functional import sanity as F_sanity
 from xai_bench.utils.errors import ConfigError
 
@@ -24,13 +24,16 @@ class ParameterRandomisation(ImageMetric):
     better: the map should change (similarity fall) as the model is destroyed."""
 
     higher_is_better = False
+    needs = frozenset({"method"})
 
     def __init__(self, key: str = "mprt", granularity: str = "blocks", order: str = "cascading",
-                 similarity: Sequence[str] = ("spearman", "ssim"), seed: int = 0, **kwargs: Any) -> None:
+                 similarity: Sequence[str] = ("spearman", "ssim"), seed: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(key, **kwargs)
         self.granularity = check_choice(granularity, F_sanity.GRANULARITIES, f"{key}.granularity")
         self.order = check_choice(order, F_sanity.ORDERS, f"{key}.order")
-        self.similarity = [check_choice(s, tuple(SIMILARITIES), f"{key}.similarity") for s in similarity]
+        self.similarity = [check_choice(s, tuple(SIMILARITIES), f"{key}.similarity")
+                           for s in similarity]
         if not self.similarity:
             raise ConfigError(f"{key}.similarity needs at least one of {', '.join(SIMILARITIES)}.")
         self.seed = int(seed)
@@ -40,10 +43,14 @@ class ParameterRandomisation(ImageMetric):
         """Fix the columns from the model's layers (before the first update)."""
         if self.layer_names is not None:
             return
-        self.layer_names = [name for name, _, _ in F_sanity.randomisation_layers(model, self.granularity)]
-        self._add_columns(
-            [f"{self.key}/{sim}/{step}_{name}" for sim in self.similarity for step, name in enumerate(self.layer_names)]
-        )
+        self.layer_names = [name for name, _, _
+                            in F_sanity.randomisation_layers(model, self.granularity)]
+        self._add_columns([f"{self.key}/{sim}/{step}_{name}" for sim in self.similarity
+                           for step, name in enumerate(self.layer_names)])
+
+    def cost(self, model: torch.nn.Module, height: int, width: int) -> Cost:
+        """One explanation per randomisation step."""
+        return Cost(explanations=len(F_sanity.randomisation_layers(model, self.granularity)))
 
     def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
         self.configure(batch.model)

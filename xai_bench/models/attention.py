@@ -1,4 +1,5 @@
-"""Channel / spatial attention blocks of the attention-mechanisms survey (IEEE Access 2022): SE and CBAM, reduction 16.
+"""Channel / spatial attention blocks of the attention-mechanisms survey (IEEE Access 2022):
+SE and CBAM, reduction 16.
 
 timm ResNets get timm's own SEModule / CbamModule through `block_args`; DenseNet and VGG have no
 such hook, so these small modules are inserted into their `features` instead.

@@ -1,4 +1,5 @@
-"""`build_model`: the `_target_` of the `model/` config group (ViTs, DeiT and the companion CNNs)."""
+"""`build_model`: the `_target_` of the `model/` config group
+(ViTs, DeiT and the companion CNNs)."""
 
 from __future__ import annotations
 
@@ -186,7 +187,8 @@ def build_model(
     is_transformer = hasattr(model, "patch_embed")
     if head_kind == "flatten" and is_transformer:
         raise ConfigError(
-            f"head=flatten is for CNNs (the Grad-CAM vs HiResCAM faithfulness study); model.arch={arch} is a transformer: use head=linear."
+            "head=flatten is for CNNs (the Grad-CAM vs HiResCAM faithfulness study); "
+            f"model.arch={arch} is a transformer: use head=linear."
         )
     in_chans = int(timm_kwargs.get("in_chans", 3))
     if attn and placement != "block_args":

@@ -1,8 +1,8 @@
 """Classifier heads for CNNs and the feature layer that CAM methods hook.
 
-The Grad-CAM vs HiResCAM faithfulness study: HiResCAM is provably faithful (and differs from Grad-CAM) only when the explained
-conv map goes through Flatten -> Linear with no global average pooling; `FlattenHeadClassifier`
-builds exactly that on top of any timm CNN backbone.
+The Grad-CAM vs HiResCAM faithfulness study: HiResCAM is provably faithful (and differs from
+Grad-CAM) only when the explained conv map goes through Flatten -> Linear with no global average
+pooling; `FlattenHeadClassifier` builds exactly that on top of any timm CNN backbone.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def set_feature_layer(model: nn.Module, layer: nn.Module | None, name: str | Non
 
 
 class FlattenHeadClassifier(nn.Module):
-    """timm CNN backbone -> final conv map (B, C, h, w) -> Flatten -> one Linear (the Grad-CAM vs HiResCAM faithfulness study)."""
+    """timm CNN backbone -> final conv map (B, C, h, w) -> Flatten -> one Linear
+    (the Grad-CAM vs HiResCAM faithfulness study)."""
 
     def __init__(
         self, backbone: nn.Module, num_classes: int, img_size: int, in_chans: int = 3

@@ -42,13 +42,18 @@ def state_dict_mismatch(
         return key.replace("_orig_mod.", "")
 
     own_shapes = {plain(k): tuple(v.shape) for k, v in own.items()}
-    found_shapes = {plain(k): tuple(v.shape) for k, v in found.items() if isinstance(v, torch.Tensor)}
+    found_shapes = {
+        plain(k): tuple(v.shape) for k, v in found.items() if isinstance(v, torch.Tensor)
+    }
     mismatched = [
         f"{k} (checkpoint {found_shapes[k]}, model {shape})"
         for k, shape in own_shapes.items()
         if k in found_shapes and found_shapes[k] != shape
     ]
-    problems = [f"{len(mismatched)} tensor(s) of another shape: {first_keys(mismatched, 3)}"] if mismatched else []
+    problems = (
+        [f"{len(mismatched)} tensor(s) of another shape: {first_keys(mismatched, 3)}"]
+        if mismatched else []
+    )
     if check_keys:
         missing = [k for k in own_shapes if k not in found_shapes]
         unexpected = [k for k in found_shapes if k not in own_shapes]

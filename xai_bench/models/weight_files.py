@@ -55,7 +55,8 @@ def _unwrap(obj: Mapping[str, Any], file: Path) -> dict[str, torch.Tensor]:
     tensors = {k: v for k, v in current.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise XaiBenchError(
-            f"{file.resolve()} holds no state dict: top-level keys are {sorted(map(str, obj))[:8]}; "
+            f"{file.resolve()} holds no state dict: "
+            f"top-level keys are {sorted(map(str, obj))[:8]}; "
             f"expected tensors, possibly under one of {list(WRAPPER_KEYS)}."
         )
     dropped = sorted(set(current) - set(tensors))

@@ -152,7 +152,8 @@ def load_weights_into(
             problems.append(f"{len(mismatched)} shape mismatch(es): {first_keys(mismatched, 4)}")
         raise XaiBenchError(
             f"{source} does not match the architecture {arch}: " + "; ".join(problems) + ". "
-            "Check model.arch (and its timm kwargs) against the file, and init.key_map for renamed keys."
+            "Check model.arch (and its timm kwargs) against the file, "
+            "and init.key_map for renamed keys."
         )
     sd = {k: v for k, v in sd.items() if k in own}
     model.load_state_dict(sd, strict=False)

@@ -45,7 +45,8 @@ WEIGHT_SOURCES: dict[str, str] = {
     ),
     "mae": (
         "the official MAE fine-tuned checkpoint mae_finetuned_vit_base.pth (MAE ViT-B/16 after "
-        "ImageNet-1k fine-tuning, https://dl.fbaipublicfiles.com/mae/finetune/mae_finetuned_vit_base.pth); "
+        "ImageNet-1k fine-tuning, "
+        "https://dl.fbaipublicfiles.com/mae/finetune/mae_finetuned_vit_base.pth); "
         "it is not on the timm hub"
     ),
     "sup": (
@@ -60,7 +61,10 @@ WEIGHT_SOURCES: dict[str, str] = {
 # The study's architecture, which the WEIGHT_SOURCES files are for.
 STUDY_ARCH = "vit_base_patch16_224"
 # Fallback for inits without a line above that name a hub tag.
-HUB_SOURCE_TEMPLATE = "the timm tag {arch}.{hub_tag} (Hugging Face repo timm/{arch}.{hub_tag}, file model.safetensors)"
+HUB_SOURCE_TEMPLATE = (
+    "the timm tag {arch}.{hub_tag} "
+    "(Hugging Face repo timm/{arch}.{hub_tag}, file model.safetensors)"
+)
 
 _OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _TRUE_STRINGS = {"1", "true", "yes", "on"}
@@ -190,8 +194,10 @@ def _hub_state_dict(hub_name: str, timm_kwargs: dict[str, Any]) -> dict[str, tor
         model = timm.create_model(hub_name, pretrained=True, **timm_kwargs)
     except Exception as err:
         raise WeightsNotFoundError(
-            f"could not get the pretrained weights {hub_name} from the timm / Hugging Face hub: {err}. "
-            "Download the file on a machine with internet access and give it with init.path=/path/to/file."
+            f"could not get the pretrained weights {hub_name} "
+            f"from the timm / Hugging Face hub: {err}. "
+            "Download the file on a machine with internet access "
+            "and give it with init.path=/path/to/file."
         ) from err
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -236,7 +242,8 @@ def resolve_weights(
         if not path.is_file():
             raise WeightsNotFoundError(
                 f"init={spec.name}: the weights file given by init.path={spec.path} does not exist "
-                f"(resolved: {path.resolve()}). Fix the path, or drop init.path to look in the weights folder."
+                f"(resolved: {path.resolve()}). "
+                "Fix the path, or drop init.path to look in the weights folder."
             )
         return WeightsSource(path=path.resolve())
 

@@ -59,14 +59,16 @@ class NonFiniteLossError(XaiBenchError):
 
 
 def _learning_rates(trainer: pl.Trainer) -> str:
-    rates = dict.fromkeys(f"{group['lr']:g}" for opt in trainer.optimizers for group in opt.param_groups)
+    rates = dict.fromkeys(f"{group['lr']:g}" for opt in trainer.optimizers
+                          for group in opt.param_groups)
     return ", ".join(rates) or "unknown"
 
 
 def _saved_checkpoints(trainer: pl.Trainer) -> str:
     callback = trainer.checkpoint_callback
     folder = getattr(callback, "dirpath", None) if callback is not None else None
-    names = sorted(p.name for p in Path(folder).glob("*.ckpt")) if folder and Path(folder).is_dir() else []
+    names = (sorted(p.name for p in Path(folder).glob("*.ckpt"))
+             if folder and Path(folder).is_dir() else [])
     if not names:
         return "no checkpoint had been saved yet"
     return f"the checkpoints saved before are kept ({', '.join(names)} in {folder})"
@@ -94,14 +96,16 @@ class StopOnNonFiniteLoss(pl.Callback):
             else f"at epoch {trainer.current_epoch + 1}, step {trainer.global_step}"
         )
         raise NonFiniteLossError(
-            f"the {what} loss became {value} {when} (current learning rate {_learning_rates(trainer)}): the "
+            f"the {what} loss became {value} {when} "
+            f"(current learning rate {_learning_rates(trainer)}): the "
             f"run was stopped and failed; {_saved_checkpoints(trainer)}. Try a lower optimizer.lr "
             "(e.g. 10x lower), gradient clipping (trainer.gradient_clip_val=1.0) or "
             "trainer.precision=32-true."
         )
 
     def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+        batch_idx: int
     ) -> None:
         if not self.check_train:
             return
@@ -141,7 +145,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Remote paths (s3://, ...) keep Lightning's behaviour.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options=storage_options)
             return

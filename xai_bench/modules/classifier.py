@@ -60,7 +60,8 @@ class UnlabeledPairing(Protocol):
     def train_sizes(self) -> tuple[int, int]: ...
 
 
-def classification_metrics(num_classes: int, prefix: str, multilabel: bool = False) -> MetricCollection:
+def classification_metrics(num_classes: int, prefix: str,
+                           multilabel: bool = False) -> MetricCollection:
     """Accuracy, balanced accuracy (mean per-class recall), macro F1 and macro AUROC.
 
     Multi-label (sigmoid outputs, threshold 0.5): acc = exact-match of the label set,
@@ -183,7 +184,8 @@ class ClassifierModule(pl.LightningModule):
         self.save_hyperparameters(
             {
                 "num_classes": num_classes,
-                "class_weights": None if class_weights is None else [float(w) for w in class_weights],
+                "class_weights": (None if class_weights is None
+                                  else [float(w) for w in class_weights]),
                 "label_smoothing": float(label_smoothing),
                 "compile": bool(compile),
                 "multilabel": bool(multilabel),
@@ -195,8 +197,8 @@ class ClassifierModule(pl.LightningModule):
         if compile and self.objective.second_order:
             raise ConfigError(
                 f"module.compile=true cannot train {self.objective.label()}: its loss "
-                "differentiates gradients again (create_graph), which torch.compile does not support; set "
-                "module.compile=false."
+                "differentiates gradients again (create_graph), which torch.compile does not "
+                "support; set module.compile=false."
             )
         self.net = net
         self.optimizer_factory = optimizer
@@ -207,7 +209,8 @@ class ClassifierModule(pl.LightningModule):
         self.multilabel = bool(multilabel)
         if self.multilabel:
             if label_smoothing:
-                raise ConfigError("module.label_smoothing is for single-label datasets; set it to 0 for multi-label.")
+                raise ConfigError("module.label_smoothing is for single-label datasets; "
+                                  "set it to 0 for multi-label.")
             # class weights weigh each class's positives (BCE pos_weight)
             self.criterion: nn.Module = nn.BCEWithLogitsLoss(pos_weight=weight)
             self.train_acc = MultilabelExactMatch(num_classes)
@@ -249,16 +252,20 @@ class ClassifierModule(pl.LightningModule):
     def supervised_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The supervised loss of a labelled training batch; updates and logs training accuracy."""
         loss, logits = self._shared_step(batch)
-        self.train_acc(logits.detach(), batch["label"].long() if self.multilabel else batch["label"])
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["label"].shape[0])
+        self.train_acc(logits.detach(),
+                       batch["label"].long() if self.multilabel else batch["label"])
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=batch["label"].shape[0])
         return loss, logits
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, parts = self.objective.training_loss(self, batch, self.global_step)
         batch_size = labelled_part(batch)["image"].shape[0]
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
+                 batch_size=batch_size, sync_dist=True)
         for name, value in parts.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size,
+                     sync_dist=True)
         return loss
 
     def per_image_loss(self, logits: torch.Tensor,
@@ -311,7 +318,8 @@ class ClassifierModule(pl.LightningModule):
         self._log_split(self.test_metrics)
 
     def on_train_epoch_start(self) -> None:
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False,
+                 on_epoch=True)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
@@ -328,4 +336,5 @@ class ClassifierModule(pl.LightningModule):
                 "the cosine schedule needs a finite trainer.max_epochs (T_max = max epochs)."
             )
         scheduler = self.scheduler_factory(optimizer=optimizer, total=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

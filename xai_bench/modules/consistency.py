@@ -57,7 +57,8 @@ def global_ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> to
     mu_a, mu_b = a.mean(1), b.mean(1)
     var_a, var_b = a.var(1, unbiased=False), b.var(1, unbiased=False)
     cov = ((a - mu_a[:, None]) * (b - mu_b[:, None])).mean(1)
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return (((2 * mu_a * mu_b + c1) * (2 * cov + c2))
+            / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)))
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:
@@ -85,13 +86,16 @@ class ConsistencyResult:
 def check_consistency_options(similarity: str, resolution: str, mask_intensity: float,
                               gb_normalise: str = "minmax") -> None:
     if similarity not in SIMILARITIES:
-        raise ConfigError(f"objective.similarity must be one of {SIMILARITIES}; got {similarity!r}.")
+        raise ConfigError(
+            f"objective.similarity must be one of {SIMILARITIES}; got {similarity!r}.")
     if resolution not in RESOLUTIONS:
         raise ConfigError(f"objective.resolution must be one of {RESOLUTIONS}; got {resolution!r}.")
     if gb_normalise not in GB_NORMALISATIONS:
-        raise ConfigError(f"objective.gb_normalise must be one of {GB_NORMALISATIONS}; got {gb_normalise!r}.")
+        raise ConfigError(f"objective.gb_normalise must be one of {GB_NORMALISATIONS}; "
+                          f"got {gb_normalise!r}.")
     if not float(mask_intensity) > 0:
-        raise ConfigError(f"objective.mask_intensity must be > 0 (the study: 8; later 40 or 100); got {mask_intensity}.")
+        raise ConfigError(f"objective.mask_intensity must be > 0 (the study: 8; later 40 or 100); "
+                          f"got {mask_intensity}.")
 
 
 def consistency_loss(
@@ -118,8 +122,10 @@ def consistency_loss(
         cam_m, _ = gradcam_with_graph(model, mask.unsqueeze(1) * images, target, layer)
     if resolution == "input":
         size = images.shape[-2:]
-        cam = F.interpolate(cam.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-        cam_m = F.interpolate(cam_m.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+        cam = F.interpolate(cam.unsqueeze(1), size=size, mode="bilinear",
+                            align_corners=False).squeeze(1)
+        cam_m = F.interpolate(cam_m.unsqueeze(1), size=size, mode="bilinear",
+                              align_corners=False).squeeze(1)
     a, b = torch.sigmoid(standardise(cam)), torch.sigmoid(standardise(cam_m))
     if similarity == "pearson":
         sim = pearson(a, b)

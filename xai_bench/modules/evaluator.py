@@ -107,11 +107,13 @@ class ExplanationEvaluator(pl.LightningModule):
         super().__init__()
         self.tf32 = tf32_disabled(allow_tf32)
         if not methods:
-            raise ConfigError("evaluation needs at least one method (method=... or baselines=[...]).")
+            raise ConfigError(
+                "evaluation needs at least one method (method=... or baselines=[...]).")
         self.net = net.eval().requires_grad_(False)
         self.methods = dict(methods)
         self.method_metrics = nn.ModuleDict(
-            {name: nn.ModuleDict({key: factory(key=key) for key, factory in metrics.items()}) for name in self.methods}
+            {name: nn.ModuleDict({key: factory(key=key) for key, factory in metrics.items()})
+             for name in self.methods}
         )
         self.map_stats = nn.ModuleDict({name: MapStats() for name in self.methods})
         self.predictions = PredictionTable(num_classes=num_classes, multilabel=multilabel)
@@ -137,7 +139,8 @@ class ExplanationEvaluator(pl.LightningModule):
 
     def on_test_start(self) -> None:
         if torch.is_inference_mode_enabled():
-            raise ConfigError("evaluation computes gradients: build the Trainer with inference_mode=False.")
+            raise ConfigError("evaluation computes gradients: "
+                              "build the Trainer with inference_mode=False.")
         self.net.eval()
         self.tf32.__enter__()
 
@@ -166,8 +169,9 @@ class ExplanationEvaluator(pl.LightningModule):
                     with torch.no_grad():
                         logits = self.net(images)
                 context = EvalBatch(
-                    images=images, labels=labels, ids=ids, maps=explanation.maps, target=explanation.target,
-                    logits=logits, model=self.net, method=method, masks=masks, has_mask=has_mask,
+                    images=images, labels=labels, ids=ids, maps=explanation.maps,
+                    target=explanation.target, logits=logits, model=self.net, method=method,
+                    masks=masks, has_mask=has_mask,
                     class_masks=class_masks, mean=self.mean, std=self.std,
                 )
                 if position == 0:  # predictions once per image, from the first method's forward
@@ -183,7 +187,8 @@ class ExplanationEvaluator(pl.LightningModule):
         for row, image_id in enumerate(context.ids.tolist()):
             if image_id not in self.overlay_ids:
                 continue
-            mask = context.masks[row] if context.masks is not None and bool(context.has_mask[row]) else None
+            mask = (context.masks[row]
+                    if context.masks is not None and bool(context.has_mask[row]) else None)
             label, target = _label_text(context.labels[row]), int(context.target[row])
             pred = int(context.predicted[row])
             name = self.image_names(image_id) if self.image_names else str(image_id)
@@ -202,7 +207,8 @@ class ExplanationEvaluator(pl.LightningModule):
             "methods": {
                 name: {
                     "maps": self.map_stats[name].compute(),
-                    "metrics": {key: metric.compute() for key, metric in self.method_metrics[name].items()},
+                    "metrics": {key: metric.compute()
+                                for key, metric in self.method_metrics[name].items()},
                 }
                 for name in self.methods
             },

@@ -91,7 +91,8 @@ class AlternatingSampler:
         if alpha <= 0:
             raise ConfigError(f"objective.alpha must be > 0 in alternating mode; got {alpha}.")
         if n_labelled < 1 or n_unlabeled < 0:
-            raise ConfigError(f"alternating mode needs labelled images; got {n_labelled} labelled, {n_unlabeled} unlabeled.")
+            raise ConfigError(f"alternating mode needs labelled images; "
+                              f"got {n_labelled} labelled, {n_unlabeled} unlabeled.")
         self.p_supervised = alpha * n_labelled / (alpha * n_labelled + n_unlabeled)
         self.seed = int(seed)
 
@@ -123,7 +124,8 @@ class ATCONObjective(SupervisedObjective):
         if mode not in ATCON_MODES:
             raise ConfigError(f"objective.mode must be one of {ATCON_MODES}; got {mode!r}.")
         if mode == "combining" and alpha < 0:
-            raise ConfigError(f"objective.alpha (the consistency loss weight in combining mode) must be >= 0; got {alpha}.")
+            raise ConfigError(f"objective.alpha (the consistency loss weight in combining mode) "
+                              f"must be >= 0; got {alpha}.")
         check_consistency_options(similarity, resolution, mask_intensity, gb_normalise)
         self.mode = mode
         self.alpha = float(alpha)
@@ -157,17 +159,19 @@ class ATCONObjective(SupervisedObjective):
         return self.mode in ("unsupervised", "alternating")
 
     def hparams(self) -> dict[str, Any]:
-        return {"name": self.name, "mode": self.mode, "alpha": self.alpha, "mask_intensity": self.mask_intensity,
-                "similarity": self.similarity, "resolution": self.resolution, "layer": self.layer,
-                "gelu_rule": self.gelu_rule, "gb_normalise": self.gb_normalise, "warmup_epochs": self.warmup_epochs, "seed": self.seed}
+        return {"name": self.name, "mode": self.mode, "alpha": self.alpha,
+                "mask_intensity": self.mask_intensity, "similarity": self.similarity,
+                "resolution": self.resolution, "layer": self.layer, "gelu_rule": self.gelu_rule,
+                "gb_normalise": self.gb_normalise, "warmup_epochs": self.warmup_epochs,
+                "seed": self.seed}
 
     def bind(self, n_labelled: int, n_unlabeled: int) -> None:
         if self.mode == "alternating":
             self.sampler = AlternatingSampler(self.alpha, n_labelled, n_unlabeled, self.seed)
 
     def consistency(self, module: TrainableClassifier, images: torch.Tensor) -> torch.Tensor:
-        result = consistency_loss(module.net, images, self.mask_intensity, self.similarity, self.resolution,
-                                  self.layer, self.gelu_rule, self.gb_normalise)
+        result = consistency_loss(module.net, images, self.mask_intensity, self.similarity,
+                                  self.resolution, self.layer, self.gelu_rule, self.gb_normalise)
         return result.loss
 
     def training_loss(self, module: TrainableClassifier, batch: Batch,
@@ -176,14 +180,16 @@ class ATCONObjective(SupervisedObjective):
             return super().training_loss(module, batch, step)
         if "unlabeled" not in batch:
             raise ConfigError(f"ATCON's {self.mode} mode needs unlabeled batches: train it through "
-                              "`python -m xai_bench.train objective=atcon` (the data module pairs them).")
+                              "`python -m xai_bench.train objective=atcon` "
+                              "(the data module pairs them).")
         unlabeled = batch["unlabeled"]["image"]
         if self.mode == "unsupervised":
             loss = self.consistency(module, unlabeled)
             return loss, {"consistency": loss.detach()}
         if self.mode == "alternating":
             if self.sampler is None:
-                raise ConfigError("the alternating sampler was not bound to the data sizes (call objective.bind).")
+                raise ConfigError("the alternating sampler was not bound to the data sizes "
+                                  "(call objective.bind).")
             if self.sampler.supervised(step):
                 loss, _ = module.supervised_step(batch["labelled"])
                 return loss, {"supervised_step": 1.0, "supervised": loss.detach()}
@@ -191,4 +197,5 @@ class ATCONObjective(SupervisedObjective):
             return loss, {"supervised_step": 0.0, "consistency": loss.detach()}
         supervised, _ = module.supervised_step(batch["labelled"])
         consistency = self.consistency(module, unlabeled)
-        return supervised + self.alpha * consistency, {"supervised": supervised.detach(), "consistency": consistency.detach()}
+        return supervised + self.alpha * consistency, {"supervised": supervised.detach(),
+                                                       "consistency": consistency.detach()}

@@ -57,9 +57,11 @@ def build_cosine_schedule(
     if interval not in INTERVALS:
         raise ConfigError(f"scheduler.interval must be 'epoch' or 'step', got {interval!r}.")
     if total < 1 or warmup < 0:
-        raise ConfigError(f"scheduler needs total >= 1 and warmup >= 0, got warmup={warmup}, total={total}.")
+        raise ConfigError(f"scheduler needs total >= 1 and warmup >= 0, "
+                          f"got warmup={warmup}, total={total}.")
     if warmup >= total:
-        # e.g. the synthetic default's 1 warm-up epoch with trainer.max_epochs=1: shorten, don't fail
+        # e.g. the synthetic default's 1 warm-up epoch with trainer.max_epochs=1:
+        # shorten, don't fail
         log.warning("scheduler.warmup=%d >= %d %ss of training: warm-up shortened to %d",
                     warmup, total, interval, total - 1)
         warmup = total - 1

@@ -57,5 +57,6 @@ def check_inputs(cfg: DictConfig) -> Any:
         raise problems[0]
     if problems:
         listed = " ".join(f"({i}) {str(p).strip()}" for i, p in enumerate(problems, start=1))
-        raise XaiBenchError(f"{len(problems)} inputs of this run are missing or invalid, fix them all: {listed}")
+        raise XaiBenchError(f"{len(problems)} inputs of this run are missing or invalid, "
+                            f"fix them all: {listed}")
     return datamodule

@@ -30,8 +30,9 @@ from xai_bench.utils.task import run_entry
 
 log = logging.getLogger(__name__)
 
-USAGE = ("pass sweep=<the folder of an evaluation sweep (outputs/evaluate/multiruns/<date>/<time>)> or "
-         "any folder holding evaluation run folders (config.yaml with task_name: evaluate, metrics.json)")
+USAGE = ("pass sweep=<the folder of an evaluation sweep "
+         "(outputs/evaluate/multiruns/<date>/<time>)> or any folder holding evaluation run "
+         "folders (config.yaml with task_name: evaluate, metrics.json)")
 
 
 def _report_dir(*, _root_: DictConfig) -> str:
@@ -94,7 +95,8 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(config)
     log_to_loggers(loggers, table, plots)
-    log.info("%d evaluation runs, %d incomplete; report folder: %s", len(scan.runs), len(scan.incomplete), out)
+    log.info("%d evaluation runs, %d incomplete; report folder: %s", len(scan.runs),
+             len(scan.incomplete), out)
     print(f"Open the report: {files['html']}")
     return {name: str(path) for name, path in files.items()}
 

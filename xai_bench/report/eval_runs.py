@@ -89,7 +89,8 @@ def _training_run_candidates(cfg: dict[str, Any], summary: EvaluationSummary) ->
     return candidates
 
 
-def _training_metrics(cfg: dict[str, Any], summary: EvaluationSummary) -> tuple[float | None, int | None]:
+def _training_metrics(cfg: dict[str, Any],
+                      summary: EvaluationSummary) -> tuple[float | None, int | None]:
     """Test accuracy and best epoch of the training run evaluated, when its folder is reachable."""
     for folder in _training_run_candidates(cfg, summary):
         try:
@@ -106,7 +107,8 @@ def _wandb_group(cfg: dict[str, Any], run_dir: Path) -> str | None:
     a run folder is untrusted input, so such a value is refused."""
     from xai_bench.tracking.trusted_config import trusted_container
 
-    group = trusted_container(_get(cfg, "logger.wandb.group"), "logger.wandb.group", run_dir / CONFIG_FILE)
+    group = trusted_container(_get(cfg, "logger.wandb.group"), "logger.wandb.group",
+                              run_dir / CONFIG_FILE)
     return None if group is None or isinstance(group, dict | list) else str(group)
 
 
@@ -138,7 +140,8 @@ def read_eval_run(run_dir: Path, cfg: dict[str, Any]) -> EvalRun | SkippedRun:
         method=method,
         arch=str(_get(cfg, "model.arch", "?")),
         metrics=scores.metrics,
-        baselines={b: summary.methods[b].metrics for b in summary.baselines if b in summary.methods and b != method},
+        baselines={b: summary.methods[b].metrics for b in summary.baselines
+                   if b in summary.methods and b != method},
         accuracy=accuracy,
         best_epoch=best_epoch,
         group=_wandb_group(cfg, run_dir),
@@ -174,7 +177,8 @@ def scan_sweep(root: str | Path, exclude: Sequence[Path] = ()) -> SweepScan:
         if task in ("evaluate", "report"):
             subdirs[:] = []  # overlays, W&B files, a report's assets: no further runs below
         if cfg is None or (task and task not in ("evaluate", "report")):
-            scan.other.append(SkippedRun(folder, f"task_name: {task}" if cfg is not None else "unreadable config.yaml"))
+            scan.other.append(SkippedRun(
+                folder, f"task_name: {task}" if cfg is not None else "unreadable config.yaml"))
         elif task == "evaluate":
             result = read_eval_run(folder, cfg)
             if isinstance(result, EvalRun):

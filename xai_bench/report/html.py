@@ -19,8 +19,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from xai_bench.report.study import Cell, EvalRun, SkippedRun, StudyTable  # noqa: E402
-from xai_bench.report.writers import cell_parts, fmt, footnotes, header_cells, metric_title  # noqa: E402
-from xai_bench.tracking.run_folder import atomic_open, atomic_write_bytes, atomic_write_text  # noqa: E402
+from xai_bench.report.writers import (  # noqa: E402
+    cell_parts,
+    fmt,
+    footnotes,
+    header_cells,
+    metric_title,
+)
+from xai_bench.tracking.run_folder import (  # noqa: E402
+    atomic_open,
+    atomic_write_bytes,
+    atomic_write_text,
+)
 
 __all__ = ["GalleryImage", "copy_galleries", "plot_dataset", "write_html", "write_plots"]
 
@@ -64,7 +74,8 @@ def _href(relative: Path | str) -> str:
 def _error(cell: Cell) -> tuple[float, float]:
     """Error bar below/above the value: the bootstrap interval, else the range across runs."""
     assert cell.value is not None
-    low, high = (cell.ci_low, cell.ci_high) if cell.ci_low is not None else (cell.runs_min, cell.runs_max)
+    low, high = ((cell.ci_low, cell.ci_high) if cell.ci_low is not None
+                 else (cell.runs_min, cell.runs_max))
     if low is None or high is None:
         return 0.0, 0.0
     return max(cell.value - low, 0.0), max(high - cell.value, 0.0)
@@ -85,10 +96,12 @@ def _bars(ax: plt.Axes, table: StudyTable, inits: Sequence[str], dataset: str, m
     for i, entry in enumerate(entries):
         cells = [table.cell((dataset, init), entry, metric) for init in inits]
         values = [c.value if c is not None and c.value is not None else np.nan for c in cells]
-        errors = np.array([_error(c) if c is not None and c.value is not None else (0.0, 0.0) for c in cells]).T
-        ax.bar(x - 0.4 + width * (i + 0.5), values, width, yerr=errors, capsize=2, color=colours[entry],
-               hatch="//" if entry in table.baselines else None,
-               label=f"{entry} (baseline)" if entry in table.baselines else entry, edgecolor="white", linewidth=0.3)
+        errors = np.array([_error(c) if c is not None and c.value is not None else (0.0, 0.0)
+                           for c in cells]).T
+        ax.bar(x - 0.4 + width * (i + 0.5), values, width, yerr=errors, capsize=2,
+               color=colours[entry], hatch="//" if entry in table.baselines else None,
+               label=f"{entry} (baseline)" if entry in table.baselines else entry,
+               edgecolor="white", linewidth=0.3)
     ax.set_xticks(x, inits)
     ax.set_title(metric_title(metric), fontsize=9)
     if metric.startswith(BOUNDED):
@@ -107,7 +120,8 @@ def plot_dataset(table: StudyTable, dataset: str, path: str | Path) -> Path:
     for ax in list(axes.flat)[len(table.metrics):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8,
+               frameon=False)
     fig.suptitle(dataset, fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     path = Path(path)
@@ -140,9 +154,11 @@ def _captions(run: EvalRun, entry: str) -> dict[str, str]:
         for row in csv.DictReader(handle):
             if row.get("method") != entry or not str(row.get("id", "")).isdigit():
                 continue
-            scores = ", ".join(f"{k} {row[k]}" for k in ("pointing_game", "iou@10") if row.get(k) not in (None, ""))
-            captions[f"{int(row['id']):06d}"] = f"{row.get('image', '')}: label {row.get('label', '?')}, pred {row.get('pred', '?')}" + (
-                f"; {scores}" if scores else "")
+            scores = ", ".join(f"{k} {row[k]}" for k in ("pointing_game", "iou@10")
+                               if row.get(k) not in (None, ""))
+            captions[f"{int(row['id']):06d}"] = (
+                f"{row.get('image', '')}: label {row.get('label', '?')}, "
+                f"pred {row.get('pred', '?')}" + (f"; {scores}" if scores else ""))
     return captions
 
 
@@ -172,7 +188,8 @@ def copy_galleries(runs: Sequence[EvalRun], table: StudyTable, out: Path, per_ga
             images = []
             for png in run.overlays(entry)[:per_gallery]:
                 atomic_write_bytes(out / folder / _safe(png.name), png.read_bytes(), fsync=False)
-                images.append(GalleryImage(str(folder / _safe(png.name)), captions.get(png.stem, png.stem)))
+                images.append(GalleryImage(str(folder / _safe(png.name)),
+                                           captions.get(png.stem, png.stem)))
             galleries.setdefault(row, {})[entry] = images
     return galleries
 
@@ -197,7 +214,8 @@ def _html_table(table: StudyTable, metric: str, digits: int) -> list[str]:
     lead = len(header) - len(table.entries)
     heads = [f"<th>{html.escape(h)}</th>" for h in header[:lead]]
     heads += [f'<th class="{table.kind(e)}">{html.escape(e)}</th>' for e in table.entries]
-    lines = [f"<h3>{html.escape(metric_title(metric))}</h3>", "<table>", "<tr>" + "".join(heads) + "</tr>"]
+    lines = [f"<h3>{html.escape(metric_title(metric))}</h3>", "<table>",
+             "<tr>" + "".join(heads) + "</tr>"]
     for row in table.rows:
         cells = [f"<td>{html.escape(row[0])}</td>", f"<td>{html.escape(row[1])}</td>"]
         if lead == 3:
@@ -207,9 +225,11 @@ def _html_table(table: StudyTable, metric: str, digits: int) -> list[str]:
     return [*lines, "</table>"]
 
 
-def _gallery_section(table: StudyTable, galleries: dict[tuple[str, str], dict[str, list[GalleryImage]]]) -> list[str]:
+def _gallery_section(table: StudyTable,
+                     galleries: dict[tuple[str, str], dict[str, list[GalleryImage]]]) -> list[str]:
     lines = ["<h2>Overlays</h2>",
-             "<p>Image | map | map over the image with the ROI outlined; the first images of each evaluation.</p>"]
+             "<p>Image | map | map over the image with the ROI outlined; "
+             "the first images of each evaluation.</p>"]
     for row in table.rows:
         if row not in galleries:
             continue
@@ -217,7 +237,8 @@ def _gallery_section(table: StudyTable, galleries: dict[tuple[str, str], dict[st
         for entry, images in galleries[row].items():
             label = f"{entry} (baseline)" if table.kind(entry) == "baseline" else entry
             lines += [f"<h4>{html.escape(label)}</h4>", '<div class="gallery">']
-            lines += [f'<figure><a href="{_href(i.src)}"><img src="{_href(i.src)}" alt="{html.escape(i.caption)}"></a>'
+            lines += [f'<figure><a href="{_href(i.src)}">'
+                      f'<img src="{_href(i.src)}" alt="{html.escape(i.caption)}"></a>'
                       f"<figcaption>{html.escape(i.caption)}</figcaption></figure>" for i in images]
             lines.append("</div>")
     return lines
@@ -226,11 +247,13 @@ def _gallery_section(table: StudyTable, galleries: dict[tuple[str, str], dict[st
 def _skipped_section(incomplete: Sequence[SkippedRun]) -> list[str]:
     if not incomplete:
         return []
-    items = [f"<li><code>{html.escape(str(s.run_dir))}</code>: {html.escape(s.reason)}</li>" for s in incomplete]
+    items = [f"<li><code>{html.escape(str(s.run_dir))}</code>: {html.escape(s.reason)}</li>"
+             for s in incomplete]
     return ["<h2>Incomplete runs (left out)</h2>", "<ul>", *items, "</ul>"]
 
 
-def write_html(table: StudyTable, facts: Sequence[tuple[str, str]], out: Path, plots: dict[str, Path],
+def write_html(table: StudyTable, facts: Sequence[tuple[str, str]], out: Path,
+               plots: dict[str, Path],
                galleries: dict[tuple[str, str], dict[str, list[GalleryImage]]],
                incomplete: Sequence[SkippedRun] = (), digits: int = 2) -> Path:
     """<out>/index.html; `plots`: dataset -> PNG below `out`."""
@@ -238,15 +261,18 @@ def write_html(table: StudyTable, facts: Sequence[tuple[str, str]], out: Path, p
              "<title>Interpretability study report</title>", f"<style>{CSS}</style></head><body>",
              "<h1>Interpretability study report</h1>", '<dl class="facts">']
     lines += [f"<dt>{html.escape(label)}</dt><dd>{html.escape(text)}</dd>" for label, text in facts]
-    lines += ["</dl>", '<p>Files: <a href="report.csv">report.csv</a> · <a href="report.md">report.md</a> · '
-              '<a href="report.tex">report.tex</a></p>', "<h2>Tables</h2>"]
+    lines += ["</dl>", '<p>Files: <a href="report.csv">report.csv</a> · '
+              '<a href="report.md">report.md</a> · <a href="report.tex">report.tex</a></p>',
+              "<h2>Tables</h2>"]
     for metric in table.metrics:
         lines += _html_table(table, metric, digits)
-    lines += ["<h2>Notes</h2>", "<ul>", *(f"<li>{html.escape(n)}</li>" for n in footnotes(table, incomplete)), "</ul>"]
+    lines += ["<h2>Notes</h2>", "<ul>",
+              *(f"<li>{html.escape(n)}</li>" for n in footnotes(table, incomplete)), "</ul>"]
     lines.append("<h2>Plots</h2>")
     for dataset, png in plots.items():
         src = _href(png.relative_to(out))
-        lines.append(f'<h3>{html.escape(dataset)}</h3><img class="plot" src="{src}" alt="{html.escape(dataset)} metrics">')
+        lines.append(f'<h3>{html.escape(dataset)}</h3>'
+                     f'<img class="plot" src="{src}" alt="{html.escape(dataset)} metrics">')
     lines += _gallery_section(table, galleries)
     lines += _skipped_section(incomplete)
     lines.append("</body></html>")

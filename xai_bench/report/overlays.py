@@ -42,7 +42,8 @@ def save_overlay(
     fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.9), dpi=100)
     axes[0].imshow(image)
     axes[0].set_title("image", fontsize=8)
-    axes[1].imshow(values, cmap="jet", vmin=0.0, vmax=max(1.0, float(np.nanmax(values)) if values.size else 1.0))
+    axes[1].imshow(values, cmap="jet", vmin=0.0,
+                   vmax=max(1.0, float(np.nanmax(values)) if values.size else 1.0))
     axes[1].set_title("map", fontsize=8)
     axes[2].imshow(image)
     axes[2].imshow(values, cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)

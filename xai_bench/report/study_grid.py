@@ -17,7 +17,8 @@ __all__ = [
 
 STUDY_DATASETS = ("cp_child", "duke", "kvasir", "mura")
 STUDY_INITS = ("random", "sup", "dino", "mae", "mae_pretrain")
-STUDY_METHODS = ("gradcam_study", "gradcam", "hirescam", "attention", "rollout", "chefer", "chefer_generic")
+STUDY_METHODS = ("gradcam_study", "gradcam", "hirescam", "attention", "rollout", "chefer",
+                 "chefer_generic")
 BASELINES = ("random", "centre", "uniform")
 DEFAULT_METRICS = ("pointing_game", "iou@5", "iou@10", "iou@20", "iou@40")
 

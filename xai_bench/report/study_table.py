@@ -34,7 +34,8 @@ __all__ = [
 ]
 
 # published method -> our methods, first present wins (the study's Grad-CAM is gradcam_study)
-PUBLISHED_METHODS = {"gradcam": ("gradcam_study", "gradcam"), "attention": ("attention",), "chefer": ("chefer",)}
+PUBLISHED_METHODS = {"gradcam": ("gradcam_study", "gradcam"), "attention": ("attention",),
+                     "chefer": ("chefer",)}
 COMPARE_CHOICES = ("study",)
 IOU_MODES = ("mean", "max")
 
@@ -79,10 +80,11 @@ def combine(stats: Sequence[dict[str, Any]]) -> Cell | None:
     ns = [int(s["n"]) for s in valued if s.get("n") is not None]
     if len(valued) == 1:
         s = valued[0]
-        return Cell(values[0], _number(s.get("ci_low")), _number(s.get("ci_high")), ns[0] if ns else None,
-                    1, values[0], values[0])
+        return Cell(values[0], _number(s.get("ci_low")), _number(s.get("ci_high")),
+                    ns[0] if ns else None, 1, values[0], values[0])
     # the smallest n: the number of images every averaged run has
-    return Cell(sum(values) / len(values), None, None, min(ns) if ns else None, len(values), min(values), max(values))
+    return Cell(sum(values) / len(values), None, None, min(ns) if ns else None, len(values),
+                min(values), max(values))
 
 
 @dataclass
@@ -124,12 +126,14 @@ class StudyTable:
 
 
 def _sources(run: EvalRun) -> list[tuple[str, dict[str, dict[str, Any]], bool]]:
-    """(entry, its metrics, shared by the runs of one checkpoint) for a run's method and baselines."""
+    """(entry, its metrics, shared by the runs of one checkpoint) for a run's method and
+    baselines."""
     own = [(run.method, run.metrics, run.method in BASELINES)]
     return own + [(name, metrics, True) for name, metrics in run.baselines.items()]
 
 
-def _group_stats(runs: Sequence[EvalRun], metric: str) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+def _group_stats(runs: Sequence[EvalRun],
+                 metric: str) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
     """(dataset, init, entry) -> the metric's stats, one per run (methods) or per checkpoint
     (baselines: every run of one checkpoint computes the same ones; the first run's are taken)."""
     grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -160,7 +164,8 @@ def _declared_directions(runs: Sequence[EvalRun]) -> dict[str, bool]:
 
 
 def _entries(runs: Sequence[EvalRun]) -> tuple[list[str], list[str]]:
-    baselines = {b for r in runs for b in r.baselines} | {r.method for r in runs if r.method in BASELINES}
+    baselines = ({b for r in runs for b in r.baselines}
+                 | {r.method for r in runs if r.method in BASELINES})
     methods = {r.method for r in runs} - baselines
     return study_order(methods, STUDY_METHODS), study_order(baselines, BASELINES)
 
@@ -179,7 +184,8 @@ def _mark(table: StudyTable, metric: str) -> None:
     """Best method per row (ties all marked) and whether each method beats the random baseline."""
     sign = -1.0 if table.lower_is_better(metric) else 1.0
     for row in table.rows:
-        cells = [c for m in table.methods if (c := table.cell(row, m, metric)) is not None and c.value is not None]
+        cells = [c for m in table.methods
+                 if (c := table.cell(row, m, metric)) is not None and c.value is not None]
         if cells:
             top = max(sign * c.value for c in cells)  # type: ignore[operator]
             for c in cells:
@@ -199,7 +205,8 @@ def study_table(
 ) -> StudyTable:
     """Aggregate evaluation runs into the study's table (see the module docstring)."""
     if compare is not None and compare not in COMPARE_CHOICES:
-        raise ConfigError(f"compare={compare}: unknown; use compare=study (the reference study's published table) or compare=null.")
+        raise ConfigError(f"compare={compare}: unknown; use compare=study "
+                          "(the reference study's published table) or compare=null.")
     methods, baselines = _entries(runs)
     rows = sorted({(r.dataset, r.init) for r in runs}, key=_row_key(runs))
     table = StudyTable(rows=rows, methods=methods, baselines=baselines, metrics=[], cells={},
@@ -217,7 +224,8 @@ def study_table(
                 table.cells[(dataset, init, entry, metric)] = cell
     if not table.metrics:
         available = sorted({m for r in runs for m in r.metrics})
-        raise ConfigError(f"metrics={list(metrics)}: none is in the evaluation runs; they have {', '.join(available)}.")
+        raise ConfigError(f"metrics={list(metrics)}: none is in the evaluation runs; "
+                          f"they have {', '.join(available)}.")
     if compare == "study":
         _add_published(table, compare_iou)
     for metric in table.metrics:
@@ -243,7 +251,8 @@ def load_published() -> dict[tuple[str, str, str], dict[str, float]]:
     for row in csv.DictReader(text.splitlines()):
         for method in PUBLISHED_METHODS:
             published[(row["dataset"], row["init"], method)] = {
-                "pointing_game": float(row[f"pointing_game_{method}"]), "iou": float(row[f"iou_{method}"])}
+                "pointing_game": float(row[f"pointing_game_{method}"]),
+                "iou": float(row[f"iou_{method}"])}
     return published
 
 
@@ -259,7 +268,8 @@ def _iou_metric(table: StudyTable, mode: str) -> str:
         return mode
     sources = [m for m in table.metrics if m.startswith("iou@") and m[4:].isdigit()]
     if not sources:
-        raise ConfigError(f"compare_iou={mode} needs iou@q metrics in `metrics`; got {', '.join(table.metrics)}.")
+        raise ConfigError(f"compare_iou={mode} needs iou@q metrics in `metrics`; "
+                          f"got {', '.join(table.metrics)}.")
     derived = f"iou@{mode}"
     reduce = (lambda xs: sum(xs) / len(xs)) if mode == "mean" else max
     for row in table.rows:
@@ -268,11 +278,12 @@ def _iou_metric(table: StudyTable, mode: str) -> str:
             values = [c.value for c in cells if c is not None and c.value is not None]
             if len(values) == len(sources):
                 n_runs = max(c.n_runs for c in cells if c is not None)
-                table.cells[(*row, entry, derived)] = Cell(reduce(values), n=cells[0].n if cells[0] else None, n_runs=n_runs)
+                table.cells[(*row, entry, derived)] = Cell(
+                    reduce(values), n=cells[0].n if cells[0] else None, n_runs=n_runs)
     table.metrics.append(derived)
     table.notes.append(
-        f"{derived}: the {mode} of {', '.join(sources)} per cell; the published IoU does not say at "
-        f"which q% it was measured (compare_iou=mean | max | iou@q)."
+        f"{derived}: the {mode} of {', '.join(sources)} per cell; the published IoU does not say "
+        f"at which q% it was measured (compare_iou=mean | max | iou@q)."
     )
     return derived
 
@@ -287,7 +298,8 @@ def _add_published(table: StudyTable, compare_iou: str) -> None:
     for row in table.rows:
         for theirs, candidates in PUBLISHED_METHODS.items():
             values = published.get((*row, theirs))
-            ours = next((m for m in candidates if any(table.cell(row, m, t) for t in targets.values())), None)
+            ours = next((m for m in candidates
+                         if any(table.cell(row, m, t) for t in targets.values())), None)
             if values is None or ours is None:
                 continue
             for column, metric in targets.items():

@@ -28,11 +28,12 @@ def _span(values: Iterable[Any]) -> str:
 
 
 def _bootstrap_text(runs: Sequence[EvalRun]) -> str:
-    settings = sorted({(float(r.bootstrap.get("level", math.nan)), r.bootstrap.get("samples")) for r in runs if r.bootstrap},
-                      key=str)
+    settings = sorted({(float(r.bootstrap.get("level", math.nan)), r.bootstrap.get("samples"))
+                       for r in runs if r.bootstrap}, key=str)
     if not settings:
         return "unknown"
-    return "; ".join(f"{level:.0%} percentile intervals over images, {samples} resamples" for level, samples in settings)
+    return "; ".join(f"{level:.0%} percentile intervals over images, {samples} resamples"
+                     for level, samples in settings)
 
 
 def sweep_facts(scan: SweepScan, table: StudyTable) -> list[tuple[str, str]]:
@@ -52,5 +53,6 @@ def sweep_facts(scan: SweepScan, table: StudyTable) -> list[tuple[str, str]]:
         ("W&B group", common_group(runs) or "none common"),
     ]
     if table.compare == "study":
-        facts.append(("published numbers", f"the reference study's table (seed_results.csv); its IoU compared with {table.compare_iou}"))
+        facts.append(("published numbers", "the reference study's table (seed_results.csv); "
+                      f"its IoU compared with {table.compare_iou}"))
     return facts

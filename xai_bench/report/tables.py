@@ -39,7 +39,8 @@ def summarise(
     predictions = results["predictions"]
     summary: dict[str, Any] = {
         "classification": bootstrap_summary(
-            _scores(predictions), PredictionTable(num_classes=num_classes).aggregate, samples, level, seed
+            _scores(predictions), PredictionTable(num_classes=num_classes).aggregate, samples,
+            level, seed
         ),
         "counts": {
             "images": int(predictions["id"].numel()),
@@ -56,12 +57,15 @@ def summarise(
         entry: dict[str, Any] = {"metrics": {}, "counts": {}}
         for key, table in per_method["metrics"].items():
             metric = metrics[method][key]
-            for name, stats in bootstrap_summary(_scores(table), metric.aggregate, samples, level, seed).items():
-                entry["metrics"][name] = {**stats, "higher_is_better": metric.column_higher_is_better(name)}
+            for name, stats in bootstrap_summary(_scores(table), metric.aggregate, samples, level,
+                                                 seed).items():
+                entry["metrics"][name] = {**stats,
+                                          "higher_is_better": metric.column_higher_is_better(name)}
         counts = MapStats().aggregate(_scores(maps))
         entry["counts"] = {name: int(value) for name, value in counts.items()}
         targets = maps["target"].long()
-        entry["counts"]["targets"] = {str(c): int((targets == c).sum()) for c in targets.unique().tolist()}
+        entry["counts"]["targets"] = {str(c): int((targets == c).sum())
+                                      for c in targets.unique().tolist()}
         summary["methods"][method] = entry
     return summary
 
@@ -72,7 +76,8 @@ def _cell(value: float) -> float | int | str:
     return int(value) if float(value).is_integer() and abs(value) < 2**53 else round(value, 6)
 
 
-def per_image_rows(results: Mapping[str, Any], image_name: Callable[[int], str] | None = None) -> list[dict[str, Any]]:
+def per_image_rows(results: Mapping[str, Any],
+                   image_name: Callable[[int], str] | None = None) -> list[dict[str, Any]]:
     """One row per image x method: id, image, prediction columns, map columns, every score."""
     predictions = results["predictions"]
     ids = predictions["id"].tolist()

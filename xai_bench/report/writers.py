@@ -23,8 +23,9 @@ __all__ = [
     "write_tex",
 ]
 
-LONG_COLUMNS = ("dataset", "init", "method", "kind", "metric", "value", "ci_low", "ci_high", "n", "n_runs",
-                "runs_min", "runs_max", "best", "beats_random", "published", "delta", "accuracy")
+LONG_COLUMNS = ("dataset", "init", "method", "kind", "metric", "value", "ci_low", "ci_high", "n",
+                "n_runs", "runs_min", "runs_max", "best", "beats_random", "published", "delta",
+                "accuracy")
 DAGGER = "\u2020"
 MISSING = "\u2013"
 
@@ -54,12 +55,13 @@ def long_rows(table: StudyTable) -> list[dict[str, Any]]:
                 if cell is None:
                     continue
                 rows.append({
-                    "dataset": row[0], "init": row[1], "method": entry, "kind": table.kind(entry), "metric": metric,
-                    "value": cell.value, "ci_low": cell.ci_low, "ci_high": cell.ci_high, "n": cell.n,
+                    "dataset": row[0], "init": row[1], "method": entry,
+                    "kind": table.kind(entry), "metric": metric, "value": cell.value,
+                    "ci_low": cell.ci_low, "ci_high": cell.ci_high, "n": cell.n,
                     "n_runs": cell.n_runs, "runs_min": cell.runs_min, "runs_max": cell.runs_max,
                     "best": cell.best if table.kind(entry) == "method" else None,
-                    "beats_random": cell.beats_random, "published": cell.published, "delta": cell.delta,
-                    "accuracy": table.accuracy.get(row),
+                    "beats_random": cell.beats_random, "published": cell.published,
+                    "delta": cell.delta, "accuracy": table.accuracy.get(row),
                 })
     return rows
 
@@ -94,7 +96,8 @@ def cell_parts(cell: Cell | None, digits: int = 2) -> tuple[str, str, str]:
     mark = DAGGER if cell.beats_random is False else ""
     details = []
     if cell.n_runs > 1:
-        spread = f": {fmt(cell.runs_min, digits)}{MISSING}{fmt(cell.runs_max, digits)}" if cell.runs_min is not None else ""
+        spread = (f": {fmt(cell.runs_min, digits)}{MISSING}{fmt(cell.runs_max, digits)}"
+                  if cell.runs_min is not None else "")
         details.append(f"({cell.n_runs} runs{spread})")
     elif cell.ci_low is not None and cell.ci_high is not None:
         details.append(f"[{fmt(cell.ci_low, digits)}, {fmt(cell.ci_high, digits)}]")
@@ -105,7 +108,8 @@ def cell_parts(cell: Cell | None, digits: int = 2) -> tuple[str, str, str]:
 
 def header_cells(table: StudyTable) -> list[str]:
     accuracy = ["test acc."] if any(v is not None for v in table.accuracy.values()) else []
-    return ["dataset", "init", *accuracy, *table.methods, *(f"{b} (baseline)" for b in table.baselines)]
+    return ["dataset", "init", *accuracy, *table.methods,
+            *(f"{b} (baseline)" for b in table.baselines)]
 
 
 def footnotes(table: StudyTable, incomplete: Sequence[SkippedRun] = ()) -> list[str]:
@@ -121,11 +125,12 @@ def footnotes(table: StudyTable, incomplete: Sequence[SkippedRun] = ()) -> list[
         "its images; runs of one checkpoint share them.",
     ]
     if table.averaged:
-        notes.append("(k runs: min-max): the mean of k runs (seeds or checkpoints) of the same dataset, "
-                     "initialisation and method; the range across runs replaces the bootstrap interval.")
+        notes.append("(k runs: min-max): the mean of k runs (seeds or checkpoints) of the same "
+                     "dataset, initialisation and method; the range across runs replaces the "
+                     "bootstrap interval.")
     if table.compare == "study":
-        notes.append("pub.: the reference study's published value (its Grad-CAM beside gradcam_study, "
-                     "else gradcam); delta = ours - published in report.csv.")
+        notes.append("pub.: the reference study's published value (its Grad-CAM beside "
+                     "gradcam_study, else gradcam); delta = ours - published in report.csv.")
     notes.extend(table.notes)
     if incomplete:
         notes.append(f"{len(incomplete)} evaluation run(s) incomplete, left out: "
@@ -175,9 +180,9 @@ def write_markdown(table: StudyTable, facts: Sequence[tuple[str, str]], path: st
 # ---------------------------------------------------------------------------------------------
 # LaTeX
 
-_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                DAGGER: r"$^\dagger$", MISSING: "--"}
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                "^": r"\textasciicircum{}", DAGGER: r"$^\dagger$", MISSING: "--"}
 
 
 def tex_escape(text: str) -> str:
@@ -223,7 +228,8 @@ def tex_table(table: StudyTable, metric: str, digits: int = 2) -> list[str]:
         cells = [tex_escape(row[0]), tex_escape(row[1])]
         if lead == 3:
             cells.append(tex_escape(fmt(table.accuracy.get(row), digits)))
-        cells += [tex_cell(table.cell(row, e, metric), table.kind(e), digits) for e in table.entries]
+        cells += [tex_cell(table.cell(row, e, metric), table.kind(e), digits)
+                  for e in table.entries]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     return lines
@@ -253,7 +259,8 @@ def wide_rows(table: StudyTable, metric: str) -> tuple[list[str], list[list[Any]
         return None if cell is None else (cell.published if published else cell.value)
 
     compared = [e for e in table.entries if any(value(r, e, True) is not None for r in table.rows)]
-    columns = ["dataset", "init", "accuracy", *table.entries, *(f"{e} (published)" for e in compared)]
+    columns = ["dataset", "init", "accuracy", *table.entries,
+               *(f"{e} (published)" for e in compared)]
     data = [[*row, table.accuracy.get(row), *(value(row, e) for e in table.entries),
              *(value(row, e, True) for e in compared)] for row in table.rows]
     return columns, data
@@ -271,4 +278,5 @@ def log_to_loggers(loggers: Sequence[Any], table: StudyTable, plots: dict[str, P
                 columns, data = wide_rows(table, metric)
                 logger.log_table(key=f"report/{metric}", columns=columns, data=data)
         if hasattr(logger, "log_image") and plots:
-            logger.log_image(key="report/plots", images=[str(p) for p in plots.values()], caption=list(plots))
+            logger.log_image(key="report/plots", images=[str(p) for p in plots.values()],
+                             caption=list(plots))

@@ -66,15 +66,18 @@ def next_attempt(output_dir: str | Path) -> int:
     """The number the next attempt gets (1 for the first): one more than jobs.jsonl's attempts
     and than any attempts/config.<n>.yaml, so an archived attempt is never overwritten."""
     numbers = [len(read_attempts(output_dir))]
-    numbers += [int(e["attempt"]) for e in read_attempts(output_dir) if isinstance(e.get("attempt"), int)]
+    numbers += [int(e["attempt"]) for e in read_attempts(output_dir)
+                if isinstance(e.get("attempt"), int)]
     archive = attempts_dir(output_dir)
     if archive.is_dir():
-        numbers += [int(p.suffixes[0][1:]) for p in archive.glob("config.*.yaml") if p.suffixes[0][1:].isdigit()]
+        numbers += [int(p.suffixes[0][1:]) for p in archive.glob("config.*.yaml")
+                    if p.suffixes[0][1:].isdigit()]
     return max(numbers) + 1
 
 
 def record_attempt(
-    output_dir: str | Path, resumed_from: dict[str, Any] | None, attempt: int | None = None, **extra: Any
+    output_dir: str | Path, resumed_from: dict[str, Any] | None, attempt: int | None = None,
+    **extra: Any
 ) -> dict[str, Any]:
     """Add this attempt (number, time, host, SLURM job, checkpoint and epoch resumed from, and
     `extra` facts such as skipped checkpoints) to <run>/jobs.jsonl.
@@ -100,7 +103,8 @@ def resume_mode(resume: Any) -> str:
     """resume=true|fresh|false -> "auto" | "fresh" | "never"."""
     key = resume.lower() if isinstance(resume, str) else resume
     if key not in RESUME_MODES:
-        raise ConfigError(f"resume={resume!r} is not one of true, fresh, false (see conf/train.yaml).")
+        raise ConfigError(
+            f"resume={resume!r} is not one of true, fresh, false (see conf/train.yaml).")
     return RESUME_MODES[key]
 
 
@@ -152,7 +156,8 @@ def find_resume_point(output_dir: str | Path, resume: Any) -> ResumePoint:
         return point
     root = Path(output_dir)
     last = root / LAST_CHECKPOINT
-    candidates = ([last] if last.is_file() else []) + [p for p in saved_checkpoints(root) if p != last]
+    candidates = (([last] if last.is_file() else [])
+                  + [p for p in saved_checkpoints(root) if p != last])
     for candidate in candidates:
         state, problem = checkpoint_problem(candidate)
         if problem is None:
@@ -166,8 +171,8 @@ def find_resume_point(output_dir: str | Path, resume: Any) -> ResumePoint:
         elif mode == "auto":
             raise XaiBenchError(
                 f"cannot resume the run in {root}: {skipped}, and no other checkpoint there is "
-                "readable. Start it over in this folder with resume=fresh (the unreadable files are "
-                "kept under attempts/), or train into a new folder (hydra.run.dir=...)."
+                "readable. Start it over in this folder with resume=fresh (the unreadable files "
+                "are kept under attempts/), or train into a new folder (hydra.run.dir=...)."
             )
         else:
             log.warning("%s: no readable checkpoint, starting over (resume=fresh)", skipped)

@@ -1,7 +1,8 @@
 """The run-folder contract that evaluation and reports build on, and the one way to write it.
 
 <run>/config.yaml          resolved config + `meta` (git revision, package version, start time) of
-                           the latest attempt that ran in this folder (see attempts/ for earlier ones)
+                           the latest attempt that ran in this folder (see attempts/ for
+                           earlier ones)
 <run>/checkpoints/         best.ckpt (lowest validation loss) and last.ckpt
 <run>/metrics.json         final validation and test metrics of best.ckpt, best_epoch; written only
                            when the run succeeded (a failed run has error.txt instead)
@@ -157,7 +158,8 @@ def config_text(container: dict[str, Any]) -> str:
 
 
 def write_config(container: dict[str, Any], output_dir: str | Path) -> Path:
-    """<run>/config.yaml, atomically (evaluation and report folders; training uses start_attempt)."""
+    """<run>/config.yaml, atomically (evaluation and report folders; training uses
+    start_attempt)."""
     return atomic_write_text(Path(output_dir) / CONFIG_FILE, config_text(container))
 
 
@@ -202,7 +204,8 @@ def _archive_copy(source: Path, target: Path) -> None:
         atomic_write_bytes(target, source.read_bytes())
 
 
-def archive_earlier_attempt(output_dir: str | Path, attempt: int, *, move_results: bool = False) -> None:
+def archive_earlier_attempt(output_dir: str | Path, attempt: int, *,
+                            move_results: bool = False) -> None:
     """Keep what attempt `attempt` (the one before this) left at the top of the run folder.
 
     Its config.yaml is copied to attempts/config.<attempt>.yaml when not archived yet (folders
@@ -216,7 +219,8 @@ def archive_earlier_attempt(output_dir: str | Path, attempt: int, *, move_result
     if not move_results:
         return
     archive.mkdir(parents=True, exist_ok=True)
-    for source, name in ((root / CHECKPOINT_DIR, f"checkpoints.{attempt}"), (root / METRICS_FILE, f"metrics.{attempt}.json")):
+    for source, name in ((root / CHECKPOINT_DIR, f"checkpoints.{attempt}"),
+                         (root / METRICS_FILE, f"metrics.{attempt}.json")):
         if source.exists():
             target = archive / name
             suffix = 1
@@ -269,7 +273,8 @@ def resolve_checkpoint(ckpt: str | Path) -> Path:
             candidate = path / CHECKPOINT_DIR / name
             if candidate.is_file():
                 return candidate
-        raise XaiBenchError(f"no checkpoint in {path.resolve()}/checkpoints/ (looked for {', '.join(CHECKPOINT_NAMES)}).")
+        raise XaiBenchError(f"no checkpoint in {path.resolve()}/checkpoints/ "
+                            f"(looked for {', '.join(CHECKPOINT_NAMES)}).")
     if not path.is_file():
         raise XaiBenchError(
             f"checkpoint not found: {path.resolve()}. Pass ckpt=<run folder>/checkpoints/best.ckpt "
@@ -290,7 +295,8 @@ def find_run_config(checkpoint: Path, run_config: str | Path | None = None) -> P
         if (folder / CONFIG_FILE).is_file():
             return folder / CONFIG_FILE
     raise XaiBenchError(
-        f"no {CONFIG_FILE} found for {checkpoint} (looked in {run_of(checkpoint)} and {checkpoint.parent}). "
+        f"no {CONFIG_FILE} found for {checkpoint} "
+        f"(looked in {run_of(checkpoint)} and {checkpoint.parent}). "
         "Evaluation rebuilds the model and data from the training run's config: pass "
         "run_config=<path to the training run's config.yaml>."
     )
@@ -299,5 +305,6 @@ def find_run_config(checkpoint: Path, run_config: str | Path | None = None) -> P
 def load_run_config(path: str | Path) -> DictConfig:
     cfg = OmegaConf.load(path)
     if not isinstance(cfg, DictConfig) or "model" not in cfg or "dataset" not in cfg:
-        raise XaiBenchError(f"{path} is not a training run's config.yaml (it has no model/dataset sections).")
+        raise XaiBenchError(
+            f"{path} is not a training run's config.yaml (it has no model/dataset sections).")
     return cfg

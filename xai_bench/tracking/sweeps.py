@@ -57,14 +57,16 @@ def training_runs(sweep_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         raise ConfigError(
             f"train_sweep={sweep_dir} is not a folder: pass the folder of a training sweep "
-            "(outputs/train/multiruns/<date>/<time>, printed by `python -m xai_bench.train -m ...`)."
+            "(outputs/train/multiruns/<date>/<time>, "
+            "printed by `python -m xai_bench.train -m ...`)."
         )
     found = {run_of(p) for p in root.rglob(str(BEST_CHECKPOINT))}
     runs = sorted((run for run in found if _is_training_run(run)), key=_job_number)
     if not runs:
         raise ConfigError(
-            f"no finished training run (a folder with {CONFIG_FILE} and {BEST_CHECKPOINT}) below {root.resolve()}: "
-            "pass train_sweep=<the folder of a `python -m xai_bench.train -m` sweep> whose jobs finished."
+            f"no finished training run (a folder with {CONFIG_FILE} and {BEST_CHECKPOINT}) "
+            f"below {root.resolve()}: pass train_sweep=<the folder of a "
+            "`python -m xai_bench.train -m` sweep> whose jobs finished."
         )
     return runs
 
@@ -72,7 +74,8 @@ def training_runs(sweep_dir: str | Path) -> list[Path]:
 def _quote(path: Path) -> str:
     text = str(path.resolve())
     if "'" in text:
-        raise ConfigError(f"cannot sweep over {text}: the path holds a single quote; rename the folder.")
+        raise ConfigError(
+            f"cannot sweep over {text}: the path holds a single quote; rename the folder.")
     return f"'{text}'"
 
 

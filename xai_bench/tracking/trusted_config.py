@@ -7,8 +7,8 @@ So before anything of a run's config is built, every `_target_` in it (dicts and
 depth, `_partial_` and `_args_` nodes included) must be one of the data-module and model
 builders of xai_bench that conf/ uses, or an albumentations transform class, and no string may
 hold an OmegaConf interpolation (`${...}`): Hydra would evaluate it while building, and
-`${oc.create:...}` turns a string into a new `_target_` node. A config.yaml that xai_bench wrote is fully resolved, so a
-genuine run never trips either rule.
+`${oc.create:...}` turns a string into a new `_target_` node. A config.yaml that xai_bench
+wrote is fully resolved, so a genuine run never trips either rule.
 
 The user's own command-line and conf/ configs are not checked: they are as free as Hydra makes
 them. Names are checked without importing anything outside the allowed package prefixes
@@ -128,14 +128,15 @@ def _refuse(found: list[tuple[str, str]], source: str) -> UntrustedConfigError:
     more = f" (and {len(found) - _LISTED} more)" if len(found) > _LISTED else ""
     return UntrustedConfigError(
         f"{source}: {shown}{more}. A run folder's config is untrusted input (building it could run "
-        "any code), so xai_bench builds only its data modules, its model builder and albumentations "
-        "transforms from it, with no ${...} interpolations. If you trust this run, replace that entry in the "
-        "config.yaml with an allowed one (or delete it to get the default); otherwise do not use "
-        "this run folder."
+        "any code), so xai_bench builds only its data modules, its model builder and "
+        "albumentations transforms from it, with no ${...} interpolations. If you trust this run, "
+        "replace that entry in the config.yaml with an allowed one (or delete it to get the "
+        "default); otherwise do not use this run folder."
     )
 
 
-def trusted_container(node: Any, path: str, source: str | Path = "the training run's config.yaml") -> Any:
+def trusted_container(node: Any, path: str,
+                      source: str | Path = "the training run's config.yaml") -> Any:
     """`node` (a section of a run folder's config) as a plain container, after checking every
     entry; raises one UntrustedConfigError naming each refused key and what it holds. Build
     exactly what this returns: nothing in it is evaluated again."""

@@ -75,7 +75,8 @@ def _update_config(config: dict[str, Any], items: Any) -> None:
     for item in items:
         value = json.loads(item.value_json)
         # W&B stores each config entry as {"value": ..., "desc": ...}
-        config[_key(item)] = value["value"] if isinstance(value, dict) and "value" in value else value
+        config[_key(item)] = (value["value"] if isinstance(value, dict) and "value" in value
+                              else value)
 
 
 def read_offline_run(run_dir: str | Path) -> OfflineRun:
@@ -93,7 +94,8 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run
-            run.run_id, run.name, run.group, run.job_type = r.run_id, r.display_name, r.run_group, r.job_type
+            run.run_id, run.name, run.group, run.job_type = (r.run_id, r.display_name,
+                                                             r.run_group, r.job_type)
             run.tags = list(r.tags)
             _update_config(run.config, r.config.update)
         elif kind == "config":

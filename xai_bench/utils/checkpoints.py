@@ -53,11 +53,13 @@ def load_checkpoint_safely(path: str | os.PathLike[str]) -> dict[str, Any]:
         what = (
             "it contains arbitrary Python objects, which could run code when unpickled"
             if "GLOBAL" in reason
-            else "it is not a plain tensor checkpoint (it may contain arbitrary Python objects, or be corrupt)"
+            else "it is not a plain tensor checkpoint "
+            "(it may contain arbitrary Python objects, or be corrupt)"
         )
         raise UnsafeCheckpointError(
-            f"refused to load {file.resolve()}: {what} ({reason}). Convert it to safetensors or save a "
-            "plain state dict of tensors (torch.save(model.state_dict(), path)) from a trusted environment."
+            f"refused to load {file.resolve()}: {what} ({reason}). Convert it to safetensors or "
+            "save a plain state dict of tensors (torch.save(model.state_dict(), path)) from a "
+            "trusted environment."
         ) from None
     except Exception as err:  # corrupt or truncated files raise many types
         raise XaiBenchError(f"could not read checkpoint {file.resolve()}: {err}") from err

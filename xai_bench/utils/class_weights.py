@@ -17,7 +17,8 @@ def balanced_weights(labels: Sequence[int] | np.ndarray, num_classes: int) -> li
     if labels.ndim == 2:
         positives = labels.sum(axis=0).astype(float)
         if (positives == 0).any():
-            raise ConfigError(f"class_weights=balanced: classes {np.flatnonzero(positives == 0).tolist()} have no positives.")
+            raise ConfigError(f"class_weights=balanced: classes "
+                              f"{np.flatnonzero(positives == 0).tolist()} have no positives.")
         return ((labels.shape[0] - positives) / positives).tolist()
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(float)
     if (counts == 0).any():
@@ -34,7 +35,8 @@ def resolve_class_weights(spec: Any, train_labels: Callable[[], Any] | None,
         return None
     if isinstance(spec, str):
         if spec != "balanced":
-            raise ConfigError(f"module.class_weights must be null, 'balanced' or a list; got {spec!r}.")
+            raise ConfigError(
+                f"module.class_weights must be null, 'balanced' or a list; got {spec!r}.")
         if train_labels is None:
             raise ConfigError("module.class_weights=balanced needs the training labels "
                               "(train_labels=).")

@@ -31,13 +31,15 @@ from xai_bench.utils.quiet import drop_retired_wandb_settings
 log = logging.getLogger(__name__)
 
 # WANDB_MODE values (W&B's own) -> what they mean here
-WANDB_OFFLINE_MODES = {"offline": "offline", "dryrun": "offline", "online": "online", "run": "online", "disabled": "disabled"}
+WANDB_OFFLINE_MODES = {"offline": "offline", "dryrun": "offline", "online": "online",
+                       "run": "online", "disabled": "disabled"}
 WANDB_DEFAULT_URL = "https://api.wandb.ai"
 # seconds an online run may wait for a TCP connection to the W&B server before giving up
 WANDB_CONNECT_TIMEOUT = 5.0
 STAY_OFFLINE = (
-    "to stay offline, unset WANDB_MODE (or set WANDB_MODE=offline) and keep logger.wandb.offline=true: "
-    "the run is written to <run folder>/wandb/ and can be uploaded later with `wandb sync`"
+    "to stay offline, unset WANDB_MODE (or set WANDB_MODE=offline) and keep "
+    "logger.wandb.offline=true: the run is written to <run folder>/wandb/ and can be uploaded "
+    "later with `wandb sync`"
 )
 
 _UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '(\w+)'")
@@ -90,7 +92,8 @@ def _instantiate_group(cfg: DictConfig | None, kind: str) -> list:
         if node is None:  # disabled from the command line or a debug config: callbacks.x=null
             continue
         if not isinstance(node, DictConfig) or "_target_" not in node:
-            raise ConfigError(f"{kind}.{name} has no _target_; set it or disable it with {kind}.{name}=null.")
+            raise ConfigError(f"{kind}.{name} has no _target_; "
+                              f"set it or disable it with {kind}.{name}=null.")
         if kind == "logger" and str(node._target_).endswith("WandbLogger"):
             node = _with_wandb_mode(node, f"{kind}.{name}")
         objects.append(drop_retired_wandb_settings(instantiate_node(node, f"{kind}.{name}")))
@@ -117,7 +120,8 @@ def wandb_mode(config_offline: bool, key: str = "logger.wandb") -> tuple[str, st
     if env:
         if env not in WANDB_OFFLINE_MODES:
             raise ConfigError(
-                f"WANDB_MODE={env} is not a W&B mode: use online, offline or disabled ({STAY_OFFLINE})."
+                f"WANDB_MODE={env} is not a W&B mode: "
+                f"use online, offline or disabled ({STAY_OFFLINE})."
             )
         mode = WANDB_OFFLINE_MODES[env]
         overrides = f", which overrides the config's {key}.offline={str(config_offline).lower()}"
@@ -157,7 +161,8 @@ def wandb_base_url() -> str:
 
 
 def check_wandb_reachable(timeout: float = WANDB_CONNECT_TIMEOUT) -> None:
-    """Refuse an online W&B run in seconds when its server (or the proxy to it) cannot be reached."""
+    """Refuse an online W&B run in seconds when its server (or the proxy to it) cannot be
+    reached."""
     url = wandb_base_url()
     parsed = urlparse(url)
     host = parsed.hostname or ""
@@ -170,7 +175,8 @@ def check_wandb_reachable(timeout: float = WANDB_CONNECT_TIMEOUT) -> None:
     try:
         socket.create_connection(target, timeout=timeout).close()
     except OSError as err:
-        reason = f"no answer within {timeout:g} s" if isinstance(err, TimeoutError) else (err.strerror or type(err).__name__)
+        reason = (f"no answer within {timeout:g} s" if isinstance(err, TimeoutError)
+                  else (err.strerror or type(err).__name__))
         through = f" through the proxy {target[0]}:{target[1]}" if target != (host, port) else ""
         raise XaiBenchError(
             f"W&B is online but its server {url} cannot be reached{through} ({reason}): check the "
@@ -190,7 +196,8 @@ def wandb_error_message(err: BaseException) -> str | None:
         todo = "log in with `wandb login` (or set WANDB_API_KEY)"
     else:
         todo = "check the network and the W&B server (WANDB_BASE_URL)"
-    return f"W&B could not start an online run ({type(err).__name__}: {first}): {todo}, or {STAY_OFFLINE}."
+    return (f"W&B could not start an online run ({type(err).__name__}: {first}): {todo}, "
+            f"or {STAY_OFFLINE}.")
 
 
 def start_loggers(loggers: list[Logger]) -> None:

@@ -10,7 +10,8 @@ from rich import get_console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
-DEFAULT_ORDER = ("dataset", "init", "model", "optimizer", "scheduler", "module", "trainer", "callbacks", "logger", "paths")
+DEFAULT_ORDER = ("dataset", "init", "model", "optimizer", "scheduler", "module", "trainer",
+                 "callbacks", "logger", "paths")
 
 
 @rank_zero_only
@@ -20,5 +21,6 @@ def print_config_tree(cfg: DictConfig, order: Sequence[str] = DEFAULT_ORDER) -> 
     for name in fields:
         node = cfg[name]
         text = OmegaConf.to_yaml(node, resolve=True) if isinstance(node, DictConfig) else str(node)
-        tree.add(f"[bold]{name}[/bold]", guide_style="dim").add(Syntax(text, "yaml", theme="ansi_dark"))
+        tree.add(f"[bold]{name}[/bold]", guide_style="dim").add(
+            Syntax(text, "yaml", theme="ansi_dark"))
     get_console().print(tree)

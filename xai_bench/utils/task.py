@@ -45,10 +45,10 @@ def check_seed(cfg: DictConfig) -> None:
     seed = cfg.get("seed")
     if seed is None:
         return
-    if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
-        raise ConfigError(
-            f"seed={seed} is not an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}: pass e.g. seed=42."
-        )
+    if (isinstance(seed, bool) or not isinstance(seed, int)
+            or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+        raise ConfigError(f"seed={seed} is not an integer from {SEED_RANGE[0]} to "
+                          f"{SEED_RANGE[1]}: pass e.g. seed=42.")
 
 
 def _chain(err: BaseException) -> list[BaseException]:

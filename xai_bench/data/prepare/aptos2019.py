@@ -1,9 +1,11 @@
-"""APTOS 2019 Blindness Detection: diabetic retinopathy binarised, no DR (0) vs DR (1, diagnosis > 0).
+"""APTOS 2019 Blindness Detection: diabetic retinopathy binarised, no DR (0) vs DR
+(1, diagnosis > 0).
 
 Official download (Kaggle competition aptos2019-blindness-detection, `kaggle competitions
 download -c aptos2019-blindness-detection`) extracts to:
 
-    train.csv                   id_code,diagnosis   (0 no DR, 1 mild, 2 moderate, 3 severe, 4 proliferative)
+    train.csv                   id_code,diagnosis   (0 no DR, 1 mild, 2 moderate, 3 severe,
+                                                     4 proliferative)
     train_images/<id_code>.png
     test.csv, test_images/      (no labels: not used)
     sample_submission.csv       (not used)
@@ -33,10 +35,13 @@ from xai_bench.data.prepare.common import (
 from xai_bench.utils.errors import DatasetNotFoundError
 
 CLASS_NAMES = ("no_dr", "dr")
-SOURCE = "APTOS 2019 Blindness Detection (https://www.kaggle.com/competitions/aptos2019-blindness-detection), train.csv + train_images/"
+SOURCE = ("APTOS 2019 Blindness Detection "
+          "(https://www.kaggle.com/competitions/aptos2019-blindness-detection), "
+          "train.csv + train_images/")
 DEFAULT_RESIZE = "224x224"
 GRADES = range(5)
-DOWNLOAD = ("Download the competition data (kaggle competitions download -c aptos2019-blindness-detection), "
+DOWNLOAD = ("Download the competition data "
+            "(kaggle competitions download -c aptos2019-blindness-detection), "
             "extract it and pass the folder holding train.csv and train_images/ as --raw.")
 
 
@@ -44,7 +49,8 @@ def records(raw: Path) -> list[Record]:
     raw = require_dir(raw, "APTOS 2019 folder", DOWNLOAD)
     table = raw / "train.csv"
     if not table.is_file():
-        raise DatasetNotFoundError(f"APTOS 2019 labels not found: {table.resolve()} does not exist. {DOWNLOAD}")
+        raise DatasetNotFoundError(
+            f"APTOS 2019 labels not found: {table.resolve()} does not exist. {DOWNLOAD}")
     images = require_dir(raw / "train_images", "APTOS 2019 image folder 'train_images'", DOWNLOAD)
     with open(table, newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
@@ -64,10 +70,11 @@ def records(raw: Path) -> list[Record]:
         label = int(int(grade) > 0)
         out.append(Record(source=path, label=label, name=f"{CLASS_NAMES[label]}/{code}"))
     if bad:
-        raise DatasetNotFoundError(f"{table}: diagnosis must be an integer 0-4; {bad[:5]} ({len(bad)} rows).")
+        raise DatasetNotFoundError(
+            f"{table}: diagnosis must be an integer 0-4; {bad[:5]} ({len(bad)} rows).")
     if missing:
-        raise DatasetNotFoundError(f"{len(missing)} images listed in train.csv are not in {images.resolve()} "
-                                   f"(e.g. {missing[:3]}). {DOWNLOAD}")
+        raise DatasetNotFoundError(f"{len(missing)} images listed in train.csv are not in "
+                                   f"{images.resolve()} (e.g. {missing[:3]}). {DOWNLOAD}")
     return out
 
 

@@ -1,9 +1,12 @@
-"""BreaKHis v1 (Spanhol et al. 2016): benign (0) vs malignant (1), all magnifications, slide-level split.
+"""BreaKHis v1 (Spanhol et al. 2016): benign (0) vs malignant (1), all magnifications,
+slide-level split.
 
-Official download BreaKHis_v1.tar.gz (https://web.inf.ufpr.br/vri/databases/breast-cancer-histopathological-database-breakhis/)
+Official download BreaKHis_v1.tar.gz
+(https://web.inf.ufpr.br/vri/databases/breast-cancer-histopathological-database-breakhis/)
 extracts to:
 
-    BreaKHis_v1/histology_slides/breast/<benign|malignant>/SOB/<tumour type>/<slide folder>/<40X|100X|200X|400X>/<file>.png
+    BreaKHis_v1/histology_slides/breast/<benign|malignant>/SOB/<tumour type>/<slide
+        folder>/<40X|100X|200X|400X>/<file>.png
     e.g. .../benign/SOB/adenosis/SOB_B_A_14-22549AB/40X/SOB_B_A-14-22549AB-40-001.png
 
 File names are <procedure>_<B|M>_<type>-<year>-<slide>-<magnification>-<seq>.png (the slide folder
@@ -42,19 +45,23 @@ SOURCE = "BreaKHis v1 (https://web.inf.ufpr.br/vri/databases/breast-cancer-histo
 DEFAULT_RESIZE = "224x224"
 MAGNIFICATIONS = ("40X", "100X", "200X", "400X")
 # SOB_B_A-14-22549AB-40-001: procedure, class letter, type, year, slide, magnification, sequence
-FILE_NAME = re.compile(r"^(?P<proc>[A-Z]+)_(?P<cls>[BM])_(?P<type>[A-Z]+)-(?P<year>\d+)-(?P<slide>[0-9A-Za-z]+)-(?P<mag>\d+)-(?P<seq>\d+)$")
+FILE_NAME = re.compile(r"^(?P<proc>[A-Z]+)_(?P<cls>[BM])_(?P<type>[A-Z]+)-(?P<year>\d+)"
+                       r"-(?P<slide>[0-9A-Za-z]+)-(?P<mag>\d+)-(?P<seq>\d+)$")
 FOLDER_NAME = re.compile(r"^[A-Z]+_[BM]_[A-Z]+_(?P<year>\d+)-(?P<slide>[0-9A-Za-z]+)$")
-DOWNLOAD = ("Download BreaKHis_v1.tar.gz from https://web.inf.ufpr.br/vri/databases/breast-cancer-histopathological-database-breakhis/, "
-            "extract it and pass the BreaKHis_v1/ folder as --raw.")
+DOWNLOAD = ("Download BreaKHis_v1.tar.gz from "
+            "https://web.inf.ufpr.br/vri/databases/breast-cancer-histopathological-database-breakhis/"
+            ", extract it and pass the BreaKHis_v1/ folder as --raw.")
 
 
 def breast_folder(raw: Path) -> Path:
-    """<raw>/histology_slides/breast, <raw>/breast or <raw> itself (whichever holds benign/ and malignant/)."""
-    for candidate in (raw / "histology_slides" / "breast", raw / "BreaKHis_v1" / "histology_slides" / "breast",
-                      raw / "breast", raw):
+    """<raw>/histology_slides/breast, <raw>/breast or <raw> itself (whichever holds benign/ and
+    malignant/)."""
+    for candidate in (raw / "histology_slides" / "breast",
+                      raw / "BreaKHis_v1" / "histology_slides" / "breast", raw / "breast", raw):
         if (candidate / "benign").is_dir() or (candidate / "malignant").is_dir():
             return candidate
-    raise DatasetNotFoundError(f"BreaKHis layout not found under {raw.resolve()}: expected histology_slides/breast/benign/ "
+    raise DatasetNotFoundError(f"BreaKHis layout not found under {raw.resolve()}: "
+                               "expected histology_slides/breast/benign/ "
                                f"and .../malignant/. {DOWNLOAD}")
 
 
@@ -62,8 +69,9 @@ def slide_id(path: Path, group_by: str = "slide") -> str:
     """The slide id (year-slide, e.g. 14-22549AB) from the file name, else from the slide folder."""
     match = FILE_NAME.match(path.stem) or FOLDER_NAME.match(path.parent.parent.name)
     if match is None:
-        raise DatasetNotFoundError(f"cannot read the slide id of {path}: neither the file name nor its slide folder "
-                                   "follow BreaKHis' SOB_<B|M>_<type>-<year>-<slide>-<mag>-<seq>.png naming.")
+        raise DatasetNotFoundError(f"cannot read the slide id of {path}: neither the file name "
+                                   "nor its slide folder follow BreaKHis' "
+                                   "SOB_<B|M>_<type>-<year>-<slide>-<mag>-<seq>.png naming.")
     slide = match["slide"]
     if group_by == "number":
         slide = re.sub(r"[A-Za-z]+$", "", slide)
@@ -75,25 +83,30 @@ def records(raw: Path, group_by: str = "slide") -> list[Record]:
     breast = breast_folder(raw)
     out: list[Record] = []
     for label, cls in enumerate(CLASS_NAMES):
-        folder = require_dir(breast / cls, f"BreaKHis class folder '{cls}'", f"Expected {breast}/{cls}/SOB/<tumour type>/... {DOWNLOAD}")
+        folder = require_dir(breast / cls, f"BreaKHis class folder '{cls}'",
+                             f"Expected {breast}/{cls}/SOB/<tumour type>/... {DOWNLOAD}")
         for path in sorted(folder.rglob("*.png")):
             if path.parent.name.upper() not in MAGNIFICATIONS:
                 continue
             match = FILE_NAME.match(path.stem)
             if match is not None and match["cls"] != cls[0].upper():
-                raise DatasetNotFoundError(f"{path} is under {cls}/ but its name says class {match['cls']}.")
-            out.append(Record(source=path, label=label, name=f"{cls}/{path.stem}", group=slide_id(path, group_by)))
+                raise DatasetNotFoundError(
+                    f"{path} is under {cls}/ but its name says class {match['cls']}.")
+            out.append(Record(source=path, label=label, name=f"{cls}/{path.stem}",
+                              group=slide_id(path, group_by)))
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options only breakhis has (the common ones: add_common_args)."""
     parser.add_argument("--group-by", choices=("slide", "number"), default="slide",
-                        help="split unit: the slide id (14-22549AB, default) or its number alone (14-22549)")
+                        help="split unit: the slide id (14-22549AB, default) "
+                             "or its number alone (14-22549)")
 
 
 def prepare(args: argparse.Namespace) -> PrepareReport:
-    return prepare_dataset(records(args.raw, args.group_by), config_from_args(args), CLASS_NAMES, SOURCE)
+    return prepare_dataset(records(args.raw, args.group_by), config_from_args(args), CLASS_NAMES,
+                           SOURCE)
 
 
 PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE, add_arguments=add_arguments)

@@ -98,7 +98,8 @@ class PrepareReport:
     def summary(self) -> str:
         lines = [f"prepared {self.out}"]
         for split, per_class in self.counts.items():
-            lines.append(f"  {split:>5}: {sum(per_class.values())} images ({', '.join(f'{k} {v}' for k, v in per_class.items())})")
+            lines.append(f"  {split:>5}: {sum(per_class.values())} images "
+                         f"({', '.join(f'{k} {v}' for k, v in per_class.items())})")
         lines.append(f"  ROI masks: {self.masks}; skipped unreadable files: {len(self.skipped)}")
         if self.rois:
             lines.append(f"  evaluation ROIs: {self.rois.get('attached', 0)} attached, "
@@ -125,7 +126,8 @@ def assign_splits(records: list[Record], fractions: Sequence[float], seed: int) 
     group's majority label), with a seeded shuffle. Records that have a split keep it.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
-        raise ConfigError(f"split fractions must be three non-negative numbers summing to 1; got {list(fractions)}.")
+        raise ConfigError("split fractions must be three non-negative numbers summing to 1; "
+                          f"got {list(fractions)}.")
     todo = [r for r in records if r.split is None]
     groups: dict[str, list[Record]] = defaultdict(list)
     for index, record in enumerate(todo):
@@ -140,7 +142,8 @@ def assign_splits(records: list[Record], fractions: Sequence[float], seed: int) 
         rng.shuffle(keys)
         n_train, n_val, _ = split_sizes(len(keys), fractions)
         for position, key in enumerate(keys):
-            split = "train" if position < n_train else ("val" if position < n_train + n_val else "test")
+            split = ("train" if position < n_train
+                     else ("val" if position < n_train + n_val else "test"))
             for member in groups[key]:
                 member.split = split
     check_group_leakage(records)
@@ -171,7 +174,8 @@ def check_group_leakage(records: Sequence[Record]) -> None:
             splits_of[record.group].add(record.split)
     leaking = sorted(g for g, s in splits_of.items() if len(s) > 1)
     if leaking:
-        raise XaiBenchError(f"groups {leaking[:5]} appear in more than one split ({len(leaking)} in all).")
+        raise XaiBenchError(
+            f"groups {leaking[:5]} appear in more than one split ({len(leaking)} in all).")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -190,7 +194,8 @@ def _parse_resize(resize: str | None) -> Callable[[int, int], tuple[int, int]] |
     if "x" in text:
         width, height = (int(v) for v in text.split("x"))
         return lambda w, h: (width, height)
-    raise ConfigError(f"resize must be null, 'WxH' (e.g. 256x256) or 'shortN' (e.g. short256); got {resize!r}.")
+    raise ConfigError("resize must be null, 'WxH' (e.g. 256x256) or 'shortN' (e.g. short256); "
+                      f"got {resize!r}.")
 
 
 def _box_mask(boxes: Sequence[Box], width: int, height: int, sx: float, sy: float) -> np.ndarray:
@@ -203,7 +208,8 @@ def _box_mask(boxes: Sequence[Box], width: int, height: int, sx: float, sy: floa
 
 
 def _label_text(label: int | list[int]) -> str:
-    return ";".join(str(int(v)) for v in sorted(set(label))) if isinstance(label, list) else str(int(label))
+    return (";".join(str(int(v)) for v in sorted(set(label))) if isinstance(label, list)
+            else str(int(label)))
 
 
 def prepare_dataset(
@@ -217,13 +223,16 @@ def prepare_dataset(
     if cfg.on_corrupt not in ("error", "skip"):
         raise ConfigError(f"on_corrupt must be error or skip; got {cfg.on_corrupt!r}.")
     if not records:
-        raise DatasetNotFoundError(f"no images found for {source}: check the raw folder's layout (docs/datasets/).")
+        raise DatasetNotFoundError(
+            f"no images found for {source}: check the raw folder's layout (docs/datasets/).")
     if (out / "labels.csv").exists() and not cfg.overwrite:
-        raise XaiBenchError(f"{out} already holds a prepared dataset; pass --overwrite to replace it.")
+        raise XaiBenchError(
+            f"{out} already holds a prepared dataset; pass --overwrite to replace it.")
     names = Counter(r.name for r in records)
     clashes = [n for n, c in names.items() if c > 1]
     if clashes:
-        raise XaiBenchError(f"output names {clashes[:5]} are used by several source images; the prepare script must make them unique.")
+        raise XaiBenchError(f"output names {clashes[:5]} are used by several source images; "
+                            "the prepare script must make them unique.")
     resize = _parse_resize(cfg.resize)
     if cfg.rois:
         roi_files(cfg.rois)  # a missing or escaping ROI folder fails before anything is written
@@ -242,8 +251,9 @@ def prepare_dataset(
                 skipped.append(f"{record.source}: {type(err).__name__}: {err}")
                 continue
             raise XaiBenchError(
-                f"cannot read {record.source}: {type(err).__name__}: {err}. Re-download it, or pass "
-                "--on-corrupt skip to leave unreadable files out (they are listed in prepare.json)."
+                f"cannot read {record.source}: {type(err).__name__}: {err}. "
+                "Re-download it, or pass --on-corrupt skip to leave unreadable files out "
+                "(they are listed in prepare.json)."
             ) from err
         height, width = image.shape[:2]
         new_w, new_h = resize(width, height) if resize else (width, height)
@@ -260,8 +270,10 @@ def prepare_dataset(
             with Image.open(record.mask) as m:
                 src = np.asarray(m.convert("L")) > 0
             if src.shape != (height, width):
-                raise XaiBenchError(f"mask {record.mask} is {src.shape[1]}x{src.shape[0]} but its image is {width}x{height}.")
-            mask = np.array(Image.fromarray(src.astype(np.uint8)).resize((new_w, new_h), Image.NEAREST))
+                raise XaiBenchError(f"mask {record.mask} is {src.shape[1]}x{src.shape[0]} "
+                                    f"but its image is {width}x{height}.")
+            mask = np.array(
+                Image.fromarray(src.astype(np.uint8)).resize((new_w, new_h), Image.NEAREST))
         if mask is not None:
             mask_path = out / "masks" / f"{record.name}.png"
             mask_path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,7 +287,8 @@ def prepare_dataset(
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as handle:
         handle.write("image,label,split,group\n")
         for row in rows:
-            handle.write(",".join(_csv_cell(row[k]) for k in ("image", "label", "split", "group")) + "\n")
+            handle.write(",".join(_csv_cell(row[k]) for k in ("image", "label", "split", "group"))
+                         + "\n")
 
     counts: dict[str, dict[str, int]] = {}
     for split in SPLITS:
@@ -286,15 +299,17 @@ def prepare_dataset(
                     per_class[class_names[int(index)]] += 1
         counts[split] = {name: per_class.get(name, 0) for name in class_names}
     rois = attach_rois(out, cfg.rois) if cfg.rois else {}
-    if rois:  # evaluation images the ROI set does not cover: reported, they are left out of localisation
-        covered = {p.relative_to(out / "rois").with_suffix("").as_posix() for p in (out / "rois").rglob("*.png")}
+    if rois:  # evaluation images the ROI set does not cover: reported, left out of localisation
+        covered = {p.relative_to(out / "rois").with_suffix("").as_posix()
+                   for p in (out / "rois").rglob("*.png")}
         rois["test_images_without_roi"] = sum(
-            1 for row in rows if row["split"] == "test" and row["image"][len("images/"):-len(".png")] not in covered
-        )
+            1 for row in rows
+            if row["split"] == "test" and row["image"][len("images/"):-len(".png")] not in covered)
     report = PrepareReport(out=out, counts=counts, skipped=skipped, masks=n_masks, rois=rois)
     (out / "prepare.json").write_text(json.dumps({
         "source": source, "class_names": list(class_names), "resize": cfg.resize, "seed": cfg.seed,
-        "fractions": list(cfg.fractions), "counts": counts, "masks": n_masks, "skipped": skipped, "rois": rois,
+        "fractions": list(cfg.fractions), "counts": counts, "masks": n_masks, "skipped": skipped,
+        "rois": rois,
     }, indent=2) + "\n")
     return report
 
@@ -310,30 +325,33 @@ def roi_files(rois_dir: Path) -> list[Path]:
     rois_dir = Path(rois_dir)
     if not rois_dir.is_dir():
         raise DatasetNotFoundError(
-            f"ROI folder {rois_dir.resolve()} does not exist: pass a folder of input-frame ROI masks "
-            f"(one PNG per image stem), --rois {STUDY_ROIS} for the reference study's (cp_child, duke, "
-            "kvasir, mura) or --rois none."
+            f"ROI folder {rois_dir.resolve()} does not exist: "
+            f"pass a folder of input-frame ROI masks (one PNG per image stem), --rois {STUDY_ROIS} "
+            "for the reference study's (cp_child, duke, kvasir, mura) or --rois none."
         )
     masks = sorted(rois_dir.glob("*.png"))
     outside = paths_outside(rois_dir, masks)
     if outside:
-        shown = ", ".join(repr(masks[i].name) for i in outside[:5]) + (", ..." if len(outside) > 5 else "")
+        shown = (", ".join(repr(masks[i].name) for i in outside[:5])
+                 + (", ..." if len(outside) > 5 else ""))
         raise ConfigError(
             f"{rois_dir}: {len(outside)} ROI files are symlinks leading outside the folder "
-            f"{os.path.realpath(rois_dir)}: {shown}. Copy the masks into the folder instead of linking them."
+            f"{os.path.realpath(rois_dir)}: {shown}. "
+            "Copy the masks into the folder instead of linking them."
         )
     return masks
 
 
 def attach_rois(out: Path, rois_dir: Path) -> dict[str, Any]:
-    """Copy input-frame ROI masks (one PNG per image stem, e.g. the study's, xai_bench.data.study_rois)
-    to <out>/rois/, matching them to the prepared images by file stem. Masks without an image
-    and evaluation images without a mask are reported, not fatal."""
+    """Copy input-frame ROI masks (one PNG per image stem, e.g. the study's,
+    xai_bench.data.study_rois) to <out>/rois/, matching them to the prepared images by file stem.
+    Masks without an image and evaluation images without a mask are reported, not fatal."""
     rois_dir = Path(rois_dir)
     masks = roi_files(rois_dir)
     stems: dict[str, str] = {}
     for path in (Path(out) / "images").rglob("*.png"):
-        stems.setdefault(path.stem, path.relative_to(Path(out) / "images").with_suffix("").as_posix())
+        stems.setdefault(path.stem,
+                         path.relative_to(Path(out) / "images").with_suffix("").as_posix())
     target = Path(out) / "rois"
     target.mkdir(parents=True, exist_ok=True)
     attached, without_image = 0, []
@@ -346,7 +364,8 @@ def attach_rois(out: Path, rois_dir: Path) -> dict[str, Any]:
         shutil.copyfile(mask, destination)
         attached += 1
     if without_image:
-        log.warning("%d ROI masks have no prepared image (e.g. %s)", len(without_image), without_image[:3])
+        log.warning("%d ROI masks have no prepared image (e.g. %s)", len(without_image),
+                    without_image[:3])
     return {"source": str(rois_dir), "attached": attached, "without_image": without_image}
 
 
@@ -380,24 +399,31 @@ def rois_folder(value: str | Path | None, study_dataset: str | None = None) -> P
         if study_dataset is None:
             raise ConfigError(
                 f"--rois {STUDY_ROIS}: the reference study published ROI masks for "
-                f"{', '.join(study_rois.DATASETS)} only; pass a folder of your own masks or leave --rois out."
+                f"{', '.join(study_rois.DATASETS)} only; "
+                "pass a folder of your own masks or leave --rois out."
             )
         return study_rois.path(study_dataset)
     return Path(value).expanduser()
 
 
-def add_common_args(parser: argparse.ArgumentParser, default_resize: str | None, study_rois: str | None = None) -> None:
+def add_common_args(parser: argparse.ArgumentParser, default_resize: str | None,
+                    study_rois: str | None = None) -> None:
     parser.add_argument("--raw", type=Path, required=True, help="the extracted official download")
-    parser.add_argument("--out", type=Path, required=True, help="the prepared folder, e.g. data/<name>")
-    parser.add_argument("--resize", default=default_resize, help="WxH | shortN | none (default: the study's)")
-    parser.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument("--out", type=Path, required=True,
+                        help="the prepared folder, e.g. data/<name>")
+    parser.add_argument("--resize", default=default_resize,
+                        help="WxH | shortN | none (default: the study's)")
+    parser.add_argument("--fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1),
+                        metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--on-corrupt", choices=("error", "skip"), default="error")
     if study_rois:
-        rois_help = (f"input-frame ROI masks to attach: '{STUDY_ROIS}' (default: the reference study's 50 "
-                     f"{study_rois} masks, shipped with xai_bench), a folder of your own, or 'none'")
+        rois_help = (f"input-frame ROI masks to attach: '{STUDY_ROIS}' "
+                     f"(default: the reference study's 50 {study_rois} masks, shipped with "
+                     "xai_bench), a folder of your own, or 'none'")
     else:
-        rois_help = "a folder of input-frame ROI masks to attach (one PNG per image stem); default none"
+        rois_help = ("a folder of input-frame ROI masks to attach (one PNG per image stem); "
+                     "default none")
     parser.add_argument("--rois", default=STUDY_ROIS if study_rois else None, help=rois_help)
     parser.set_defaults(study_rois_dataset=study_rois)
     parser.add_argument("--overwrite", action="store_true")
@@ -405,8 +431,8 @@ def add_common_args(parser: argparse.ArgumentParser, default_resize: str | None,
 
 def config_from_args(args: argparse.Namespace) -> PrepareConfig:
     resize = None if str(args.resize).lower() in ("none", "null", "") else args.resize
-    return PrepareConfig(out=args.out, resize=resize, fractions=tuple(args.fractions), seed=args.seed,
-                         on_corrupt=args.on_corrupt, overwrite=args.overwrite,
+    return PrepareConfig(out=args.out, resize=resize, fractions=tuple(args.fractions),
+                         seed=args.seed, on_corrupt=args.on_corrupt, overwrite=args.overwrite,
                          rois=rois_folder(args.rois, getattr(args, "study_rois_dataset", None)))
 
 
@@ -414,8 +440,9 @@ def config_with_publisher_test(args: argparse.Namespace, test_source: str) -> Pr
     """For datasets whose publisher fixes the test set: validation is `--val-fraction` of the
     training images, and `--fractions` (which would also carve a test split) is refused."""
     if tuple(args.fractions) != (0.8, 0.1, 0.1):
-        raise ConfigError(f"the test split is {test_source}: --fractions does not apply; use --val-fraction "
-                          "to size the validation split taken from the training images.")
+        raise ConfigError(f"the test split is {test_source}: --fractions does not apply; "
+                          "use --val-fraction to size the validation split taken from the "
+                          "training images.")
     if not 0.0 < args.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in (0, 1); got {args.val_fraction}.")
     cfg = config_from_args(args)

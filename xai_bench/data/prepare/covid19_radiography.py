@@ -37,18 +37,22 @@ from xai_bench.data.prepare.common import (
 )
 
 CLASS_NAMES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
-SOURCE = ("COVID-19 Radiography Database (https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database), "
+SOURCE = ("COVID-19 Radiography Database "
+          "(https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database), "
           "<class>/images/, per class sorted by name 80/10/10")
-DEFAULT_RESIZE = None  # 299x299 as published; the test transform resizes to 224 as the companion did
+# 299x299 as published; the test transform resizes to 224 as the companion did
+DEFAULT_RESIZE = None
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 TOP_FOLDER = "COVID-19_Radiography_Dataset"
-HINT = ("Download archive.zip from https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database, "
-        f"extract it and pass the {TOP_FOLDER}/ folder (the one holding COVID/, Lung_Opacity/, Normal/ and "
-        "'Viral Pneumonia/') as --raw.")
+HINT = ("Download archive.zip from "
+        "https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database, "
+        f"extract it and pass the {TOP_FOLDER}/ folder "
+        "(the one holding COVID/, Lung_Opacity/, Normal/ and 'Viral Pneumonia/') as --raw.")
 
 
 def _root(raw: Path) -> Path:
-    """--raw itself, or the COVID-19_Radiography_Dataset/ folder inside it (Kaggle zips nest it, sometimes twice)."""
+    """--raw itself, or the COVID-19_Radiography_Dataset/ folder inside it (Kaggle zips nest it,
+    sometimes twice)."""
     raw = require_dir(raw, "COVID-19 Radiography Database folder", HINT)
     while not (raw / CLASS_NAMES[0]).is_dir() and (raw / TOP_FOLDER).is_dir():
         raw = raw / TOP_FOLDER
@@ -60,7 +64,8 @@ def sorted_split(n: int, fractions: tuple[float, float, float]) -> list[str]:
     train, <= int(n (f_train + f_val)) -> val, else test."""
     train_end = int(n * fractions[0])
     val_end = int(n * (fractions[0] + fractions[1]))
-    return ["train" if i <= train_end else ("val" if i <= val_end else "test") for i in range(1, n + 1)]
+    return ["train" if i <= train_end else ("val" if i <= val_end else "test")
+            for i in range(1, n + 1)]
 
 
 def records(raw: Path, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> list[Record]:
@@ -71,7 +76,8 @@ def records(raw: Path, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) 
                              f"Expected {root}/{cls}/images/ with the class's PNG files. {HINT}")
         if (folder / "images").is_dir():  # v4+ layout; <= v3 kept the images in the class folder
             folder = folder / "images"
-        files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: p.name)
+        files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                       key=lambda p: p.name)
         for path, split in zip(files, sorted_split(len(files), fractions), strict=True):
             out.append(Record(source=path, label=label, name=f"{cls}/{path.stem}", split=split))
     return out

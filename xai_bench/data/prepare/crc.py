@@ -1,4 +1,5 @@
-"""NCT-CRC-HE-100K + CRC-VAL-HE-7K (Kather et al. 2018/2019): 9 colorectal tissue classes, H&E patches.
+"""NCT-CRC-HE-100K + CRC-VAL-HE-7K (Kather et al. 2018/2019): 9 colorectal tissue classes,
+H&E patches.
 
 Official download: Zenodo record 1214456 (https://zenodo.org/record/1214456), three zips that each
 extract to one folder with one sub-folder per class of 224x224 .tif patches (0.5 um/px):
@@ -42,15 +43,17 @@ DEFAULT_RESIZE = None  # 224x224 as published
 TRAIN_FOLDER = "NCT-CRC-HE-100K"
 TEST_FOLDER = "CRC-VAL-HE-7K"
 IMAGE_SUFFIXES = {".tif", ".tiff", ".png", ".jpg"}
-HINT = ("Download NCT-CRC-HE-100K.zip and CRC-VAL-HE-7K.zip from https://zenodo.org/record/1214456, extract both "
-        "into one folder and pass that folder as --raw.")
+HINT = ("Download NCT-CRC-HE-100K.zip and CRC-VAL-HE-7K.zip from "
+        "https://zenodo.org/record/1214456, extract both into one folder "
+        "and pass that folder as --raw.")
 VAL_RULES = ("seeded", "sorted")
 
 
 def _class_files(folder: Path, cls: str) -> list[Path]:
     images = require_dir(folder / cls, f"CRC class folder '{folder.name}/{cls}'",
                          f"Expected {folder}/{cls}/ with the class's .tif patches. {HINT}")
-    return sorted((p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: p.name)
+    return sorted((p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                  key=lambda p: p.name)
 
 
 def records(raw: Path, train_folder: str = TRAIN_FOLDER, test_folder: str = TEST_FOLDER,
@@ -68,20 +71,25 @@ def records(raw: Path, train_folder: str = TRAIN_FOLDER, test_folder: str = TEST
         n_train = int(len(files) * (1.0 - val_fraction))
         for position, path in enumerate(files):
             split = None if val_rule == "seeded" else ("train" if position < n_train else "val")
-            out.append(Record(source=path, label=label, name=f"{train_folder}/{cls}/{path.stem}", split=split))
+            out.append(Record(source=path, label=label, name=f"{train_folder}/{cls}/{path.stem}",
+                              split=split))
         for path in _class_files(test_dir, cls):
-            out.append(Record(source=path, label=label, name=f"{test_folder}/{cls}/{path.stem}", split="test"))
+            out.append(Record(source=path, label=label, name=f"{test_folder}/{cls}/{path.stem}",
+                              split="test"))
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options only crc has (the common ones: add_common_args)."""
-    parser.add_argument("--train-folder", default=TRAIN_FOLDER, help="under --raw (e.g. NCT-CRC-HE-100K-NONORM)")
+    parser.add_argument("--train-folder", default=TRAIN_FOLDER,
+                        help="under --raw (e.g. NCT-CRC-HE-100K-NONORM)")
     parser.add_argument("--test-folder", default=TEST_FOLDER, help="under --raw")
     parser.add_argument("--val-rule", choices=VAL_RULES, default="seeded",
-                        help="seeded: stratified random share (default); sorted: the companion's last share per class")
+                        help="seeded: stratified random share (default); "
+                             "sorted: the companion's last share per class")
     parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="share of NCT-CRC-HE-100K used for validation (the companion's sorted rule used 0.2)")
+                        help="share of NCT-CRC-HE-100K used for validation "
+                             "(the companion's sorted rule used 0.2)")
 
 
 def prepare(args: argparse.Namespace) -> PrepareReport:

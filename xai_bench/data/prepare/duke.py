@@ -14,7 +14,8 @@ dataset authors' tutorial (sites.duke.edu/mazurowski, "breast-mri-cancer-detect-
 whose extraction code: uses the fat-saturated pre-contrast series ("pre" in the path), 1-based
 slice numbers, positives = slices inside the box, negatives = slices at least 5 slices outside,
 PNG names `<DICOM file stem>-<patient number>.png` (e.g. 1-084-149.png: the stems of the study's
-evaluation ROIs, so the study's masks, attached by default (--rois study), find them); pixels scaled to uint8.
+evaluation ROIs, so the study's masks, attached by default (--rois study), find them); pixels
+scaled to uint8.
 The column order of Annotation_Boxes (rows, columns, slices) is confirmed by public loaders.
 
 Choices made here (documented in docs/datasets/duke.md):
@@ -59,15 +60,17 @@ from xai_bench.utils.errors import ConfigError, DatasetNotFoundError, XaiBenchEr
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ("no_tumour", "tumour")
-SOURCE = "Duke-Breast-Cancer-MRI (https://doi.org/10.7937/TCIA.e3sv-re93): DICOM series + Annotation_Boxes"
+SOURCE = ("Duke-Breast-Cancer-MRI (https://doi.org/10.7937/TCIA.e3sv-re93): "
+          "DICOM series + Annotation_Boxes")
 DEFAULT_RESIZE = "256x256"
 COLLECTION = "Duke-Breast-Cancer-MRI"
 ANNOTATION_FILES = ("Annotation_Boxes.csv", "Annotation_Boxes.xlsx")
-COLUMNS = ("Patient ID", "Start Row", "End Row", "Start Column", "End Column", "Start Slice", "End Slice")
+COLUMNS = ("Patient ID", "Start Row", "End Row", "Start Column", "End Column", "Start Slice",
+           "End Slice")
 DOWNLOAD_HINT = (
-    "Download Duke-Breast-Cancer-MRI from https://doi.org/10.7937/TCIA.e3sv-re93 with the NBIA Data "
-    "Retriever (classic folder names) and Annotation_Boxes.xlsx from the same page, and pass the folder "
-    "that holds Duke-Breast-Cancer-MRI/ as --raw."
+    "Download Duke-Breast-Cancer-MRI from https://doi.org/10.7937/TCIA.e3sv-re93 "
+    "with the NBIA Data Retriever (classic folder names) and Annotation_Boxes.xlsx "
+    "from the same page, and pass the folder that holds Duke-Breast-Cancer-MRI/ as --raw."
 )
 _PHASE = r"(1st|2nd|3rd|4th|ph\s*\d|\b\d\s*/?\s*ax)"
 SERIES_PATTERNS = {
@@ -96,7 +99,8 @@ def read_xlsx_rows(path: Path) -> list[list[str]]:
                 shared.append("".join(t.text or "" for t in item.iter(f"{ns}t")))
         sheet = "xl/worksheets/sheet1.xml"
         if "xl/workbook.xml" in names and "xl/_rels/workbook.xml.rels" in names:
-            first = ElementTree.fromstring(book.read("xl/workbook.xml")).find(f"{ns}sheets/{ns}sheet")
+            first = ElementTree.fromstring(book.read("xl/workbook.xml")).find(
+                f"{ns}sheets/{ns}sheet")
             rels = ElementTree.fromstring(book.read("xl/_rels/workbook.xml.rels"))
             if first is not None:
                 rid = first.get(f"{rel_ns}id")
@@ -138,7 +142,8 @@ def read_annotations(path: Path) -> dict[str, tuple[int, int, int, int, int, int
     """Patient ID -> (start row, end row, start column, end column, start slice, end slice)."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetNotFoundError(f"Duke annotation boxes not found: {path.resolve()}. {DOWNLOAD_HINT}")
+        raise DatasetNotFoundError(
+            f"Duke annotation boxes not found: {path.resolve()}. {DOWNLOAD_HINT}")
     try:
         if path.suffix.lower() == ".xlsx":
             rows = read_xlsx_rows(path)
@@ -147,8 +152,9 @@ def read_annotations(path: Path) -> dict[str, tuple[int, int, int, int, int, int
                 rows = [list(r) for r in csv.reader(handle)]
     except (zipfile.BadZipFile, KeyError, ElementTree.ParseError, UnicodeDecodeError) as err:
         raise XaiBenchError(
-            f"cannot read {path} ({type(err).__name__}: {err}). Open it in a spreadsheet program and save it as "
-            "CSV (Annotation_Boxes.csv, same columns), then pass it with --annotations."
+            f"cannot read {path} ({type(err).__name__}: {err}). "
+            "Open it in a spreadsheet program and save it as CSV "
+            "(Annotation_Boxes.csv, same columns), then pass it with --annotations."
         ) from err
     wanted = [_norm(c) for c in COLUMNS]
     headers = [[_norm(c) for c in row] for row in rows[:10]]
@@ -161,7 +167,8 @@ def read_annotations(path: Path) -> dict[str, tuple[int, int, int, int, int, int
         if len(row) <= max(columns) or not str(row[columns[0]]).strip():
             continue
         patient = str(row[columns[0]]).strip()
-        values = [_to_int(row[c], f"{COLUMNS[k + 1]} of {patient}", path) for k, c in enumerate(columns[1:])]
+        values = [_to_int(row[c], f"{COLUMNS[k + 1]} of {patient}", path)
+                  for k, c in enumerate(columns[1:])]
         boxes[patient] = tuple(values)  # type: ignore[assignment]
     if not boxes:
         raise XaiBenchError(f"{path} lists no patients.")
@@ -174,8 +181,8 @@ def find_annotations(raw: Path, collection: Path) -> Path:
             if (folder / name).is_file():
                 return folder / name
     raise DatasetNotFoundError(
-        f"Annotation_Boxes.xlsx (or its CSV export Annotation_Boxes.csv) not found in {raw.resolve()} or next "
-        f"to it. {DOWNLOAD_HINT} Or pass the file with --annotations."
+        "Annotation_Boxes.xlsx (or its CSV export Annotation_Boxes.csv) not found in "
+        f"{raw.resolve()} or next to it. {DOWNLOAD_HINT} Or pass the file with --annotations."
     )
 
 
@@ -203,7 +210,8 @@ def read_dicom(path: Path) -> np.ndarray:
     if arr.ndim != 2:
         raise XaiBenchError(f"{path} holds a {arr.ndim}-D pixel array; expected one 2-D slice.")
     slope, intercept = ds.get("RescaleSlope", 1), ds.get("RescaleIntercept", 0)
-    arr = arr * float(slope if slope not in (None, "") else 1) + float(intercept if intercept not in (None, "") else 0)
+    arr = (arr * float(slope if slope not in (None, "") else 1)
+           + float(intercept if intercept not in (None, "") else 0))
     rgb = to_uint8_rgb(arr)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         rgb = 255 - rgb
@@ -227,8 +235,10 @@ def select_series(series: dict[Path, str], mode: str, regex: str | None) -> list
     """The series whose SeriesDescription matches the chosen phase."""
     pattern = re.compile(regex if regex else SERIES_PATTERNS[mode], re.IGNORECASE)
     hits = [d for d, desc in series.items() if pattern.search(desc)]
-    if not hits and not regex and mode == "pre":  # "ax dyn" + "ax dyn 1st pass" ...: the unmarked one
-        hits = [d for d, desc in series.items() if "dyn" in desc.lower() and not re.search(_PHASE, desc, re.IGNORECASE)]
+    if not hits and not regex and mode == "pre":
+        # "ax dyn" + "ax dyn 1st pass" ...: the unmarked one
+        hits = [d for d, desc in series.items()
+                if "dyn" in desc.lower() and not re.search(_PHASE, desc, re.IGNORECASE)]
     return sorted(hits)
 
 
@@ -255,14 +265,15 @@ def records(
     patient_dirs = sorted(p for p in collection.iterdir() if p.is_dir() and _PATIENT.match(p.name))
     if not patient_dirs:
         raise DatasetNotFoundError(
-            f"no Breast_MRI_<nnn>/ patient folders in {collection.resolve()} (expected {COLLECTION}/Breast_MRI_001/"
-            f"<study>/<series>/1-001.dcm). {DOWNLOAD_HINT}"
+            f"no Breast_MRI_<nnn>/ patient folders in {collection.resolve()} "
+            f"(expected {COLLECTION}/Breast_MRI_001/<study>/<series>/1-001.dcm). {DOWNLOAD_HINT}"
         )
     if series not in SERIES_PATTERNS:
         raise ConfigError(f"--series must be one of {sorted(SERIES_PATTERNS)}; got {series!r}.")
     if negative_margin < 1:
         raise ConfigError(f"--negative-margin must be at least 1 slice; got {negative_margin}.")
-    boxes = read_annotations(Path(annotations) if annotations else find_annotations(raw, collection))
+    boxes = read_annotations(Path(annotations) if annotations
+                             else find_annotations(raw, collection))
     first, last = _parse_patients(patients)
 
     positives: list[Record] = []
@@ -276,7 +287,8 @@ def records(
         if box is None:
             log.warning("%s has no row in the annotation boxes file: left out", patient_dir.name)
             continue
-        chosen = select_series({d: _description(d) for d in _series_dirs(patient_dir)}, series, series_regex)
+        chosen = select_series({d: _description(d) for d in _series_dirs(patient_dir)}, series,
+                               series_regex)
         if not chosen:
             no_series.append(patient_dir.name)
             continue
@@ -313,7 +325,8 @@ def records(
     return sorted(positives + negatives, key=lambda r: r.name)
 
 
-def _balance(positives: list[Record], negatives: list[Record], seed: int) -> tuple[list[Record], list[Record]]:
+def _balance(positives: list[Record], negatives: list[Record],
+             seed: int) -> tuple[list[Record], list[Record]]:
     """Subsample the larger class (the study: the positives) to the size of the smaller, seeded."""
     rng = np.random.default_rng(seed)
     n = min(len(positives), len(negatives))
@@ -324,21 +337,28 @@ def _balance(positives: list[Record], negatives: list[Record], seed: int) -> tup
         keep = np.sort(rng.choice(len(items), size=n, replace=False))
         return [items[i] for i in keep]
 
-    return pick(sorted(positives, key=lambda r: r.name)), pick(sorted(negatives, key=lambda r: r.name))
+    return (pick(sorted(positives, key=lambda r: r.name)),
+            pick(sorted(negatives, key=lambda r: r.name)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options only duke has (the common ones: add_common_args)."""
     parser.add_argument("--annotations", type=Path, default=None,
-                        help="Annotation_Boxes.xlsx or its CSV export (default: looked up in and next to --raw)")
+                        help="Annotation_Boxes.xlsx or its CSV export "
+                             "(default: looked up in and next to --raw)")
     parser.add_argument("--series", choices=sorted(SERIES_PATTERNS), default="pre",
-                        help="DCE phase, matched on SeriesDescription (default: pre, the tutorial's pre-contrast)")
-    parser.add_argument("--series-regex", default=None, help="a regular expression on SeriesDescription (overrides --series)")
-    parser.add_argument("--patients", default="1-900", help="patient number range (default: 1-900, the study's)")
+                        help="DCE phase, matched on SeriesDescription "
+                             "(default: pre, the tutorial's pre-contrast)")
+    parser.add_argument("--series-regex", default=None,
+                        help="a regular expression on SeriesDescription (overrides --series)")
+    parser.add_argument("--patients", default="1-900",
+                        help="patient number range (default: 1-900, the study's)")
     parser.add_argument("--negative-margin", type=int, default=5,
-                        help="negatives lie at least this many slices outside the box (default: 5, the tutorial's)")
+                        help="negatives lie at least this many slices outside the box "
+                             "(default: 5, the tutorial's)")
     parser.add_argument("--no-balance", dest="balance", action="store_false",
-                        help="keep every slice (default: subsample the larger class to the smaller, seeded)")
+                        help="keep every slice "
+                             "(default: subsample the larger class to the smaller, seeded)")
 
 
 def prepare(args: argparse.Namespace) -> PrepareReport:

@@ -40,14 +40,16 @@ from xai_bench.data.prepare.common import (
 from xai_bench.utils.errors import DatasetNotFoundError
 
 CLASS_NAMES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
-SOURCE = "HAM10000 (https://doi.org/10.7910/DVN/DBW86T), HAM10000_metadata + HAM10000_images_part_1/2"
+SOURCE = ("HAM10000 (https://doi.org/10.7910/DVN/DBW86T), "
+          "HAM10000_metadata + HAM10000_images_part_1/2")
 DEFAULT_RESIZE = "224x224"
 METADATA_NAMES = ("HAM10000_metadata.csv", "HAM10000_metadata.tab", "HAM10000_metadata")
 IMAGE_FOLDERS = ("HAM10000_images_part_1", "HAM10000_images_part_2")
 MASK_FOLDER = "HAM10000_segmentations_lesion_tschandl"
 DOWNLOAD = ("Download HAM10000_metadata, HAM10000_images_part_1.zip and HAM10000_images_part_2.zip "
             "(optionally HAM10000_segmentations_lesion_tschandl.zip) from "
-            "https://doi.org/10.7910/DVN/DBW86T, extract them into one folder and pass it as --raw.")
+            "https://doi.org/10.7910/DVN/DBW86T, extract them into one folder "
+            "and pass it as --raw.")
 
 
 def read_table(path: Path) -> list[dict[str, str]]:
@@ -64,7 +66,8 @@ def _metadata(raw: Path) -> Path:
     for name in METADATA_NAMES:
         if (raw / name).is_file():
             return raw / name
-    raise DatasetNotFoundError(f"HAM10000 metadata not found: none of {list(METADATA_NAMES)} is in {raw.resolve()}. {DOWNLOAD}")
+    raise DatasetNotFoundError(f"HAM10000 metadata not found: none of {list(METADATA_NAMES)} "
+                               f"is in {raw.resolve()}. {DOWNLOAD}")
 
 
 def _image_index(raw: Path) -> dict[str, Path]:
@@ -93,33 +96,39 @@ def records(raw: Path, use_masks: bool = True) -> list[Record]:
     rows = read_table(table)
     missing_columns = [c for c in ("lesion_id", "image_id", "dx") if rows and c not in rows[0]]
     if not rows or missing_columns:
-        raise DatasetNotFoundError(f"{table} lacks rows or columns {missing_columns}; expected lesion_id,image_id,dx,... {DOWNLOAD}")
+        raise DatasetNotFoundError(f"{table} lacks rows or columns {missing_columns}; "
+                                   f"expected lesion_id,image_id,dx,... {DOWNLOAD}")
     images = _image_index(raw)
     masks = _mask_index(raw) if use_masks else {}
     label_of = {name: index for index, name in enumerate(CLASS_NAMES)}
     unknown = sorted({row["dx"] for row in rows} - set(label_of))
     if unknown:
-        raise DatasetNotFoundError(f"{table}: unknown dx values {unknown}; HAM10000 has {list(CLASS_NAMES)}.")
+        raise DatasetNotFoundError(
+            f"{table}: unknown dx values {unknown}; HAM10000 has {list(CLASS_NAMES)}.")
     missing = [row["image_id"] for row in rows if row["image_id"] not in images]
     if missing:
         raise DatasetNotFoundError(
-            f"{len(missing)} of {len(rows)} HAM10000 images listed in {table.name} are not under {raw.resolve()} "
-            f"(e.g. {missing[:3]}); extract both HAM10000_images_part_1.zip and HAM10000_images_part_2.zip. {DOWNLOAD}"
+            f"{len(missing)} of {len(rows)} HAM10000 images listed in {table.name} "
+            f"are not under {raw.resolve()} (e.g. {missing[:3]}); "
+            f"extract both HAM10000_images_part_1.zip and HAM10000_images_part_2.zip. {DOWNLOAD}"
         )
     return [
-        Record(source=images[row["image_id"]], label=label_of[row["dx"]], name=f"{row['dx']}/{row['image_id']}",
-               group=row["lesion_id"] or None, mask=masks.get(row["image_id"]))
+        Record(source=images[row["image_id"]], label=label_of[row["dx"]],
+               name=f"{row['dx']}/{row['image_id']}", group=row["lesion_id"] or None,
+               mask=masks.get(row["image_id"]))
         for row in rows
     ]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options only ham10000 has (the common ones: add_common_args)."""
-    parser.add_argument("--no-masks", action="store_true", help=f"ignore {MASK_FOLDER}/ even when present")
+    parser.add_argument("--no-masks", action="store_true",
+                        help=f"ignore {MASK_FOLDER}/ even when present")
 
 
 def prepare(args: argparse.Namespace) -> PrepareReport:
-    return prepare_dataset(records(args.raw, use_masks=not args.no_masks), config_from_args(args), CLASS_NAMES, SOURCE)
+    return prepare_dataset(records(args.raw, use_masks=not args.no_masks), config_from_args(args),
+                           CLASS_NAMES, SOURCE)
 
 
 PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE, add_arguments=add_arguments)

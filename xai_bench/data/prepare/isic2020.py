@@ -12,7 +12,8 @@ Two official layouts are read (the same 33,126 training images):
         ISIC_2020_Training_GroundTruth_v2.csv   the columns above plus lesion_id
         ISIC_2020_Training_GroundTruth.csv      (v1, same columns as Kaggle's train.csv)
         train/<image_name>.jpg                  (ISIC_2020_Training_JPEG.zip extracts to train/)
-        ISIC_2020_Training_Duplicates.csv       image_name_1,image_name_2 (used with --drop-duplicates)
+        ISIC_2020_Training_Duplicates.csv       image_name_1,image_name_2
+                                                (used with --drop-duplicates)
 
 Layout sources: the competition's data page (columns, jpeg/ and DICOM folders), the competition
 file summaries of public benchmarks, and public download scripts of the ISIC archive files.
@@ -45,14 +46,18 @@ from xai_bench.data.prepare.common import (
 from xai_bench.utils.errors import DatasetNotFoundError
 
 CLASS_NAMES = ("benign", "malignant")
-SOURCE = "SIIM-ISIC 2020 (https://www.kaggle.com/competitions/siim-isic-melanoma-classification, https://challenge2020.isic-archive.com/)"
+SOURCE = ("SIIM-ISIC 2020 (https://www.kaggle.com/competitions/siim-isic-melanoma-classification, "
+          "https://challenge2020.isic-archive.com/)")
 DEFAULT_RESIZE = "224x224"
-LABEL_TABLES = ("train.csv", "ISIC_2020_Training_GroundTruth_v2.csv", "ISIC_2020_Training_GroundTruth.csv")
+LABEL_TABLES = ("train.csv", "ISIC_2020_Training_GroundTruth_v2.csv",
+                "ISIC_2020_Training_GroundTruth.csv")
 JPEG_FOLDERS = ("jpeg/train", "train", "ISIC_2020_Training_JPEG/train", "ISIC_2020_Training_JPEG")
 DUPLICATES = "ISIC_2020_Training_Duplicates.csv"
-DOWNLOAD = ("Download the Kaggle competition data (kaggle competitions download -c siim-isic-melanoma-classification: "
-            "train.csv + jpeg/train/) or the ISIC archive's ISIC_2020_Training_JPEG.zip + ISIC_2020_Training_GroundTruth_v2.csv "
-            "(https://challenge2020.isic-archive.com/), extract them into one folder and pass it as --raw.")
+DOWNLOAD = ("Download the Kaggle competition data "
+            "(kaggle competitions download -c siim-isic-melanoma-classification: "
+            "train.csv + jpeg/train/) or the ISIC archive's ISIC_2020_Training_JPEG.zip "
+            "+ ISIC_2020_Training_GroundTruth_v2.csv (https://challenge2020.isic-archive.com/), "
+            "extract them into one folder and pass it as --raw.")
 
 
 def read_dicom(path: Path) -> np.ndarray:
@@ -78,7 +83,8 @@ def records(raw: Path, drop_duplicates: bool = False) -> list[Record]:
     raw = require_dir(raw, "ISIC 2020 folder", DOWNLOAD)
     table = next((raw / name for name in LABEL_TABLES if (raw / name).is_file()), None)
     if table is None:
-        raise DatasetNotFoundError(f"ISIC 2020 labels not found: none of {list(LABEL_TABLES)} is in {raw.resolve()}. {DOWNLOAD}")
+        raise DatasetNotFoundError(f"ISIC 2020 labels not found: none of {list(LABEL_TABLES)} "
+                                   f"is in {raw.resolve()}. {DOWNLOAD}")
     with open(table, newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     needed = {"image_name", "patient_id", "target"}
@@ -87,7 +93,8 @@ def records(raw: Path, drop_duplicates: bool = False) -> list[Record]:
     skip: set[str] = set()
     if drop_duplicates:
         if not (raw / DUPLICATES).is_file():
-            raise DatasetNotFoundError(f"--drop-duplicates needs {raw.resolve() / DUPLICATES} (ISIC archive, 2020 challenge data).")
+            raise DatasetNotFoundError(f"--drop-duplicates needs {raw.resolve() / DUPLICATES} "
+                                       "(ISIC archive, 2020 challenge data).")
         with open(raw / DUPLICATES, newline="", encoding="utf-8-sig") as handle:
             skip = {row["image_name_2"].strip() for row in csv.DictReader(handle)}
     out: list[Record] = []
@@ -110,17 +117,20 @@ def records(raw: Path, drop_duplicates: bool = False) -> list[Record]:
         raise DatasetNotFoundError(f"{table}: target must be 0 or 1; {bad[:5]} ({len(bad)} rows).")
     if missing:
         raise DatasetNotFoundError(f"{len(missing)} images listed in {table.name} are in none of "
-                                   f"{[str(raw / f) for f in JPEG_FOLDERS]} (e.g. {missing[:3]}). {DOWNLOAD}")
+                                   f"{[str(raw / f) for f in JPEG_FOLDERS]} "
+                                   f"(e.g. {missing[:3]}). {DOWNLOAD}")
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options only isic2020 has (the common ones: add_common_args)."""
-    parser.add_argument("--drop-duplicates", action="store_true", help=f"leave out image_name_2 of each pair in {DUPLICATES}")
+    parser.add_argument("--drop-duplicates", action="store_true",
+                        help=f"leave out image_name_2 of each pair in {DUPLICATES}")
 
 
 def prepare(args: argparse.Namespace) -> PrepareReport:
-    return prepare_dataset(records(args.raw, args.drop_duplicates), config_from_args(args), CLASS_NAMES, SOURCE)
+    return prepare_dataset(records(args.raw, args.drop_duplicates), config_from_args(args),
+                           CLASS_NAMES, SOURCE)
 
 
 PREPARER = Preparer(prepare, __doc__, DEFAULT_RESIZE, add_arguments=add_arguments)

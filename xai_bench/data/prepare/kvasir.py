@@ -31,12 +31,14 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def records(raw: Path) -> list[Record]:
-    raw = require_dir(raw, "Kvasir v2 folder", "Download kvasir-dataset-v2.zip from https://datasets.simula.no/kvasir/ "
+    raw = require_dir(raw, "Kvasir v2 folder",
+                      "Download kvasir-dataset-v2.zip from https://datasets.simula.no/kvasir/ "
                       "and pass the extracted kvasir-dataset-v2/ folder as --raw.")
     out: list[Record] = []
     for label, cls in enumerate(CLASS_NAMES):
         folder = raw / cls
-        require_dir(folder, f"Kvasir class folder '{cls}'", f"Expected {raw}/{cls}/ with the class's images.")
+        require_dir(folder, f"Kvasir class folder '{cls}'",
+                    f"Expected {raw}/{cls}/ with the class's images.")
         for path in sorted(folder.iterdir()):
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 out.append(Record(source=path, label=label, name=f"{cls}/{path.stem}"))

@@ -35,13 +35,14 @@ from xai_bench.data.prepare.common import (
 from xai_bench.utils.errors import DatasetNotFoundError
 
 CLASS_NAMES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
 )
 SOURCE = "PASCAL VOC 2012 trainval (http://host.robots.ox.ac.uk/pascal/VOC/voc2012/)"
 DEFAULT_RESIZE = None  # ATCON resized at load time; boxes.csv stays in the original pixels
-HINT = ("Download VOCtrainval_11-May-2012.tar from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ and pass "
-        "the extracted VOCdevkit/VOC2012 folder as --raw.")
+HINT = ("Download VOCtrainval_11-May-2012.tar from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ "
+        "and pass the extracted VOCdevkit/VOC2012 folder as --raw.")
 
 
 def _voc_root(raw: Path) -> Path:
@@ -49,7 +50,8 @@ def _voc_root(raw: Path) -> Path:
     for candidate in (raw, raw / "VOC2012", raw / "VOCdevkit" / "VOC2012"):
         if (candidate / "Annotations").is_dir() and (candidate / "JPEGImages").is_dir():
             return candidate
-    raise DatasetNotFoundError(f"{raw.resolve()} has no Annotations/ and JPEGImages/ (VOC2012 layout). {HINT}")
+    raise DatasetNotFoundError(
+        f"{raw.resolve()} has no Annotations/ and JPEGImages/ (VOC2012 layout). {HINT}")
 
 
 def parse_annotation(path: Path) -> list[tuple[int, tuple[float, float, float, float]]]:
@@ -59,7 +61,8 @@ def parse_annotation(path: Path) -> list[tuple[int, tuple[float, float, float, f
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in CLASS_NAMES:
-            raise DatasetNotFoundError(f"{path}: unknown class {name!r}; expected one of the 20 VOC classes.")
+            raise DatasetNotFoundError(
+                f"{path}: unknown class {name!r}; expected one of the 20 VOC classes.")
         box = obj.find("bndbox")
         if box is None:
             continue
@@ -68,7 +71,8 @@ def parse_annotation(path: Path) -> list[tuple[int, tuple[float, float, float, f
     return objects
 
 
-def records(raw: Path, val_fraction: float = 0.1, seed: int = 42) -> tuple[list[Record], dict[str, list]]:
+def records(raw: Path, val_fraction: float = 0.1,
+            seed: int = 42) -> tuple[list[Record], dict[str, list]]:
     root = _voc_root(raw)
     lists = root / "ImageSets" / "Main"
     out: list[Record] = []
@@ -78,12 +82,14 @@ def records(raw: Path, val_fraction: float = 0.1, seed: int = 42) -> tuple[list[
         if not path.is_file():
             raise DatasetNotFoundError(f"{path} is missing (the official image lists). {HINT}")
         ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-        held_out = set(rng.permutation(ids)[: int(round(val_fraction * len(ids)))]) if official == "train" else set()
+        held_out = (set(rng.permutation(ids)[: int(round(val_fraction * len(ids)))])
+                    if official == "train" else set())
         for image_id in ids:
             objects = parse_annotation(root / "Annotations" / f"{image_id}.xml")
             split = "test" if official == "val" else ("val" if image_id in held_out else "train")
-            out.append(Record(source=root / "JPEGImages" / f"{image_id}.jpg", label=sorted({c for c, _ in objects}),
-                              name=image_id, split=split, boxes=[b for _, b in objects]))
+            out.append(Record(source=root / "JPEGImages" / f"{image_id}.jpg",
+                              label=sorted({c for c, _ in objects}), name=image_id, split=split,
+                              boxes=[b for _, b in objects]))
             boxes[image_id] = objects
     return out, boxes
 
@@ -101,8 +107,9 @@ def write_boxes(out: Path, boxes: dict[str, list]) -> Path:
 
 def prepare(args: argparse.Namespace) -> PrepareReport:
     cfg = config_from_args(args)
-    recs, boxes = records(args.raw, val_fraction=cfg.fractions[1] / max(cfg.fractions[0] + cfg.fractions[1], 1e-9),
-                          seed=cfg.seed)
+    recs, boxes = records(
+        args.raw, val_fraction=cfg.fractions[1] / max(cfg.fractions[0] + cfg.fractions[1], 1e-9),
+        seed=cfg.seed)
     report = prepare_dataset(recs, cfg, CLASS_NAMES, SOURCE)
     if cfg.resize is None:
         write_boxes(cfg.out, boxes)

@@ -24,7 +24,8 @@ def path(dataset: str) -> Path:
     """The folder of `dataset`'s study ROI masks (one 224x224 PNG per evaluation image stem)."""
     if dataset not in DATASETS:
         raise ConfigError(
-            f"the reference study published ROI masks for {', '.join(DATASETS)} only, not {dataset!r}: "
+            f"the reference study published ROI masks for {', '.join(DATASETS)} only, "
+            f"not {dataset!r}: "
             "pass a folder of your own masks (--rois <folder>) or none (--rois none)."
         )
     folder = resources.files(__name__) / dataset

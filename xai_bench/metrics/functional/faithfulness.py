@@ -87,9 +87,8 @@ def _check_positive(name: str, value: int | None, allow_none: bool = False) -> N
 
 def _check_shapes(images: Tensor, maps: Tensor) -> None:
     if images.dim() != 4 or maps.shape != (images.shape[0], *images.shape[2:]):
-        raise ValueError(
-            f"expected images (B, C, H, W) and maps (B, H, W); got {tuple(images.shape)} and {tuple(maps.shape)}."
-        )
+        raise ValueError(f"expected images (B, C, H, W) and maps (B, H, W); "
+                         f"got {tuple(images.shape)} and {tuple(maps.shape)}.")
 
 
 def _ids_cpu(ids: Tensor | None, batch: int) -> Tensor:
@@ -114,14 +113,8 @@ def _inverse_permutation(order: Tensor) -> Tensor:
     return rank.scatter_(1, order, positions)
 
 
-def _step_probs(
-    model: nn.Module,
-    steps: Sequence[int],
-    batch: int,
-    build: _Builder,
-    target: Tensor,
-    batch_size: int | None,
-) -> Tensor:
+def _step_probs(model: nn.Module, steps: Sequence[int], batch: int, build: _Builder,
+                target: Tensor, batch_size: int | None) -> Tensor:
     """(B, len(steps)) target probabilities of the perturbed images build(step, lo, hi).
 
     The len(steps) x B images are flattened step-major and cut into forwards of batch_size, so
@@ -141,17 +134,14 @@ def _step_probs(
                 parts.append((steps[s], lo, hi))
                 flat += hi - lo
             x = torch.cat([build(*p) for p in parts]) if len(parts) > 1 else build(*parts[0])
-            tgt = torch.cat([target[lo:hi] for _, lo, hi in parts]) if len(parts) > 1 else target[parts[0][1] : parts[0][2]]
+            tgt = (torch.cat([target[lo:hi] for _, lo, hi in parts]) if len(parts) > 1
+                   else target[parts[0][1] : parts[0][2]])
             out[start:end] = _target_prob(model(x), tgt)
     return out.view(len(steps), batch).T.contiguous()
 
 
-def _fill_fn(
-    fill: str,
-    images: Tensor,
-    ids: Tensor,
-    seed: int,
-) -> Callable[[int, int, int], Tensor]:
+def _fill_fn(fill: str, images: Tensor, ids: Tensor,
+             seed: int) -> Callable[[int, int, int], Tensor]:
     """fill_fn(step, lo, hi) -> the fill of images lo:hi at that step, broadcastable to them."""
     _, channels, height, width = images.shape
     dev, dtype = images.device, images.dtype
@@ -168,7 +158,8 @@ def _fill_fn(
     span = images.flatten(1).amax(1).view(-1, 1, 1, 1) - low
 
     def noise(stream: int, lo: int, hi: int) -> Tensor:
-        u = seeded_uniform(ids[lo:hi], (channels, height, width), seed=seed, stream=stream, device=dev)
+        u = seeded_uniform(ids[lo:hi], (channels, height, width), seed=seed, stream=stream,
+                           device=dev)
         # u < 1 and the affine map may round up to max(x): clamp keeps the promise [min, max].
         return torch.minimum(low[lo:hi] + span[lo:hi] * u.to(dtype), low[lo:hi] + span[lo:hi])
 
@@ -189,7 +180,8 @@ def _gaussian_blur(images: Tensor) -> Tensor:
     channels = images.shape[1]
     x = F.pad(images, (half, half, half, half), mode="replicate")
     x = F.conv2d(x, k1.view(1, 1, 1, -1).expand(channels, 1, 1, -1).contiguous(), groups=channels)
-    return F.conv2d(x, k1.view(1, 1, -1, 1).expand(channels, 1, -1, 1).contiguous(), groups=channels)
+    return F.conv2d(x, k1.view(1, 1, -1, 1).expand(channels, 1, -1, 1).contiguous(),
+                    groups=channels)
 
 
 def region_order(
@@ -226,7 +218,8 @@ def region_order(
     labels = rows[:, None] * nw + cols[None, :]
     n_regions = nh * nw
     if order == "random":
-        keys = seeded_uniform(_ids_cpu(ids, batch), (n_regions,), seed=seed, stream=_ORDER_STREAM, device=dev)
+        keys = seeded_uniform(_ids_cpu(ids, batch), (n_regions,), seed=seed,
+                              stream=_ORDER_STREAM, device=dev)
         return labels, keys.argsort(dim=1, stable=True)
     padded = F.pad(maps.double(), (0, nw * region - width, 0, nh * region - height))
     sums = padded.view(batch, nh, region, nw, region).sum(dim=(2, 4)).view(batch, n_regions)
@@ -272,7 +265,8 @@ def region_perturbation(
     n_steps = n_regions if steps is None else min(int(steps), n_regions)
     rank = _inverse_permutation(removal)
     # removal step (1-based) of every pixel: pixel p is removed at steps k >= pixel_step[p]
-    pixel_step = rank.gather(1, labels.view(1, -1).expand(batch, -1)).view(batch, 1, *labels.shape) + 1
+    pixel_step = rank.gather(1, labels.view(1, -1).expand(batch, -1)).view(
+        batch, 1, *labels.shape) + 1
     fill_of = _fill_fn(fill, images, ids_c, seed)
 
     def build(step: int, lo: int, hi: int) -> Tensor:
@@ -331,7 +325,8 @@ def deletion_insertion(
     fill_of = _fill_fn(fill, images, ids_c, seed)
     if insertion_start == "blur":
         blurred = _gaussian_blur(images)
-        start_of: Callable[[int, int, int], Tensor] = lambda step, lo, hi: blurred[lo:hi]  # noqa: E731
+        start_of: Callable[[int, int, int], Tensor] = (  # noqa: E731
+            lambda step, lo, hi: blurred[lo:hi])
     else:
         start_of = _fill_fn(insertion_start, images, ids_c, seed)
 
@@ -340,7 +335,8 @@ def deletion_insertion(
     def build(step: int, lo: int, hi: int) -> Tensor:
         x = images[lo:hi]
         if step <= steps:
-            return x if step == 0 else torch.where(pixel_rank[lo:hi] < counts[step], fill_of(step, lo, hi), x)
+            return x if step == 0 else torch.where(pixel_rank[lo:hi] < counts[step],
+                                                   fill_of(step, lo, hi), x)
         k = step - steps - 1
         return torch.where(pixel_rank[lo:hi] < counts[k], x, start_of(k, lo, hi).expand_as(x))
 
@@ -387,13 +383,11 @@ def max_sensitivity(
     best = torch.full((batch,), -math.inf, device=images.device)
     for first in range(0, int(samples), int(draws_per_call)):
         draws = range(first, min(first + int(draws_per_call), int(samples)))
-        noisy = torch.cat(
-            [
-                images
-                + seeded_uniform(ids_c, (channels, height, width), seed=seed, stream=j, low=-radius, high=radius, device=images.device).to(images.dtype)
-                for j in draws
-            ]
-        )
+        noisy = torch.cat([
+            images + seeded_uniform(ids_c, (channels, height, width), seed=seed, stream=j,
+                                    low=-radius, high=radius, device=images.device).to(images.dtype)
+            for j in draws
+        ])
         out = explain(noisy).detach().float().view(len(draws), batch, height, width)
         dist = torch.linalg.vector_norm(out - ref, dim=(2, 3)).amax(dim=0)
         best = torch.maximum(best, dist)
@@ -425,9 +419,12 @@ def haas(
     _check_shapes(images, maps)
     channels = images.shape[1]
     if len(mean) != channels or len(std) != channels:
-        raise ConfigError(f"mean and std need one value per channel ({channels}); got {list(mean)} and {list(std)}.")
-    scale = torch.tensor([2.0 * s for s in std], dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    shift = torch.tensor([2.0 * m - 1.0 for m in mean], dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        raise ConfigError(f"mean and std need one value per channel ({channels}); "
+                          f"got {list(mean)} and {list(std)}.")
+    scale = torch.tensor([2.0 * s for s in std], dtype=images.dtype,
+                         device=images.device).view(1, -1, 1, 1)
+    shift = torch.tensor([2.0 * m - 1.0 for m in mean], dtype=images.dtype,
+                         device=images.device).view(1, -1, 1, 1)
     x_pm1 = images * scale + shift
     highlighted = torch.clamp(x_pm1 * (1 + maps.to(images.dtype)[:, None]), -1.0, 1.0)
     x_ha = (highlighted - shift) / scale

@@ -20,9 +20,9 @@ Definitions follow the reference study (docs/metrics.md) and, where one exists, 
 - ``relevance_mass``: ``sum(map inside mask) / sum(map)`` (Quantus ``RelevanceMassAccuracy``).
 - ``relevance_rank``: share of the top-``|mask|`` pixels of the map inside the mask (Quantus
   ``RelevanceRankAccuracy``), with ties at the cut-off resolved by their expected value.
-- ``wsl_iou`` (ATCON, docs/atcon.md): the map binarised at ``threshold`` (``>=``) against the union of
-  the boxes of the class the map explains, from per-class masks ``(B, C, H, W)``. It has its own
-  edge cases (see its docstring): no box of that class = 0.0, no boxes at all = NaN.
+- ``wsl_iou`` (ATCON, docs/atcon.md): the map binarised at ``threshold`` (``>=``) against the
+  union of the boxes of the class the map explains, from per-class masks ``(B, C, H, W)``. It
+  has its own edge cases (see its docstring): no box of that class = 0.0, no boxes at all = NaN.
 
 Edge cases (no function raises on any of them; only invalid arguments raise ``ConfigError``),
 in order of precedence:
@@ -107,7 +107,8 @@ def _prepare(maps: Tensor, masks: Tensor) -> Tensor:
 
 
 def _any(flags: Tensor, dim: int = 1) -> Tensor:
-    """Bool any() along dim. Reducing the uint8 view is several times faster than bool any() on CPU."""
+    """Bool any() along dim. Reducing the uint8 view is several times faster than bool any()
+    on CPU."""
     return flags.view(torch.uint8).amax(dim=dim).bool()
 
 
@@ -166,7 +167,8 @@ def _disc_dilate(masks: Tensor, tolerance: float) -> Tensor:
         return masks
     _, h, w = masks.shape
     padded = F.pad(masks.to(torch.int32), (radius, radius, radius, radius))
-    counts = F.pad(padded.cumsum(dim=2, dtype=torch.int32), (1, 0))  # counts[..., x] = sum of [0, x)
+    # counts[..., x] = sum of [0, x)
+    counts = F.pad(padded.cumsum(dim=2, dtype=torch.int32), (1, 0))
     grown = torch.zeros_like(masks)
     for dy in range(radius + 1):  # rows +dy and -dy share one half-width
         room = tolerance * tolerance - dy * dy
@@ -204,7 +206,8 @@ def pointing_game(
     """
     if constant not in _CONSTANT_CHOICES:
         raise ConfigError(
-            f"pointing_game constant={constant!r} is invalid; choose one of {list(_CONSTANT_CHOICES)}"
+            f"pointing_game constant={constant!r} is invalid; "
+            f"choose one of {list(_CONSTANT_CHOICES)}"
         )
     tol = _as_float(tolerance)
     if not math.isfinite(tol) or tol < 0:
@@ -328,18 +331,22 @@ def relevance_rank(maps: Tensor, masks: Tensor) -> Tensor:
     return _finish(scores, maps, masks)
 
 
-def _prepare_class_masks(maps: Tensor, class_masks: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+def _prepare_class_masks(maps: Tensor, class_masks: Tensor,
+                         targets: Tensor) -> tuple[Tensor, Tensor]:
     """Validate; -> (bool (B, C, H, W) class masks, long (B,) targets) on the maps' device."""
     _check_maps(maps)
     b, h, w = maps.shape
     if not isinstance(class_masks, Tensor) or class_masks.ndim != 4 or class_masks.shape[0] != b \
             or tuple(class_masks.shape[2:]) != (h, w):
-        shape = tuple(class_masks.shape) if isinstance(class_masks, Tensor) else type(class_masks).__name__
-        raise ConfigError(f"class_masks must be a (B, C, H, W) tensor matching the maps {(b, h, w)}, got {shape}")
+        shape = (tuple(class_masks.shape) if isinstance(class_masks, Tensor)
+                 else type(class_masks).__name__)
+        raise ConfigError(f"class_masks must be a (B, C, H, W) tensor matching the maps "
+                          f"{(b, h, w)}, got {shape}")
     targets = torch.as_tensor(targets, device=maps.device).long().view(-1)
     num_classes = class_masks.shape[1]
     if targets.numel() != b or bool(((targets < 0) | (targets >= num_classes)).any()):
-        raise ConfigError(f"targets must be {b} class indices in 0..{num_classes - 1}, got {targets.tolist()}")
+        raise ConfigError(f"targets must be {b} class indices in 0..{num_classes - 1}, "
+                          f"got {targets.tolist()}")
     return class_masks.to(maps.device) != 0, targets
 
 
@@ -366,12 +373,15 @@ def wsl_iou(maps: Tensor, class_masks: Tensor, targets: Tensor, threshold: float
     """
     level = _as_float(threshold)
     if not math.isfinite(level):
-        raise ConfigError(f"wsl_iou threshold={threshold!r} is invalid; use a finite number (maps lie in [0, 1])")
+        raise ConfigError(f"wsl_iou threshold={threshold!r} is invalid; "
+                          "use a finite number (maps lie in [0, 1])")
     masks, targets = _prepare_class_masks(maps, class_masks, targets)
     b = maps.shape[0]
-    chosen = masks[torch.arange(b, device=maps.device), targets]  # (B, H, W) the explained class's boxes
+    # (B, H, W) the explained class's boxes
+    chosen = masks[torch.arange(b, device=maps.device), targets]
     kept = maps >= level
     inter, union = _count(kept & chosen), _count(kept | chosen)
-    scores = inter.to(torch.float64) / union.clamp_min(1).to(torch.float64)  # no box: inter = 0 -> 0.0
+    # no box: inter = 0 -> 0.0
+    scores = inter.to(torch.float64) / union.clamp_min(1).to(torch.float64)
     undefined = ~_any(masks.flatten(1)) | has_nan(maps)
     return torch.where(undefined, torch.full_like(scores, math.nan), scores).to(torch.float32)

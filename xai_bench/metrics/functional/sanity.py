@@ -58,7 +58,8 @@ def randomisation_layers(model: nn.Module, granularity: str = "blocks") -> list[
         ConfigError: An unknown granularity.
     """
     if granularity not in GRANULARITIES:
-        raise ConfigError(f"randomisation granularity must be one of {GRANULARITIES}; got {granularity!r}.")
+        raise ConfigError(f"randomisation granularity must be one of {GRANULARITIES}; "
+                          f"got {granularity!r}.")
     layers: list[Layer] = []
     if granularity == "modules":
         for name, module in model.named_modules():
@@ -151,9 +152,12 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
     sorted_vals, order = values.sort(dim=1, stable=True)
     new_group = torch.ones_like(sorted_vals, dtype=torch.bool)
     new_group[:, 1:] = sorted_vals[:, 1:] != sorted_vals[:, :-1]
-    group = new_group.long().cumsum(dim=1) - 1 + torch.arange(batch, device=values.device).unsqueeze(1) * n
+    group = (new_group.long().cumsum(dim=1) - 1
+             + torch.arange(batch, device=values.device).unsqueeze(1) * n)
     positions = torch.arange(n, device=values.device, dtype=torch.float64).expand(batch, n)
-    sums = torch.zeros(batch * n, dtype=torch.float64, device=values.device).scatter_add_(0, group.flatten(), positions.flatten())
+    sums = torch.zeros(batch * n, dtype=torch.float64, device=values.device).scatter_add_(
+        0, group.flatten(), positions.flatten()
+    )
     counts = torch.zeros(batch * n, dtype=torch.float64, device=values.device).scatter_add_(
         0, group.flatten(), torch.ones_like(positions).flatten()
     )
