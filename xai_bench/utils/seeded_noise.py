@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["image_seed", "seeded_uniform"]
+__all__ = ["image_seed", "seeded_normal", "seeded_permutation", "seeded_uniform"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -28,6 +28,19 @@ def image_seed(seed: int, image_id: int, stream: int = 0) -> int:
     return _splitmix64(_splitmix64(_splitmix64(int(seed)) ^ int(image_id)) ^ int(stream)) >> 1
 
 
+def _per_image(ids: torch.Tensor, shape: tuple[int, ...], seed: int, stream: int,
+               device: torch.device | str | None, fill: str, *args: float) -> torch.Tensor:
+    device = torch.device(device) if device is not None else ids.device
+    out = torch.empty((int(ids.numel()), *shape), dtype=torch.float32)
+    gen = torch.Generator()
+    for row, image_id in enumerate(ids.view(-1).tolist()):
+        gen.manual_seed(image_seed(seed, image_id, stream))
+        getattr(out[row], fill)(*args, generator=gen)
+    if device.type == "cuda":
+        out = out.pin_memory().to(device, non_blocking=True)
+    return out.to(device)
+
+
 def seeded_uniform(
     ids: torch.Tensor,
     shape: tuple[int, ...],
@@ -42,12 +55,35 @@ def seeded_uniform(
     `stream` separates independent draws for the same image (a perturbation step, a sample
     number).
     """
+    return _per_image(ids, shape, seed, stream, device, "uniform_", low, high)
+
+
+def seeded_normal(
+    ids: torch.Tensor,
+    shape: tuple[int, ...],
+    seed: int = 0,
+    stream: int = 0,
+    mean: float = 0.0,
+    std: float = 1.0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """(B, *shape) float32 Gaussian noise N(mean, std^2), a pure function of each image's id."""
+    return _per_image(ids, shape, seed, stream, device, "normal_", mean, std)
+
+
+def seeded_permutation(
+    ids: torch.Tensor,
+    n: int,
+    seed: int = 0,
+    stream: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """(B, n) int64: a random permutation of 0..n-1 per image, a pure function of its id (the
+    first k of it: k distinct indices drawn without replacement)."""
     device = torch.device(device) if device is not None else ids.device
-    out = torch.empty((int(ids.numel()), *shape), dtype=torch.float32)
+    out = torch.empty((int(ids.numel()), int(n)), dtype=torch.int64)
     gen = torch.Generator()
     for row, image_id in enumerate(ids.view(-1).tolist()):
         gen.manual_seed(image_seed(seed, image_id, stream))
-        out[row].uniform_(low, high, generator=gen)
-    if device.type == "cuda":
-        out = out.pin_memory().to(device, non_blocking=True)
+        out[row] = torch.randperm(int(n), generator=gen)
     return out.to(device)
