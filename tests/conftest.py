@@ -48,10 +48,11 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, env: dict[str, str
     """Run `python -m <args>` as a user would, in `cwd`, and return the CompletedProcess."""
     import subprocess
 
-    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1",
-                "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+        timeout=timeout
     )
 
 

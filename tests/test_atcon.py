@@ -28,7 +28,8 @@ from xai_bench.utils.errors import ConfigError
 
 
 class TinyCNN(nn.Module):
-    """Conv stages (32 px -> 8x8 features) -> global pooling -> linear: Grad-CAM's classic setting."""
+    """Conv stages (32 px -> 8x8 features) -> global pooling -> linear: Grad-CAM's classic
+    setting."""
 
     def __init__(self, num_classes: int = 2) -> None:
         super().__init__()
@@ -43,12 +44,15 @@ class TinyCNN(nn.Module):
 
 
 def tiny_vit(num_classes: int = 2) -> nn.Module:
-    return build_model(arch="vit_tiny_patch16_224", num_classes=num_classes, img_size=32, patch_size=8, depth=2,
-                       embed_dim=32, num_heads=2, init={"name": "random", "pretrained": False})
+    return build_model(arch="vit_tiny_patch16_224", num_classes=num_classes, img_size=32,
+                       patch_size=8, depth=2, embed_dim=32, num_heads=2,
+                       init={"name": "random", "pretrained": False})
 
 
-def synthetic_images(n: int = 16, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    dm = SyntheticDataModule(img_size=size, num_train=n, num_val=2, num_test=2, batch_size=n, data_seed=seed)
+def synthetic_images(n: int = 16, size: int = 32,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    dm = SyntheticDataModule(img_size=size, num_train=n, num_val=2, num_test=2, batch_size=n,
+                             data_seed=seed)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     return batch["image"], batch["label"]
@@ -96,7 +100,8 @@ def test_consistency_gradients_are_second_order_and_reach_the_weights(make_model
         head.add_(eps * direction)
     assert (plus - minus) / (2 * eps) == pytest.approx(head_grad.norm().item(), rel=0.05)
     # the feature extractor gets gradients too
-    assert all(g is not None and g.abs().sum() > 0 for n, g in named.items() if n.endswith("weight") and "norm" not in n)
+    assert all(g is not None and g.abs().sum() > 0
+               for n, g in named.items() if n.endswith("weight") and "norm" not in n)
 
 
 def test_a_few_hundred_atcon_steps_lower_the_consistency_loss() -> None:
@@ -142,7 +147,8 @@ def test_bad_options_are_one_clear_error() -> None:
 # --- the alternating sampler -------------------------------------------------------------------
 
 @pytest.mark.parametrize("alpha,n_sup,n_unsup", [(1.0, 100, 900), (4.0, 100, 900), (0.5, 300, 300)])
-def test_alternating_share_matches_alpha_n_sup_over_alpha_n_sup_plus_n_unsup(alpha, n_sup, n_unsup) -> None:
+def test_alternating_share_matches_alpha_n_sup_over_alpha_n_sup_plus_n_unsup(
+        alpha, n_sup, n_unsup) -> None:
     sampler = AlternatingSampler(alpha, n_sup, n_unsup, seed=7)
     expected = alpha * n_sup / (alpha * n_sup + n_unsup)
     assert sampler.p_supervised == pytest.approx(expected)
@@ -159,8 +165,10 @@ def test_alternating_share_matches_alpha_n_sup_over_alpha_n_sup_plus_n_unsup(alp
 
 # --- modes inside the training module ----------------------------------------------------------
 
-def _module(objective: ATCONObjective, multilabel: bool = False, num_classes: int = 2) -> ClassifierModule:
-    return ClassifierModule(TinyCNN(num_classes), optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
+def _module(objective: ATCONObjective, multilabel: bool = False,
+            num_classes: int = 2) -> ClassifierModule:
+    return ClassifierModule(TinyCNN(num_classes),
+                            optimizer=lambda params: torch.optim.SGD(params, lr=0.1),
                             num_classes=num_classes, multilabel=multilabel, objective=objective)
 
 
@@ -168,7 +176,8 @@ def _pair(multilabel: bool = False, num_classes: int = 2) -> dict:
     images, labels = synthetic_images(8)
     if multilabel:
         labels = (torch.rand(8, num_classes) > 0.5).float()
-    return {"labelled": {"image": images, "label": labels}, "unlabeled": {"image": images.flip(-1), "label": labels}}
+    return {"labelled": {"image": images, "label": labels},
+            "unlabeled": {"image": images.flip(-1), "label": labels}}
 
 
 def test_combining_is_supervised_plus_alpha_times_consistency() -> None:
@@ -204,7 +213,8 @@ def test_warmup_epochs_are_supervised_only() -> None:
     module.log = lambda *a, **k: None
     assert module.current_epoch == 0  # outside a Trainer
     loss, parts = module.objective.training_loss(module, _pair(), step=0)
-    assert parts == {} and loss.item() == pytest.approx(module._shared_step(_pair()["labelled"])[0].item())
+    assert parts == {} and loss.item() == pytest.approx(
+        module._shared_step(_pair()["labelled"])[0].item())
     with pytest.raises(ConfigError, match="warmup_epochs"):
         ATCONObjective(warmup_epochs=-1)
 
@@ -222,7 +232,8 @@ def test_alternating_mode_takes_one_kind_of_step_per_draw() -> None:
         assert ("supervised" in parts) == (parts["supervised_step"] == 1.0)
     assert kinds == [float(module.objective.sampler.supervised(s)) for s in range(6)]
     with pytest.raises(ConfigError, match="unlabeled batches"):
-        module.objective.training_loss(module, {"image": torch.zeros(1, 3, 8, 8), "label": torch.zeros(1)}, step=0)
+        module.objective.training_loss(module, {"image": torch.zeros(1, 3, 8, 8),
+                                                "label": torch.zeros(1)}, step=0)
 
 
 def test_datamodule_pairs_labelled_images_with_the_unlabeled_pool() -> None:
@@ -231,7 +242,8 @@ def test_datamodule_pairs_labelled_images_with_the_unlabeled_pool() -> None:
     dm.setup("fit")
     assert dm.train_sizes() == (10, 30)
     assert not isinstance(dm.train_dataloader(), dict)
-    dm.pair_unlabeled = True  # what ClassifierModule.setup sets for an objective on unlabeled images
+    # what ClassifierModule.setup sets for an objective on unlabeled images
+    dm.pair_unlabeled = True
     loaders = dm.train_dataloader()
     assert set(loaders) == {"labelled", "unlabeled"}
     assert len(loaders["labelled"].dataset) == 10 and len(loaders["unlabeled"].dataset) == 30
@@ -246,7 +258,8 @@ def test_datamodule_pairs_labelled_images_with_the_unlabeled_pool() -> None:
 @pytest.mark.slow
 def test_atcon_synthetic_experiment_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = run_cli(["xai_bench.train", "experiment=atcon_synthetic", "debug=tiny", "objective.mode=alternating", "objective.warmup_epochs=0",
+    proc = run_cli(["xai_bench.train", "experiment=atcon_synthetic", "debug=tiny",
+                    "objective.mode=alternating", "objective.warmup_epochs=0",
                     f"hydra.run.dir={out}"], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -260,7 +273,8 @@ def test_atcon_synthetic_experiment_runs_end_to_end(tmp_path: Path) -> None:
 
     # ATCON's unsupervised fine-tuning of that model: the whole network, head included
     tuned = tmp_path / "tuned"
-    proc = run_cli(["xai_bench.train", "experiment=atcon_synthetic", "debug=tiny", "objective.mode=unsupervised", "objective.warmup_epochs=0",
+    proc = run_cli(["xai_bench.train", "experiment=atcon_synthetic", "debug=tiny",
+                    "objective.mode=unsupervised", "objective.warmup_epochs=0",
                     f"init_from={out}", f"hydra.run.dir={tuned}"], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "head included" in (tuned / "train.log").read_text()

@@ -57,10 +57,11 @@ def test_synthetic_default_is_a_tiny_vit_without_a_grid_row(compose_cfg) -> None
     assert cfg.logger.wandb.offline is True
 
 
-@pytest.mark.parametrize("init,file", [("sup", "vit_base_patch16_224.augreg_in21k_ft_in1k.safetensors"),
-                                       ("dino", "dino_vitbase16_pretrain.pth"),
-                                       ("mae", "mae_finetuned_vit_base.pth"),
-                                       ("mae_pretrain", "vit_base_patch16_224.mae.safetensors")])
+@pytest.mark.parametrize("init,file", [
+    ("sup", "vit_base_patch16_224.augreg_in21k_ft_in1k.safetensors"),
+    ("dino", "dino_vitbase16_pretrain.pth"),
+    ("mae", "mae_finetuned_vit_base.pth"),
+    ("mae_pretrain", "vit_base_patch16_224.mae.safetensors")])
 def test_init_configs_name_the_study_files(compose_cfg, init: str, file: str) -> None:
     cfg = compose_cfg("dataset=kvasir", f"init={init}")
     assert cfg.init.pretrained is True
@@ -75,8 +76,10 @@ def test_every_option_of_every_group_composes(compose_cfg, group: str) -> None:
     options = sorted(p.stem for p in (REPO_ROOT / "conf" / group).glob("*.yaml"))
     assert options, group
     for option in options:
-        if option.endswith("_eval"):  # evaluation experiments belong to `python -m xai_bench.evaluate`
-            cfg = compose_cfg(f"{group}={option}", "ckpt=x.ckpt", "train_sweep=x", config_name="evaluate")
+        # evaluation experiments belong to `python -m xai_bench.evaluate`
+        if option.endswith("_eval"):
+            cfg = compose_cfg(f"{group}={option}", "ckpt=x.ckpt", "train_sweep=x",
+                              config_name="evaluate")
         else:
             cfg = compose_cfg(f"{group}={option}")
         assert cfg.hydra.runtime.choices[group] == option
@@ -84,7 +87,8 @@ def test_every_option_of_every_group_composes(compose_cfg, group: str) -> None:
 
 def test_cli_cfg_job_prints_the_row(tmp_path) -> None:
     """What a user types: `python -m xai_bench.train dataset=kvasir init=dino --cfg job`."""
-    proc = run_cli(["xai_bench.train", "dataset=kvasir", "init=dino", "--cfg", "job"], cwd=REPO_ROOT, timeout=120)
+    proc = run_cli(["xai_bench.train", "dataset=kvasir", "init=dino", "--cfg", "job"],
+                   cwd=REPO_ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "lr: 0.0012" in proc.stdout
     assert "max_epochs: 25" in proc.stdout
@@ -94,7 +98,8 @@ def test_grid_configs_are_generated_from_the_csv(tmp_path) -> None:
     """conf/grid is exactly what scripts/make_grid_configs.py writes from the study's CSV."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_grid", REPO_ROOT / "scripts" / "make_grid_configs.py")
+    spec = importlib.util.spec_from_file_location("make_grid",
+                                                  REPO_ROOT / "scripts" / "make_grid_configs.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for path in module.write_grid(DATA_DIR / "seed_grid.csv", tmp_path):
@@ -106,7 +111,8 @@ def test_early_stopping_option_builds_the_callback(compose_cfg) -> None:
 
     from xai_bench.utils.instantiate import instantiate_callbacks
 
-    cfg = compose_cfg("callbacks=early_stopping", "callbacks.early_stopping.patience=3", "paths.output_dir=/tmp/x")
+    cfg = compose_cfg("callbacks=early_stopping", "callbacks.early_stopping.patience=3",
+                      "paths.output_dir=/tmp/x")
     callbacks = instantiate_callbacks(cfg.callbacks)
     stopper = next(c for c in callbacks if isinstance(c, EarlyStopping))
     assert stopper.patience == 3 and stopper.monitor == "val/loss"
@@ -126,17 +132,19 @@ def test_every_evaluation_option_composes(compose_cfg, group: str) -> None:
 def test_evaluation_metric_groups_build_their_metrics(compose_cfg) -> None:
     import hydra
 
-    cfg = compose_cfg("metric=[localisation,faithfulness,sanity]", "ckpt=x.ckpt", config_name="evaluate")
+    cfg = compose_cfg("metric=[localisation,faithfulness,sanity]", "ckpt=x.ckpt",
+                      config_name="evaluate")
     keys = set(cfg.metric)
-    assert {"pointing_game", "iou", "pixel_iou", "relevance_mass", "relevance_rank", "aopc", "max_sensitivity",
-            "haas", "deletion_insertion", "mprt"} == keys
+    assert {"pointing_game", "iou", "pixel_iou", "relevance_mass", "relevance_rank", "aopc",
+            "max_sensitivity", "haas", "deletion_insertion", "mprt"} == keys
     for key, node in cfg.metric.items():
         metric = hydra.utils.instantiate(node)(key=key)
         assert metric.key == key
 
 
 def test_dataset_config_can_set_module_keys(compose_cfg) -> None:
-    """The survey weighted ISIC's classes: a dataset config's module keys must survive composition."""
+    """The survey weighted ISIC's classes: a dataset config's module keys must survive
+    composition."""
     assert compose_cfg("dataset=isic2020").module.class_weights == "balanced"
     assert compose_cfg("dataset=isic2020", "module.class_weights=null").module.class_weights is None
     assert compose_cfg("dataset=pascal_voc").module.multilabel is True
@@ -150,7 +158,8 @@ def _sweep_jobs(params) -> list[list[str]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+    parsed = OverridesParser.create().parse_overrides(
+        [f"{key}={value}" for key, value in params.items()])
     (batch,) = BasicSweeper.split_arguments(parsed, None)
     return batch
 
@@ -159,7 +168,8 @@ def test_study_train_sweeps_the_16_grid_rows(compose_cfg) -> None:
     params = compose_cfg("experiment=study_train").hydra.sweeper.params
     jobs = _sweep_jobs(params)
     assert len(jobs) == 16
-    rows = {(r["dataset"], r["init"]): r for r in csv.DictReader((DATA_DIR / "seed_grid.csv").open())}
+    rows = {(r["dataset"], r["init"]): r
+            for r in csv.DictReader((DATA_DIR / "seed_grid.csv").open())}
     for job in jobs:
         cfg = compose_cfg("experiment=study_train", *job)
         row = rows[(cfg.dataset.name, cfg.init.name)]
@@ -170,7 +180,8 @@ def test_study_train_sweeps_the_16_grid_rows(compose_cfg) -> None:
         assert "study" in cfg.tags
     # the stand-in keeps every dataset's name and grid row, on synthetic data and the tiny ViT
     cfg = compose_cfg("experiment=study_train", "debug=standin", "dataset=duke", "init=mae")
-    assert cfg.dataset._target_ == "xai_bench.data.standin_datamodule" and cfg.dataset.name == "duke"
+    assert (cfg.dataset._target_ == "xai_bench.data.standin_datamodule"
+            and cfg.dataset.name == "duke")
     assert cfg.model.depth == 2 and cfg.init.pretrained is False
     assert float(cfg.optimizer.lr) == pytest.approx(float(rows[("duke", "mae")]["lr"]))
 
@@ -190,14 +201,17 @@ def _fake_training_run(folder: Path, *, checkpoint: bool = True, task: str = "tr
     return folder
 
 
-def test_study_eval_sweeps_every_checkpoint_of_a_training_sweep(compose_cfg, resolvers, tmp_path: Path) -> None:
+def test_study_eval_sweeps_every_checkpoint_of_a_training_sweep(compose_cfg, resolvers,
+                                                                tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
     sweep = tmp_path / "train sweep"  # a space: the sweep value must quote paths
-    runs = [_fake_training_run(sweep / name) for name in ("0_kvasir-dino-sgd-s42", "10_mura-mae-sgd-s42", "2_duke-sup-sgd-s42")]
+    runs = [_fake_training_run(sweep / name)
+            for name in ("0_kvasir-dino-sgd-s42", "10_mura-mae-sgd-s42", "2_duke-sup-sgd-s42")]
     _fake_training_run(sweep / "3_crashed", checkpoint=False)
     _fake_training_run(sweep / "4_eval-run", task="evaluate")
-    cfg = compose_cfg("experiment=study_eval", f"train_sweep={sweep}", "ckpt=x.ckpt", config_name="evaluate")
+    cfg = compose_cfg("experiment=study_eval", f"train_sweep={sweep}", "ckpt=x.ckpt",
+                      config_name="evaluate")
     params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
     jobs = _sweep_jobs(params)
     assert len(jobs) == 3 * 3
@@ -213,18 +227,21 @@ def test_study_eval_sweeps_every_checkpoint_of_a_training_sweep(compose_cfg, res
     assert list(cfg.metric) == ["pointing_game", "iou"]
 
 
-def test_study_eval_without_training_runs_says_what_to_pass(compose_cfg, resolvers, tmp_path: Path) -> None:
+def test_study_eval_without_training_runs_says_what_to_pass(compose_cfg, resolvers,
+                                                            tmp_path: Path) -> None:
     from omegaconf import OmegaConf
 
     from xai_bench.utils.errors import ConfigError
 
-    cfg = compose_cfg("experiment=study_eval", f"train_sweep={tmp_path}", "ckpt=x.ckpt", config_name="evaluate")
+    cfg = compose_cfg("experiment=study_eval", f"train_sweep={tmp_path}", "ckpt=x.ckpt",
+                      config_name="evaluate")
     with pytest.raises(Exception) as info:
         OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
     cause = info.value
     while cause is not None and not isinstance(cause, ConfigError):
         cause = cause.__cause__ or cause.__context__
-    assert cause is not None and "no finished training run" in str(cause) and "train_sweep=" in str(cause)
+    assert (cause is not None and "no finished training run" in str(cause)
+            and "train_sweep=" in str(cause))
 
 
 def test_companion_study_sweeps_compose(compose_cfg) -> None:
@@ -233,7 +250,8 @@ def test_companion_study_sweeps_compose(compose_cfg) -> None:
     for job in faithfulness:
         cfg = compose_cfg("experiment=faithfulness_train", *job)
         assert cfg.model.head == "flatten" and cfg.model.arch in ("resnet50", "vgg19")
-    survey = _sweep_jobs(compose_cfg("experiment=survey_train", "dataset=isic2020").hydra.sweeper.params)
+    survey = _sweep_jobs(
+        compose_cfg("experiment=survey_train", "dataset=isic2020").hydra.sweeper.params)
     assert len(survey) == 7 * 4
     seen = set()
     for job in survey:
@@ -241,9 +259,11 @@ def test_companion_study_sweeps_compose(compose_cfg) -> None:
         seen.add((cfg.model.arch, cfg.model.get("attention"), float(cfg.dataset.low_data.fraction)))
         assert float(cfg.optimizer.lr) == 1e-6 and cfg.dataset.batch_size == 32 and cfg.seed == 42
         assert cfg.module.class_weights == "balanced"
-    assert ("resnet50", "cbam", 0.01) in seen and ("densenet121", "se", 1.0) in seen and ("deit_tiny_patch16_224", None, 0.5) in seen
+    assert (("resnet50", "cbam", 0.01) in seen and ("densenet121", "se", 1.0) in seen
+            and ("deit_tiny_patch16_224", None, 0.5) in seen)
     assert len(seen) == 28
-    cfg = compose_cfg("experiment=faithfulness_eval", "train_sweep=x", "ckpt=x.ckpt", config_name="evaluate")
+    cfg = compose_cfg("experiment=faithfulness_eval", "train_sweep=x", "ckpt=x.ckpt",
+                      config_name="evaluate")
     assert set(cfg.metric) >= {"aopc", "max_sensitivity", "haas"} and cfg.split == "test"
 
 

@@ -68,7 +68,8 @@ def test_sample_i_does_not_depend_on_n() -> None:
     small = generate_synthetic(10, 64, seed=11, shortcut=SHORTCUT)
     large = generate_synthetic(50, 64, seed=11, shortcut=SHORTCUT)
     for field in ("images", "labels", "masks", "boxes", "shortcut_masks", "markers"):
-        np.testing.assert_array_equal(getattr(small, field), getattr(large, field)[:10], err_msg=field)
+        np.testing.assert_array_equal(getattr(small, field), getattr(large, field)[:10],
+                                      err_msg=field)
 
 
 def test_label_balance(big) -> None:
@@ -108,7 +109,8 @@ def test_masks_to_boxes_by_hand() -> None:
     masks = np.zeros((3, 5, 6), dtype=np.uint8)
     masks[0, 1:3, 2:5] = 1
     masks[2, 4, 0] = 1
-    np.testing.assert_array_equal(masks_to_boxes(masks), [[2, 1, 5, 3], [-1, -1, -1, -1], [0, 4, 1, 5]])
+    np.testing.assert_array_equal(masks_to_boxes(masks),
+                                  [[2, 1, 5, 3], [-1, -1, -1, -1], [0, 4, 1, 5]])
 
 
 def test_shortcut_correlates_with_labels_at_strength(big) -> None:
@@ -204,13 +206,15 @@ def _check_batch(batch: dict, size: int) -> None:
 
 
 def _small_synthetic(**kwargs) -> SyntheticDataModule:
-    args = {"img_size": 32, "num_train": 40, "num_val": 20, "num_test": 30, "batch_size": 8, "shuffle_seed": 0}
+    args = {"img_size": 32, "num_train": 40, "num_val": 20, "num_test": 30, "batch_size": 8,
+            "shuffle_seed": 0}
     return SyntheticDataModule(**{**args, **kwargs})
 
 
 def test_synthetic_datamodule_batches() -> None:
     dm = _small_synthetic()
-    assert (dm.name, dm.num_classes, dm.img_size, dm.class_names) == ("synthetic", 2, 32, ("normal", "lesion"))
+    assert (dm.name, dm.num_classes, dm.img_size, dm.class_names) == (
+        "synthetic", 2, 32, ("normal", "lesion"))
     dm.setup("fit")
     for loader in (dm.train_dataloader(), dm.val_dataloader()):
         _check_batch(next(iter(loader)), 32)
@@ -283,7 +287,8 @@ def test_synthetic_datamodule_from_hydra_config() -> None:
                     "_target_": "albumentations.Compose",
                     "transforms": [
                         {"_target_": "albumentations.HorizontalFlip", "p": 0.5},
-                        {"_target_": "albumentations.Normalize", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+                        {"_target_": "albumentations.Normalize", "mean": list(IMAGENET_MEAN),
+                         "std": list(IMAGENET_STD)},
                         {"_target_": "albumentations.pytorch.ToTensorV2"},
                     ],
                 },
@@ -329,7 +334,8 @@ def _png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
-def _write_table(root: Path, rows: list[dict], columns: tuple[str, ...] = ("image", "label", "split", "group")) -> None:
+def _write_table(root: Path, rows: list[dict],
+                 columns: tuple[str, ...] = ("image", "label", "split", "group")) -> None:
     with open(root / "labels.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
@@ -342,12 +348,14 @@ def canonical(tmp_path: Path) -> Path:
     root = tmp_path / "tiny"
     rng = np.random.default_rng(0)
     rows = []
-    for i, (label, split) in enumerate([(0, "train"), (1, "train"), (0, "val"), (1, "val"), (0, "test"), (1, "test")]):
+    for i, (label, split) in enumerate([(0, "train"), (1, "train"), (0, "val"), (1, "val"),
+                                        (0, "test"), (1, "test")]):
         rel = f"images/{'sub/' if i == 3 else ''}img_{i}.png"
         if i == 2:
             _png(root / rel, rng.integers(0, 255, (40, 40), dtype=np.uint8))  # grayscale
         elif i == 4:
-            Image.fromarray(rng.integers(0, 4096, (40, 40), dtype=np.uint16)).save(_mkdir(root / rel))  # 16 bit
+            Image.fromarray(rng.integers(0, 4096, (40, 40), dtype=np.uint16)).save(
+                _mkdir(root / rel))  # 16 bit
         else:
             _png(root / rel, rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
         rows.append({"image": rel, "label": label, "split": split, "group": f"patient{i // 2}"})
@@ -381,7 +389,8 @@ def test_image_table_dataset_reads_canonical_layout(canonical: Path) -> None:
     assert item["mask"].sum().item() == 16 * 8
     assert not test[0]["has_mask"].item() and test[0]["box"].tolist() == [-1, -1, -1, -1]
     gray_16bit = test[0]["image"]
-    assert torch.isfinite(gray_16bit).all() and gray_16bit.std() > 0.1  # min-max scaled, not clipped
+    # min-max scaled, not clipped
+    assert torch.isfinite(gray_16bit).all() and gray_16bit.std() > 0.1
     val = ImageTableDataset(canonical, "val", default_eval_transform(32))
     assert val.labels.tolist() == [0, 1] and val.image_path(1).parent.name == "sub"
 
@@ -397,7 +406,8 @@ def test_image_table_datamodule(canonical: Path) -> None:
     assert [b["label"].tolist() for b in dm.test_dataloader()] == [[0, 1]]
     roi = list(dm.roi_dataloader())
     assert len(roi) == 1 and roi[0]["index"].tolist() == [1] and roi[0]["has_mask"].all()
-    assert (dm.name, dm.num_classes, dm.img_size, dm.class_names) == ("tiny", 2, 32, ("normal", "abnormal"))
+    assert (dm.name, dm.num_classes, dm.img_size, dm.class_names) == (
+        "tiny", 2, 32, ("normal", "abnormal"))
 
 
 def test_mirrored_mask_path_wins_and_mask_scale(canonical: Path) -> None:
@@ -413,13 +423,15 @@ def test_mirrored_mask_path_wins_and_mask_scale(canonical: Path) -> None:
 
 
 def test_missing_root_names_the_folder(tmp_path: Path) -> None:
-    dm = _table_module(tmp_path / "nowhere" / "kvasir", name="kvasir", prepare_hint="Download Kvasir v2.")
+    dm = _table_module(tmp_path / "nowhere" / "kvasir", name="kvasir",
+                       prepare_hint="Download Kvasir v2.")
     with pytest.raises(DatasetNotFoundError) as err:
         dm.check()
     message = str(err.value)
     assert str((tmp_path / "nowhere" / "kvasir").absolute()) in message
     assert message.startswith("Dataset 'kvasir' not found: ")
-    assert "Download Kvasir v2. Then point paths.data_dir at the folder that contains 'kvasir/'" in message
+    assert ("Download Kvasir v2. Then point paths.data_dir at the folder that contains "
+            "'kvasir/'") in message
     assert message.endswith("python -m xai_bench.train dataset=kvasir paths.data_dir=/data")
     with pytest.raises(DatasetNotFoundError):
         dm.setup("fit")
@@ -452,7 +464,8 @@ def test_bad_label_column_is_a_clear_error(canonical: Path) -> None:
         ({"label": 2}, ConfigError, r"labels \[2\].*num_classes=2"),
         ({"label": "x"}, DatasetNotFoundError, "labels must be integers"),
         ({"split": "valid"}, DatasetNotFoundError, r"split must be one of.*'valid' \(1 rows\)"),
-        ({"image": "images/missing.png"}, DatasetNotFoundError, r"1 of 2 image files do not exist.*missing.png"),
+        ({"image": "images/missing.png"}, DatasetNotFoundError,
+         r"1 of 2 image files do not exist.*missing.png"),
     ],
 )
 def test_table_validation(canonical: Path, row: dict, error: type, pattern: str) -> None:
@@ -485,8 +498,8 @@ def test_ambiguous_mask_stem_is_refused(canonical: Path) -> None:
 def test_standin_keeps_the_dataset_name_and_differs_per_dataset() -> None:
     from xai_bench.data import standin_datamodule
 
-    kvasir = standin_datamodule("kvasir", img_size=32, num_train=8, num_val=4, num_test=4, root="/nowhere",
-                                prepare_hint="unused", mask_size="resize")
+    kvasir = standin_datamodule("kvasir", img_size=32, num_train=8, num_val=4, num_test=4,
+                                root="/nowhere", prepare_hint="unused", mask_size="resize")
     mura = standin_datamodule("mura", img_size=32, num_train=8, num_val=4, num_test=4)
     assert kvasir.name == "kvasir" and mura.name == "mura"
     kvasir.setup("test")

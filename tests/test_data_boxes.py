@@ -1,5 +1,6 @@
-"""Per-class boxes of multi-label datasets (boxes.csv -> "class_masks", docs/atcon.md): rasterised in
-the stored frame, transformed with the image, collated, and malformed files named by line."""
+"""Per-class boxes of multi-label datasets (boxes.csv -> "class_masks", docs/atcon.md):
+rasterised in the stored frame, transformed with the image, collated, and malformed files named
+by line."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def write_multilabel_dataset(root: Path, boxes: bool = True) -> Path:
         writer = csv.writer(handle)
         writer.writerow(["image", "label", "split"])
         for rel, (label, split) in ROWS.items():
-            Image.fromarray(rng.integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)).save(root / rel)
+            Image.fromarray(rng.integers(0, 255, (HEIGHT, WIDTH, 3),
+                                         dtype=np.uint8)).save(root / rel)
             writer.writerow([rel, label, split])
     if boxes:
         write_boxes(root, BOXES)
@@ -67,11 +69,14 @@ def multilabel(tmp_path: Path) -> Path:
     return write_multilabel_dataset(tmp_path / "voc_like")
 
 
-def _dataset(root: Path, transform: A.Compose | None, split: str = "test", **kwargs) -> ImageTableDataset:
-    return ImageTableDataset(root, split, transform, class_names=CLASS_NAMES, multilabel=True, **kwargs)
+def _dataset(root: Path, transform: A.Compose | None, split: str = "test",
+             **kwargs) -> ImageTableDataset:
+    return ImageTableDataset(root, split, transform, class_names=CLASS_NAMES, multilabel=True,
+                             **kwargs)
 
 
-def _expected(boxes: list[tuple[int, int, int, int]], height: int = HEIGHT, width: int = WIDTH) -> torch.Tensor:
+def _expected(boxes: list[tuple[int, int, int, int]], height: int = HEIGHT,
+              width: int = WIDTH) -> torch.Tensor:
     mask = torch.zeros((height, width), dtype=torch.uint8)
     for x0, y0, x1, y1 in boxes:
         mask[y0:y1, x0:x1] = 1
@@ -81,7 +86,8 @@ def _expected(boxes: list[tuple[int, int, int, int]], height: int = HEIGHT, widt
 def test_class_masks_in_the_stored_frame_without_a_resize(multilabel: Path) -> None:
     test = _dataset(multilabel, A.Compose([ToTensorV2()]))
     item = test[0]
-    assert item["class_masks"].shape == (3, HEIGHT, WIDTH) and item["class_masks"].dtype == torch.uint8
+    assert (item["class_masks"].shape == (3, HEIGHT, WIDTH)
+            and item["class_masks"].dtype == torch.uint8)
     assert torch.equal(item["class_masks"][0], _expected([(4, 2, 12, 10)]))
     assert not item["class_masks"][1].any()  # labelled "0;2": no box of class 1
     assert torch.equal(item["class_masks"][2], _expected([(20, 0, 40, 20), (0, 16, 8, 20)]))
@@ -94,7 +100,8 @@ def test_resize_scales_the_boxes_with_the_image(multilabel: Path, scale: float) 
     height, width = int(HEIGHT * scale), int(WIDTH * scale)
     test = _dataset(multilabel, A.Compose([A.Resize(height, width), A.Normalize(), ToTensorV2()]))
     item = test[0]
-    assert item["image"].shape == (3, height, width) and item["class_masks"].shape == (3, height, width)
+    assert (item["image"].shape == (3, height, width)
+            and item["class_masks"].shape == (3, height, width))
 
     def scaled(*boxes: tuple[int, int, int, int]) -> torch.Tensor:
         return _expected([tuple(int(v * scale) for v in box) for box in boxes], height, width)
@@ -114,15 +121,18 @@ def test_horizontal_flip_mirrors_boxes_image_and_mask_together(multilabel: Path)
 
 def test_fractional_boxes_cover_every_touched_pixel_and_are_clipped(tmp_path: Path) -> None:
     root = write_multilabel_dataset(tmp_path / "ds", boxes=False)
-    write_boxes(root, [("images/t0.png", "0", 3.5, 1.2, 7.5, 2.1), ("images/t0.png", "2", 30, 10, 60, 50)])
+    write_boxes(root, [("images/t0.png", "0", 3.5, 1.2, 7.5, 2.1),
+                       ("images/t0.png", "2", 30, 10, 60, 50)])
     masks = _dataset(root, A.Compose([ToTensorV2()]))[0]["class_masks"]
-    assert torch.equal(masks[0], _expected([(3, 1, 8, 3)]))  # floor(x0) .. ceil(x1), as prepare's ROI masks
+    # floor(x0) .. ceil(x1), as prepare's ROI masks
+    assert torch.equal(masks[0], _expected([(3, 1, 8, 3)]))
     assert torch.equal(masks[2], _expected([(30, 10, WIDTH, HEIGHT)]))
 
 
 def test_datamodule_batches_carry_class_masks(multilabel: Path) -> None:
-    dm = ImageTableDataModule(name="voc_like", root=multilabel, num_classes=3, img_size=16, class_names=CLASS_NAMES,
-                              multilabel=True, batch_size=4, num_workers=0, pin_memory=False)
+    dm = ImageTableDataModule(name="voc_like", root=multilabel, num_classes=3, img_size=16,
+                              class_names=CLASS_NAMES, multilabel=True, batch_size=4,
+                              num_workers=0, pin_memory=False)
     dm.check()
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
@@ -156,15 +166,20 @@ def test_no_class_masks_without_boxes_csv_or_when_single_label(tmp_path: Path) -
         ([], ("image", "class", "x0", "y0", "x1"), r"lacks column\(s\) \['y1'\]"),
         ([("images/t0.png", "0", 0, 0, 4, 4), ("images/nope.png", "0", 0, 0, 4, 4)], BOX_HEADER,
          r"line 3: image 'images/nope.png' is not in labels.csv"),
-        ([("images/t0.png", "3", 0, 0, 4, 4)], BOX_HEADER, r"line 2: class '3' is not a class index in 0..2"),
+        ([("images/t0.png", "3", 0, 0, 4, 4)], BOX_HEADER,
+         r"line 2: class '3' is not a class index in 0..2"),
         ([("images/t0.png", "-1", 0, 0, 4, 4)], BOX_HEADER, r"line 2: class '-1'"),
-        ([("images/t0.png", "horse", 0, 0, 4, 4)], BOX_HEADER, r"class 'horse' .* class names 'cat', 'dog'"),
-        ([("images/t0.png", "0", 5, 0, 5, 4)], BOX_HEADER, r"line 2: box x0=5, y0=0, x1=5, y1=4 is empty"),
+        ([("images/t0.png", "horse", 0, 0, 4, 4)], BOX_HEADER,
+         r"class 'horse' .* class names 'cat', 'dog'"),
+        ([("images/t0.png", "0", 5, 0, 5, 4)], BOX_HEADER,
+         r"line 2: box x0=5, y0=0, x1=5, y1=4 is empty"),
         ([("images/t0.png", "0", 0, 6, 4, 2)], BOX_HEADER, r"line 2: box .* is empty"),
-        ([("images/t0.png", "0", "a", 0, 4, 4)], BOX_HEADER, r"line 2: coordinates \['a', '0', '4', '4'\]"),
+        ([("images/t0.png", "0", "a", 0, 4, 4)], BOX_HEADER,
+         r"line 2: coordinates \['a', '0', '4', '4'\]"),
     ],
 )
-def test_malformed_boxes_csv_names_the_file_and_line(multilabel: Path, rows: list, header: tuple, match: str) -> None:
+def test_malformed_boxes_csv_names_the_file_and_line(multilabel: Path, rows: list, header: tuple,
+                                                     match: str) -> None:
     path = write_boxes(multilabel, rows, header)
     with pytest.raises(XaiBenchError, match=match) as info:
         _dataset(multilabel, None)

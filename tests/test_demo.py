@@ -36,7 +36,8 @@ def test_default_run_reaches_the_accuracy_goal(demo_run: Path) -> None:
     assert run.metric("train/loss_epoch")[-1] < run.metric("train/loss_epoch")[0]
 
 
-def test_methods_localise_the_lesion_and_fail_parameter_randomisation(demo_run: Path, tmp_path: Path) -> None:
+def test_methods_localise_the_lesion_and_fail_parameter_randomisation(demo_run: Path,
+                                                                      tmp_path: Path) -> None:
     sweep = tmp_path / "eval"
     proc = run_cli(["xai_bench.evaluate", "-m", f"ckpt={demo_run / 'checkpoints' / 'best.ckpt'}",
                     f"method={','.join(METHODS)}", "baselines=[]", "max_images=96", "overlays=2",
@@ -54,19 +55,23 @@ def test_methods_localise_the_lesion_and_fail_parameter_randomisation(demo_run: 
             assert summary.method in wandb_run.tags
     assert set(results) == set(METHODS)
     random = results["random"]
-    best = {name: max(results[m][name]["value"] for m in METHODS[:3]) for name in ("pointing_game", "iou@5", "iou@10")}
+    best = {name: max(results[m][name]["value"] for m in METHODS[:3])
+            for name in ("pointing_game", "iou@5", "iou@10")}
     assert best["pointing_game"] >= random["pointing_game"]["value"] + 0.5
     assert best["iou@5"] >= random["iou@5"]["value"] + 0.3
     assert best["iou@10"] >= random["iou@10"]["value"] + 0.3
     for method in METHODS[:3]:
         steps = [k for k in results[method] if k.startswith("mprt/ssim/")]
         first, last = results[method][steps[0]]["value"], results[method][steps[-1]]["value"]
-        assert last < 0.3 < first, (method, first, last)  # randomised all the way down: the maps change
+        # randomised all the way down: the maps change
+        assert last < 0.3 < first, (method, first, last)
     # the random map ignores the model entirely: it does not pass the randomisation test
-    assert min(v["value"] for k, v in random.items() if k.startswith("mprt/ssim/")) == pytest.approx(1.0)
+    assert min(v["value"] for k, v in random.items()
+               if k.startswith("mprt/ssim/")) == pytest.approx(1.0)
 
     # step 3 of `make demo`: the report of this sweep carries the same numbers
-    proc = run_cli(["xai_bench.report", f"sweep={sweep}", "print_config=false"], cwd=tmp_path, timeout=300)
+    proc = run_cli(["xai_bench.report", f"sweep={sweep}", "print_config=false"], cwd=tmp_path,
+                   timeout=300)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "Open the report:" in proc.stdout
     rows = list(csv.DictReader((sweep / "report" / "report.csv").open()))

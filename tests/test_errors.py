@@ -54,14 +54,16 @@ def test_checkpoint_with_pickled_object_is_refused(tmp_path: Path, writer: str) 
     else:
         with evil.open("wb") as f:
             pickle.dump(payload, f)
-    proc = run_cli(["xai_bench.train", "debug=tiny", f"ckpt_path={evil}"], cwd=tmp_path, timeout=180)
+    proc = run_cli(["xai_bench.train", "debug=tiny", f"ckpt_path={evil}"], cwd=tmp_path,
+                   timeout=180)
     err = _fails_cleanly(proc)
     assert "evil.ckpt" in err and "refused" in err.lower()
     assert not marker.exists()
 
 
 def test_bad_config_value_fails_clearly(tmp_path: Path) -> None:
-    proc = run_cli(["xai_bench.train", "debug=tiny", "optimizer.name=rmsprop"], cwd=tmp_path, timeout=180)
+    proc = run_cli(["xai_bench.train", "debug=tiny", "optimizer.name=rmsprop"], cwd=tmp_path,
+                   timeout=180)
     err = _fails_cleanly(proc)
     assert "rmsprop" in err
 
@@ -73,7 +75,8 @@ def test_a_missing_mandatory_value_names_the_key() -> None:
     from xai_bench.utils.errors import ConfigError
     from xai_bench.utils.task import user_error
 
-    cfg = OmegaConf.create({"dataset": {"num_classes": "???"}, "model": {"num_classes": "${dataset.num_classes}"}})
+    cfg = OmegaConf.create({"dataset": {"num_classes": "???"},
+                            "model": {"num_classes": "${dataset.num_classes}"}})
     for read in (lambda: cfg.model.num_classes, lambda: cfg.dataset.num_classes):
         try:
             read()

@@ -34,7 +34,8 @@ NAMES = ("attention", "rollout", "chefer_generic", "chefer")
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, num_heads=2, num_classes=2)
 
 
-def tiny_vit(arch: str = "vit_tiny_patch16_224", depth: int = 2, seed: int = 0, **kwargs: object) -> nn.Module:
+def tiny_vit(arch: str = "vit_tiny_patch16_224", depth: int = 2, seed: int = 0,
+             **kwargs: object) -> nn.Module:
     torch.manual_seed(seed)
     model = timm.create_model(arch, **{**TINY, "depth": depth, **kwargs}).double().eval()
     with torch.no_grad():  # timm's init gives near-uniform attention; sharpen it a little
@@ -47,13 +48,15 @@ def tiny_vit(arch: str = "vit_tiny_patch16_224", depth: int = 2, seed: int = 0, 
 
 
 def images(n: int = 3, size: int = 32, seed: int = 1) -> torch.Tensor:
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64)
 
 
 VARIANTS = {
     "vit": lambda: tiny_vit(),
     "distilled": lambda: tiny_vit("deit_tiny_distilled_patch16_224"),
-    "registers": lambda: tiny_vit("vit_small_patch16_224", reg_tokens=4, no_embed_class=True, init_values=0.5),
+    "registers": lambda: tiny_vit("vit_small_patch16_224", reg_tokens=4, no_embed_class=True,
+                                  init_values=0.5),
 }
 
 
@@ -119,7 +122,8 @@ def hand_attention(model: nn.Module, x: torch.Tensor, block: int = 0) -> torch.T
         attn = model.blocks[block].attn
         h = model.blocks[block].norm1(tokens)
         b, n, c = h.shape
-        qkv = F.linear(h, attn.qkv.weight, attn.qkv.bias).view(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = (F.linear(h, attn.qkv.weight, attn.qkv.bias).view(b, n, 3, attn.num_heads, -1)
+               .permute(2, 0, 3, 1, 4))
         q, k = qkv[0], qkv[1]
         return torch.softmax(q @ k.transpose(-2, -1) * attn.scale, dim=-1).mean(dim=1)
 
@@ -291,15 +295,18 @@ def test_tape_forward_reproduces_logits(variant: str) -> None:
 
 def test_rule_conservation() -> None:
     g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g, dtype=torch.float64)
+    x, w = (torch.randn(3, 5, generator=g, dtype=torch.float64),
+            torch.randn(4, 5, generator=g, dtype=torch.float64))
     rel = torch.rand(3, 4, generator=g, dtype=torch.float64)
     torch.testing.assert_close(relprop_linear(x, w, rel).sum(1), rel.sum(1))
     assert (relprop_linear(x.abs(), w.abs(), rel) >= 0).all()
-    a, b = torch.randn(3, 6, 4, generator=g, dtype=torch.float64), torch.randn(3, 6, 4, generator=g, dtype=torch.float64)
+    a, b = (torch.randn(3, 6, 4, generator=g, dtype=torch.float64),
+            torch.randn(3, 6, 4, generator=g, dtype=torch.float64))
     rel3 = torch.randn(3, 6, 4, generator=g, dtype=torch.float64)
     ra, rb = relprop_add(a, b, rel3)
     torch.testing.assert_close((ra + rb).sum((1, 2)), rel3.sum((1, 2)))
-    m1, m2 = torch.rand(3, 6, 6, generator=g, dtype=torch.float64), torch.rand(3, 6, 4, generator=g, dtype=torch.float64)
+    m1, m2 = (torch.rand(3, 6, 6, generator=g, dtype=torch.float64),
+              torch.rand(3, 6, 4, generator=g, dtype=torch.float64))
     r1, r2 = relprop_matmul(m1, m2, rel3)
     torch.testing.assert_close(r1.sum((1, 2)), 0.5 * rel3.sum((1, 2)))
     torch.testing.assert_close(r2.sum((1, 2)), 0.5 * rel3.sum((1, 2)))
@@ -311,7 +318,8 @@ def test_lrp_conserves_relevance_down_to_the_tokens(variant: str) -> None:
     divisions (|z| ~ 1e-9 terms), so the block-0 input carries ~1 (tolerance 1e-3)."""
     model, x = VARIANTS[variant](), images(3)
     _, _, _, rel_in = lrp_attention(model, x, torch.tensor([0, 1, 1]))
-    torch.testing.assert_close(rel_in.sum((1, 2)), torch.ones(3, dtype=torch.float64), atol=1e-3, rtol=0)
+    torch.testing.assert_close(rel_in.sum((1, 2)), torch.ones(3, dtype=torch.float64),
+                               atol=1e-3, rtol=0)
 
 
 def test_lrp_head_relevance_reaches_prefix_tokens_only() -> None:
@@ -368,7 +376,8 @@ def _ref_bilinear(fn, xs: list[torch.Tensor], rel: torch.Tensor) -> list[torch.T
     return [(t * g).detach() for t, g in zip(xs, grads, strict=True)]
 
 
-def _ref_add(a: torch.Tensor, b: torch.Tensor, rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _ref_add(a: torch.Tensor, b: torch.Tensor,
+             rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ra, rb = _ref_bilinear(lambda u, v: u + v, [a, b], rel)
     sa, sb = ra.sum(), rb.sum()
     fa = _sdiv(sa.abs(), sa.abs() + sb.abs()) * rel.sum()
@@ -397,18 +406,21 @@ def reference_chefer(model: nn.Module, image: torch.Tensor, target: int) -> torc
     logit = model.head(tokens[:, 0])[0, target]
     grads = torch.autograd.grad(logit, [s["a"] for s in saved])
     rel = torch.zeros_like(tokens).detach()
-    rel[:, 0] = _ref_linear(tokens[:, 0].detach(), model.head.weight.detach(), F.one_hot(torch.tensor([target]), 2).double())
+    rel[:, 0] = _ref_linear(tokens[:, 0].detach(), model.head.weight.detach(),
+                            F.one_hot(torch.tensor([target]), 2).double())
     cams = [None] * len(saved)
     for i in reversed(range(len(saved))):
         s = {key: val.detach() for key, val in saved[i].items()}
         blk = model.blocks[i]
         r_skip, r_y2 = _ref_add(s["xm"], s["y2"], rel)
-        r_h2 = _ref_linear(s["h2"], blk.mlp.fc1.weight.detach(), _ref_linear(s["m"], blk.mlp.fc2.weight.detach(), r_y2))
+        r_h2 = _ref_linear(s["h2"], blk.mlp.fc1.weight.detach(),
+                           _ref_linear(s["m"], blk.mlp.fc2.weight.detach(), r_y2))
         r_x, r_y = _ref_add(s["x"], s["y"], r_skip + r_h2)
         r_o = _ref_linear(s["o"], blk.attn.proj.weight.detach(), r_y)
         r_o = r_o.view(1, -1, blk.attn.num_heads, s["v"].shape[-1]).transpose(1, 2)
         r_a, r_v = (r / 2 for r in _ref_bilinear(torch.matmul, [s["a"], s["v"]], r_o))
-        r_q, r_k = (r / 2 for r in _ref_bilinear(lambda u, w: u @ w.transpose(-2, -1), [s["q"], s["k"]], r_a))
+        r_q, r_k = (r / 2 for r in _ref_bilinear(lambda u, w: u @ w.transpose(-2, -1),
+                                                 [s["q"], s["k"]], r_a))
         r_qkv = torch.stack([r_q, r_k, r_v]).permute(1, 3, 0, 2, 4).reshape(1, s["x"].shape[1], -1)
         rel = r_x + _ref_linear(s["h1"], blk.attn.qkv.weight.detach(), r_qkv)
         cams[i] = (grads[i] * r_a).clamp(min=0).mean(1)[0]
@@ -424,4 +436,5 @@ def test_chefer_matches_naive_reference() -> None:
     target = torch.tensor([1, 0])
     raw = CheferLRP()(model, x, target).raw
     for i in range(2):
-        torch.testing.assert_close(raw[i], reference_chefer(model, x[i], int(target[i])), atol=1e-10, rtol=1e-8)
+        torch.testing.assert_close(raw[i], reference_chefer(model, x[i], int(target[i])),
+                                   atol=1e-10, rtol=1e-8)

@@ -37,7 +37,8 @@ def test_resolve_target_variants() -> None:
 def test_upsample_nearest_makes_blocks_and_bilinear_is_smooth() -> None:
     raw = torch.arange(4.0).view(1, 2, 2)
     near = upsample(raw, (4, 4), "nearest")
-    assert torch.equal(near[0, :2, :2], torch.zeros(2, 2)) and torch.equal(near[0, 2:, 2:], torch.full((2, 2), 3.0))
+    assert (torch.equal(near[0, :2, :2], torch.zeros(2, 2))
+            and torch.equal(near[0, 2:, 2:], torch.full((2, 2), 3.0)))
     bil = upsample(raw, (4, 4), "bilinear")
     assert bil[0, 0, 0] == 0.0 and 0.0 < bil[0, 1, 1] < 3.0
     with pytest.raises(ConfigError):
@@ -53,7 +54,8 @@ def test_minmax_per_map_and_constant_maps() -> None:
 
 
 def test_model_state_restores_mode_flags_and_grads() -> None:
-    model = build_model("vit_tiny_patch16_224", 2, 32, patch_size=8, depth=2, embed_dim=32, num_heads=2)
+    model = build_model("vit_tiny_patch16_224", 2, 32, patch_size=8, depth=2, embed_dim=32,
+                        num_heads=2)
     model.train()
     model.blocks[0].attn.fused_attn = True
     model.head.weight.requires_grad_(False)
@@ -70,15 +72,18 @@ def test_model_state_restores_mode_flags_and_grads() -> None:
     ({}, 1, (4, 4)),
     ({"img_size": 48}, 1, (6, 6)),
 ])
-def test_token_geometry_and_attention_capture(kwargs: dict, prefix: int, grid: tuple[int, int]) -> None:
+def test_token_geometry_and_attention_capture(kwargs: dict, prefix: int,
+                                              grid: tuple[int, int]) -> None:
     size = kwargs.pop("img_size", 32)
-    model = build_model("vit_tiny_patch16_224", 2, size, patch_size=8, depth=2, embed_dim=32, num_heads=2).eval()
+    model = build_model("vit_tiny_patch16_224", 2, size, patch_size=8, depth=2, embed_dim=32,
+                        num_heads=2).eval()
     assert token_grid(model) == (prefix, *grid)
     x = torch.randn(2, 3, size, size)
     fused_out = model(x)
     with capture_attention(model) as attn:
         out = model(x)
-    assert len(attn) == 2 and attn[0].shape == (2, 2, prefix + grid[0] * grid[1], prefix + grid[0] * grid[1])
+    assert len(attn) == 2 and attn[0].shape == (2, 2, prefix + grid[0] * grid[1],
+                                                prefix + grid[0] * grid[1])
     assert torch.allclose(attn[0].sum(-1), torch.ones(()), atol=1e-5)
     assert torch.allclose(out, fused_out, atol=1e-5)
     tokens = torch.randn(2, prefix + grid[0] * grid[1], 5)
@@ -86,7 +91,8 @@ def test_token_geometry_and_attention_capture(kwargs: dict, prefix: int, grid: t
 
 
 def test_distilled_vit_has_two_prefix_tokens() -> None:
-    model = build_model("deit_tiny_distilled_patch16_224", 2, 32, patch_size=8, depth=1, embed_dim=32, num_heads=2)
+    model = build_model("deit_tiny_distilled_patch16_224", 2, 32, patch_size=8, depth=1,
+                        embed_dim=32, num_heads=2)
     assert token_grid(model) == (2, 4, 4)
 
 
@@ -113,7 +119,8 @@ def test_forward_passes_per_call(name: str, forwards: int) -> None:
     one model pass per call, not a separate one to find the target."""
     from xai_bench.explain import build_method
 
-    model = build_model("vit_tiny_patch16_224", 2, 32, patch_size=8, depth=2, embed_dim=32, num_heads=2).eval()
+    model = build_model("vit_tiny_patch16_224", 2, 32, patch_size=8, depth=2, embed_dim=32,
+                        num_heads=2).eval()
     calls = []
     model.register_forward_hook(lambda *_: calls.append(1))
     x = torch.randn(2, 3, 32, 32)
@@ -124,12 +131,14 @@ def test_forward_passes_per_call(name: str, forwards: int) -> None:
         assert torch.equal(out.target, model(x).argmax(-1))
 
 
-@pytest.mark.parametrize("name", ["saliency", "input_x_gradient", "guided_backprop", "gradcam", "chefer_generic"])
+@pytest.mark.parametrize("name", ["saliency", "input_x_gradient", "guided_backprop", "gradcam",
+                                  "chefer_generic"])
 def test_target_from_own_forward_equals_explicit_target(name: str) -> None:
     from xai_bench.explain import build_method
 
     torch.manual_seed(0)
-    model = build_model("vit_tiny_patch16_224", 3, 32, patch_size=8, depth=2, embed_dim=32, num_heads=2).eval()
+    model = build_model("vit_tiny_patch16_224", 3, 32, patch_size=8, depth=2, embed_dim=32,
+                        num_heads=2).eval()
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         predicted = model(x).argmax(-1)

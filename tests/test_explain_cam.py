@@ -29,8 +29,8 @@ class TinyCNN(nn.Module):
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(),
                                       nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU())
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)) if head == "gap" \
-            else nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 8, 2))
+        self.head = (nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+                     if head == "gap" else nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 8, 2)))
         set_feature_layer(self, self.features, "features")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,7 +38,8 @@ class TinyCNN(nn.Module):
 
 
 def _images(batch: int = 3, size: int = 16, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,8 @@ def _drop_prefix(model: nn.Module):
     return transform
 
 
-def _library(model: nn.Module, mode: str, x: torch.Tensor, target: torch.Tensor, **kwargs: bool) -> torch.Tensor:
+def _library(model: nn.Module, mode: str, x: torch.Tensor, target: torch.Tensor,
+             **kwargs: bool) -> torch.Tensor:
     vit = hasattr(model, "blocks")
     layer = model.blocks[-1].norm1 if vit else model.feature_layer
     lib = LIB[mode](model, [layer], reshape_transform=_drop_prefix(model) if vit else None)
@@ -140,12 +142,14 @@ def test_matches_pytorch_grad_cam_on_timm_resnet() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_aug_smooth_and_the_study_variant_match_the_library(vit: nn.Module, flat_cnn: nn.Module) -> None:
+def test_aug_smooth_and_the_study_variant_match_the_library(vit: nn.Module,
+                                                            flat_cnn: nn.Module) -> None:
     x = _images(size=32)
     ones = torch.ones(3, dtype=torch.long)
     ref = _library(vit, "gradcam", x, ones, eigen_smooth=True, aug_smooth=True)
     study = build_method("gradcam_study")
-    assert study.target == 1 and study.eigen_smooth and study.aug_smooth and study.order == "gradcam_lib"
+    assert (study.target == 1 and study.eigen_smooth and study.aug_smooth
+            and study.order == "gradcam_lib")
     out = study(vit, x)
     assert out.target.tolist() == [1, 1, 1]
     torch.testing.assert_close(out.maps, ref, atol=1e-4, rtol=0)
@@ -251,7 +255,8 @@ def test_gradcam_and_hirescam_hand_computed_on_known_weights() -> None:
 def test_gradcam_matches_captum_layergradcam(gap_cnn: nn.Module, flat_cnn: nn.Module) -> None:
     x = _images()
     for model in (gap_cnn, flat_cnn):
-        ref = LayerGradCam(model, model.features).attribute(x, target=TARGET, relu_attributions=True)[:, 0]
+        ref = LayerGradCam(model, model.features).attribute(x, target=TARGET,
+                                                            relu_attributions=True)[:, 0]
         raw = build_method("gradcam", layer="features")(model, x, TARGET).raw
         torch.testing.assert_close(raw.clamp(min=0), ref, atol=1e-10, rtol=0)
 
@@ -270,7 +275,8 @@ def test_hirescam_vs_gradcam_gap_and_flatten_heads(gap_cnn: nn.Module, flat_cnn:
     torch.testing.assert_close(hires_flat.flatten(1).sum(1), logit)
 
 
-@pytest.mark.parametrize("name,method", [("vit", "gradcam"), ("vit", "hirescam"), ("vit", "gradcam_study"),
+@pytest.mark.parametrize("name,method", [("vit", "gradcam"), ("vit", "hirescam"),
+                                         ("vit", "gradcam_study"),
                                          ("flat_cnn", "gradcam"), ("flat_cnn", "hirescam")])
 def test_batch_equals_single_calls(request: pytest.FixtureRequest, name: str, method: str) -> None:
     model, x = _case(request, name)
@@ -301,8 +307,8 @@ def test_differentiable_gradcam_is_second_order(flat_cnn: nn.Module, vit: nn.Mod
 
 def test_vit_token_geometry_and_layer_paths() -> None:
     torch.manual_seed(0)
-    model = build_model("vit_tiny_patch16_224", 2, 48, patch_size=8, depth=2, embed_dim=32, num_heads=2,
-                        reg_tokens=2).eval()
+    model = build_model("vit_tiny_patch16_224", 2, 48, patch_size=8, depth=2, embed_dim=32,
+                        num_heads=2, reg_tokens=2).eval()
     assert token_grid(model)[0] == 3
     x = torch.randn(2, 3, 48, 48)
     out = build_method("gradcam")(model, x)

@@ -23,7 +23,8 @@ def test_every_registered_method_has_a_config() -> None:
 def models() -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     return {
-        "vit": build_model("vit_tiny_patch16_224", 2, 32, patch_size=8, depth=2, embed_dim=32, num_heads=2).eval(),
+        "vit": build_model("vit_tiny_patch16_224", 2, 32, patch_size=8, depth=2, embed_dim=32,
+                           num_heads=2).eval(),
         "cnn": build_model("resnet18", 2, 32).eval(),
     }
 

@@ -52,7 +52,8 @@ def vit() -> nn.Module:
 
 
 def _images(batch: int = 3, size: int = 16, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64)
 
 
 TARGET = torch.tensor([0, 1, 1])
@@ -64,7 +65,8 @@ def _model(request: pytest.FixtureRequest, name: str) -> tuple[nn.Module, torch.
 
 
 @pytest.mark.parametrize("name", ["cnn", "vit"])
-def test_saliency_and_input_x_gradient_match_captum(request: pytest.FixtureRequest, name: str) -> None:
+def test_saliency_and_input_x_gradient_match_captum(request: pytest.FixtureRequest,
+                                                    name: str) -> None:
     model, x = _model(request, name)
     ours = G.Saliency().attribute(model, x, TARGET)
     ref = CaptumSaliency(model).attribute(x, target=TARGET, abs=False)
@@ -79,10 +81,13 @@ def test_saliency_and_input_x_gradient_match_captum(request: pytest.FixtureReque
 
 @pytest.mark.parametrize("name", ["cnn", "vit"])
 @pytest.mark.parametrize("method", G.IG_METHODS)
-def test_integrated_gradients_match_captum(request: pytest.FixtureRequest, name: str, method: str) -> None:
+def test_integrated_gradients_match_captum(request: pytest.FixtureRequest, name: str,
+                                           method: str) -> None:
     model, x = _model(request, name)
-    ref = CaptumIG(model).attribute(x, baselines=torch.zeros_like(x), target=TARGET, n_steps=6, method=method)
-    ig = G.IntegratedGradients(n_steps=6, method=method, internal_batch_size=5)  # chunks mix steps/images
+    ref = CaptumIG(model).attribute(x, baselines=torch.zeros_like(x), target=TARGET, n_steps=6,
+                                    method=method)
+    # chunks mix steps/images
+    ig = G.IntegratedGradients(n_steps=6, method=method, internal_batch_size=5)
     torch.testing.assert_close(ig.attribute(model, x, TARGET), ref, atol=1e-6, rtol=0)
     torch.testing.assert_close(ig.explain_raw(model, x, TARGET), ref.sum(dim=1), atol=1e-6, rtol=0)
 
@@ -405,8 +410,8 @@ def test_deeplift_lrp_on_timm_resnet_restore_inplace_and_refuse_vits(vit: nn.Mod
             build_method(name)(vit, _images(size=32))
 
 
-@pytest.mark.parametrize("name", ["saliency", "input_x_gradient", "integrated_gradients", "guided_backprop",
-                                  "deeplift", "lrp"])
+@pytest.mark.parametrize("name", ["saliency", "input_x_gradient", "integrated_gradients",
+                                  "guided_backprop", "deeplift", "lrp"])
 def test_batch_equals_single_calls(request: pytest.FixtureRequest, name: str) -> None:
     model, x = _model(request, "vit" if name in ("saliency", "integrated_gradients") else "cnn")
     kwargs = {"n_steps": 8} if name == "integrated_gradients" else {}
@@ -422,8 +427,10 @@ def test_batch_equals_single_calls(request: pytest.FixtureRequest, name: str) ->
 def test_channel_reduction_settings(cnn: nn.Module) -> None:
     x = _images()
     grad = G.Saliency().attribute(cnn, x, TARGET)
-    for reduction, ref in (("max", grad.max(1).values), ("sum", grad.sum(1)), ("mean", grad.mean(1))):
-        torch.testing.assert_close(G.Saliency(abs=False, channel_reduction=reduction).explain_raw(cnn, x, TARGET), ref)
+    for reduction, ref in (("max", grad.max(1).values), ("sum", grad.sum(1)),
+                           ("mean", grad.mean(1))):
+        torch.testing.assert_close(
+            G.Saliency(abs=False, channel_reduction=reduction).explain_raw(cnn, x, TARGET), ref)
     with pytest.raises(ConfigError):
         G.Saliency(channel_reduction="median")
 
@@ -444,7 +451,8 @@ def test_model_state_is_restored(cnn: nn.Module) -> None:
     cnn.c1.weight.requires_grad_(False)
     try:
         for name in ("saliency", "guided_backprop", "integrated_gradients"):
-            method = build_method(name, n_steps=4) if name == "integrated_gradients" else build_method(name)
+            method = (build_method(name, n_steps=4) if name == "integrated_gradients"
+                      else build_method(name))
             method(cnn, _images())
             assert cnn.training and not cnn.c1.weight.requires_grad and cnn.c2.weight.requires_grad
     finally:

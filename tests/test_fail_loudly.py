@@ -64,7 +64,8 @@ class _Diverging(pl.LightningModule):
     """A linear classifier whose training (or validation) loss turns NaN from epoch `nan_epoch`
     (counted from 0) on, on the ranks listed (all when None)."""
 
-    def __init__(self, nan_epoch: int, where: str = "train", ranks: tuple[int, ...] | None = None) -> None:
+    def __init__(self, nan_epoch: int, where: str = "train",
+                 ranks: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.layer = nn.Linear(4, 2)
         self.nan_epoch, self.where, self.ranks = nan_epoch, where, ranks
@@ -89,7 +90,8 @@ class _Diverging(pl.LightningModule):
 
 def _loader() -> DataLoader:
     generator = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(32, 4, generator=generator), torch.randint(0, 2, (32,), generator=generator))
+    data = TensorDataset(torch.randn(32, 4, generator=generator),
+                         torch.randint(0, 2, (32,), generator=generator))
     return DataLoader(data, batch_size=8)
 
 
@@ -98,7 +100,8 @@ def _fit(tmp_path: Path, module: pl.LightningModule) -> Path:
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_epochs=3, logger=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
-        callbacks=[ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss", save_last=True),
+        callbacks=[ModelCheckpoint(dirpath=checkpoints, filename="best", monitor="val/loss",
+                                   save_last=True),
                    StopOnNonFiniteLoss()],
     )
     trainer.fit(module, train_dataloaders=_loader(), val_dataloaders=_loader())
@@ -113,7 +116,8 @@ def test_nan_loss_stops_the_fit_and_keeps_earlier_checkpoints(tmp_path: Path, wh
     assert "\n" not in message
     what = "training loss" if where == "train" else "validation (val/loss) loss"
     assert f"the {what} became nan at epoch 2, step " in message
-    assert "current learning rate 0.1" in message and "optimizer.lr" in message and "gradient_clip_val" in message
+    assert ("current learning rate 0.1" in message and "optimizer.lr" in message
+            and "gradient_clip_val" in message)
     assert "best.ckpt" in message and "last.ckpt" in message
     checkpoints = tmp_path / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.ckpt", "last.ckpt"]
@@ -125,7 +129,8 @@ def test_nan_loss_stops_the_fit_and_keeps_earlier_checkpoints(tmp_path: Path, wh
 
 def test_finite_loss_is_left_alone(tmp_path: Path) -> None:
     checkpoints = _fit(tmp_path, _Diverging(nan_epoch=99))
-    assert torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 2
+    assert torch.load(checkpoints / "last.ckpt", map_location="cpu",
+                      weights_only=True)["epoch"] == 2
 
 
 DDP_SCRIPT = textwrap.dedent('''
@@ -136,10 +141,12 @@ DDP_SCRIPT = textwrap.dedent('''
     from xai_bench.modules.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
 
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         enable_checkpointing=False, callbacks=[StopOnNonFiniteLoss()])
+                         enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, enable_checkpointing=False,
+                         callbacks=[StopOnNonFiniteLoss()])
     try:
-        trainer.fit(_Diverging(nan_epoch=1, ranks=(1,)), train_dataloaders=_loader(), val_dataloaders=_loader())
+        trainer.fit(_Diverging(nan_epoch=1, ranks=(1,)), train_dataloaders=_loader(),
+                    val_dataloaders=_loader())
     except NonFiniteLossError as err:
         print(f"rank {trainer.global_rank} stopped: {err}", flush=True)
         sys.exit(2)
@@ -153,16 +160,19 @@ def test_nan_loss_on_one_ddp_rank_stops_every_rank(tmp_path: Path) -> None:
     collective), each with the message."""
     script = tmp_path / "ddp_nan.py"
     script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2, output[-5000:]
     # the ranks print to one pipe: their lines may run together
-    matches = re.findall(r"rank (\d) stopped: the training loss became (.+?) at epoch 2, step (\d+)", output)
+    matches = re.findall(r"rank (\d) stopped: the training loss became (.+?) "
+                         r"at epoch 2, step (\d+)", output)
     stopped = {rank: (value, step) for rank, value, step in matches}
     assert sorted(stopped) == ["0", "1"], output[-5000:]
-    assert stopped["1"][0] == "nan" and stopped["0"][0] == "non-finite in another process (DDP rank)"
+    assert (stopped["1"][0] == "nan"
+            and stopped["0"][0] == "non-finite in another process (DDP rank)")
     assert stopped["0"][1] == stopped["1"][1]  # the same step
     assert "finished" not in output
 
@@ -177,8 +187,8 @@ def wider_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Same keys as the finished run's model, other shapes (embed_dim 48 instead of 32)."""
     base = tmp_path_factory.mktemp("wider")
     out = base / "run"
-    proc = run_cli(["xai_bench.train", *TINY, "model.embed_dim=48", "trainer.max_epochs=1", "test=false",
-                    f"hydra.run.dir={out}"], cwd=base, timeout=600)
+    proc = run_cli(["xai_bench.train", *TINY, "model.embed_dim=48", "trainer.max_epochs=1",
+                    "test=false", f"hydra.run.dir={out}"], cwd=base, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out
 
@@ -196,7 +206,8 @@ def _rerun(run: Path, *overrides: str, env: dict[str, str] | None = None, timeou
 def test_diverged_training_fails_without_metrics(tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = _rerun(run, "optimizer.lr=1e6")
-    _fails_cleanly(proc, "the training loss became nan at epoch 1, step", "learning rate", "optimizer.lr")
+    _fails_cleanly(proc, "the training loss became nan at epoch 1, step", "learning rate",
+                   "optimizer.lr")
     assert not (run / "metrics.json").exists()  # was written with acc 0.469, loss null (issue 12)
     assert "NonFiniteLossError" in (run / "error.txt").read_text()
 
@@ -206,14 +217,15 @@ def test_evaluation_with_all_maps_nan_fails(finished_run: Path, tmp_path: Path) 
     broken = tmp_path / "nan_run"
     (broken / "checkpoints").mkdir(parents=True)
     shutil.copy(finished_run / "config.yaml", broken / "config.yaml")
-    state = torch.load(finished_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    state = torch.load(finished_run / "checkpoints" / "best.ckpt", map_location="cpu",
+                       weights_only=True)
     state["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                            for k, v in state["state_dict"].items()}
     torch.save(state, broken / "checkpoints" / "best.ckpt")
     out = tmp_path / "eval"
-    proc = run_cli(["xai_bench.evaluate", f"ckpt={broken}", f"hydra.run.dir={out}", "method=attention",
-                    "max_images=8", "overlays=0", "logger=none", "metric=[localisation]", "print_config=false"],
-                   cwd=tmp_path, timeout=600)
+    proc = run_cli(["xai_bench.evaluate", f"ckpt={broken}", f"hydra.run.dir={out}",
+                    "method=attention", "max_images=8", "overlays=0", "logger=none",
+                    "metric=[localisation]", "print_config=false"], cwd=tmp_path, timeout=600)
     _fails_cleanly(proc, "every map of attention is NaN", "no metrics.json", "per_image.csv")
     assert not (out / "metrics.json").exists()
     rows = (out / "per_image.csv").read_text().splitlines()
@@ -234,7 +246,8 @@ def test_evaluation_with_all_maps_nan_fails(finished_run: Path, tmp_path: Path) 
         ("+objective.foo=1", ("objective.foo is not a setting of objective", "~objective.foo")),
     ],
 )
-def test_bad_value_in_a_rerun_is_one_line(run_copy: Path, override: str, needles: tuple[str, ...]) -> None:
+def test_bad_value_in_a_rerun_is_one_line(run_copy: Path, override: str,
+                                          needles: tuple[str, ...]) -> None:
     before = _digest(run_copy)
     _fails_cleanly(_rerun(run_copy, override), *needles)
     assert _digest(run_copy) == before and not (run_copy / "error.txt").exists()
@@ -243,8 +256,10 @@ def test_bad_value_in_a_rerun_is_one_line(run_copy: Path, override: str, needles
 @pytest.mark.slow
 def test_init_from_another_architecture(run_copy: Path, wider_run: Path) -> None:
     before = _digest(run_copy)
-    _fails_cleanly(_rerun(run_copy, f"init_from={wider_run}"), "does not match the model of this run's model config",
-                   "tensor(s) of another shape", "cls_token", "init_from needs a run trained with the same model")
+    _fails_cleanly(_rerun(run_copy, f"init_from={wider_run}"),
+                   "does not match the model of this run's model config",
+                   "tensor(s) of another shape", "cls_token",
+                   "init_from needs a run trained with the same model")
     assert _digest(run_copy) == before
 
 
@@ -253,30 +268,36 @@ def test_ckpt_path_of_another_architecture(wider_run: Path, tmp_path: Path) -> N
     run = tmp_path / "run"
     _fails_cleanly(_rerun(run, f"ckpt_path={wider_run / 'checkpoints' / 'last.ckpt'}"),
                    "does not fit the model this config builds", "cls_token")
-    assert sorted(p.name for p in run.iterdir()) == [".hydra", "error.txt", "train.log"]  # nothing of the run
+    # nothing of the run
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "error.txt", "train.log"]
 
 
 @pytest.mark.slow
-def test_evaluate_checkpoint_of_another_architecture(finished_run: Path, wider_run: Path, tmp_path: Path) -> None:
+def test_evaluate_checkpoint_of_another_architecture(finished_run: Path, wider_run: Path,
+                                                     tmp_path: Path) -> None:
     mixed = tmp_path / "mixed"
     (mixed / "checkpoints").mkdir(parents=True)
     shutil.copy(finished_run / "config.yaml", mixed / "config.yaml")
     shutil.copy(wider_run / "checkpoints" / "last.ckpt", mixed / "checkpoints" / "best.ckpt")
     out = tmp_path / "eval"
-    proc = run_cli(["xai_bench.evaluate", f"ckpt={mixed}", f"hydra.run.dir={out}", "logger=none"], cwd=tmp_path, timeout=300)
-    _fails_cleanly(proc, "does not match the model of its run config", "tensor(s) of another shape", "run_config=")
+    proc = run_cli(["xai_bench.evaluate", f"ckpt={mixed}", f"hydra.run.dir={out}", "logger=none"],
+                   cwd=tmp_path, timeout=300)
+    _fails_cleanly(proc, "does not match the model of its run config",
+                   "tensor(s) of another shape", "run_config=")
     assert not (out / "config.yaml").exists() and not (out / "metrics.json").exists()
 
 
 @pytest.mark.slow
 def test_evaluate_bad_seed(finished_run: Path, tmp_path: Path) -> None:
-    proc = run_cli(["xai_bench.evaluate", f"ckpt={finished_run}", "seed=abc", f"hydra.run.dir={tmp_path / 'eval'}",
+    proc = run_cli(["xai_bench.evaluate", f"ckpt={finished_run}", "seed=abc",
+                    f"hydra.run.dir={tmp_path / 'eval'}",
                     "logger=none"], cwd=tmp_path, timeout=300)
     _fails_cleanly(proc, "seed=abc is not an integer")
 
 
 @pytest.mark.slow
-def test_evaluate_half_precision_is_refused_before_any_file(finished_run: Path, tmp_path: Path) -> None:
+def test_evaluate_half_precision_is_refused_before_any_file(finished_run: Path,
+                                                            tmp_path: Path) -> None:
     out = tmp_path / "eval"
     proc = run_cli(["xai_bench.evaluate", f"ckpt={finished_run}", "trainer.precision=bf16-true",
                     f"hydra.run.dir={out}", "logger=none"], cwd=tmp_path, timeout=300)
@@ -325,9 +346,10 @@ def _online_env(tmp_path: Path, base_url: str, api_key: str | None) -> dict[str,
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update({"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "WANDB_CONFIG_DIR": str(home / "wandb"),
-                "WANDB_MODE": "online", "WANDB_BASE_URL": base_url, "WANDB_SILENT": "true",
-                "WANDB_DISABLE_GIT": "true", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    env.update({"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+                "WANDB_CONFIG_DIR": str(home / "wandb"), "WANDB_MODE": "online",
+                "WANDB_BASE_URL": base_url, "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true",
+                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     if api_key:
         env["WANDB_API_KEY"] = api_key
     return env
@@ -336,19 +358,21 @@ def _online_env(tmp_path: Path, base_url: str, api_key: str | None) -> dict[str,
 def _online_rerun(run: Path, env: dict[str, str]) -> tuple[subprocess.CompletedProcess, float]:
     args = [sys.executable, "-m", "xai_bench.train", *TINY, "logger=wandb", f"hydra.run.dir={run}"]
     start = time.monotonic()
-    proc = subprocess.run(args, cwd=run.parent, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(args, cwd=run.parent, env=env, capture_output=True, text=True,
+                          timeout=240)
     return proc, time.monotonic() - start
 
 
 @pytest.mark.slow
 def test_wandb_online_without_api_key(run_copy: Path, tmp_path: Path, listening_port: int) -> None:
     before = _digest(run_copy)
-    proc, _ = _online_rerun(run_copy, _online_env(tmp_path, f"http://127.0.0.1:{listening_port}", None))
-    _fails_cleanly(proc, "W&B could not start an online run", "No API key", "wandb login", "WANDB_MODE=offline",
-                   "wandb sync")
+    proc, _ = _online_rerun(
+        run_copy, _online_env(tmp_path, f"http://127.0.0.1:{listening_port}", None))
+    _fails_cleanly(proc, "W&B could not start an online run", "No API key", "wandb login",
+                   "WANDB_MODE=offline", "wandb sync")
     output = proc.stdout + proc.stderr
-    assert "W&B mode: online, from WANDB_MODE=online in the environment, which overrides the config's " \
-           "logger.wandb.offline=true" in output
+    assert ("W&B mode: online, from WANDB_MODE=online in the environment, which overrides the "
+            "config's logger.wandb.offline=true") in output
     assert _digest(run_copy) == before
 
 
@@ -358,7 +382,8 @@ def test_wandb_online_without_network_fails_in_seconds(run_copy: Path, tmp_path:
     before = _digest(run_copy)
     url = f"http://127.0.0.1:{_free_port()}"  # closed: connection refused
     proc, seconds = _online_rerun(run_copy, _online_env(tmp_path, url, "0" * 40))
-    _fails_cleanly(proc, f"W&B is online but its server {url} cannot be reached", "WANDB_MODE=offline")
+    _fails_cleanly(proc, f"W&B is online but its server {url} cannot be reached",
+                   "WANDB_MODE=offline")
     assert seconds < 90, seconds  # startup + a refused connect; no retry loop
     assert _digest(run_copy) == before
 
@@ -367,7 +392,8 @@ def test_wandb_reachability_check_is_bounded(monkeypatch: pytest.MonkeyPatch) ->
     from xai_bench.utils.errors import XaiBenchError
     from xai_bench.utils.instantiate import check_wandb_reachable
 
-    for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+    for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                  "all_proxy"):
         monkeypatch.delenv(proxy, raising=False)
     url = f"http://127.0.0.1:{_free_port()}"
     monkeypatch.setenv("WANDB_BASE_URL", url)
@@ -398,8 +424,8 @@ def test_wandb_logger_gets_the_mode_and_leaves_the_environment_alone(
     """Lightning's WandbLogger(offline=True) set WANDB_MODE=dryrun for the whole process, which is
     how the config's offline: true silently beat WANDB_MODE=online."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = OmegaConf.create({"wandb": {"_target_": "pytorch_lightning.loggers.WandbLogger", "project": "p",
-                                      "offline": True, "save_dir": str(tmp_path)}})
+    cfg = OmegaConf.create({"wandb": {"_target_": "pytorch_lightning.loggers.WandbLogger",
+                                      "project": "p", "offline": True, "save_dir": str(tmp_path)}})
     (logger,) = instantiate_loggers(cfg)
     assert logger._wandb_init["mode"] == "offline" and not logger._offline
     assert "WANDB_MODE" not in os.environ

@@ -84,7 +84,8 @@ def _hostile_copy(genuine: Path, folder: Path, edit) -> Path:
     """A copy of the genuine run whose config.yaml `edit` changed (a plain dict, as YAML)."""
     run = folder / "hostile_run"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "best.ckpt").write_bytes((genuine / "checkpoints" / "best.ckpt").read_bytes())
+    (run / "checkpoints" / "best.ckpt").write_bytes(
+        (genuine / "checkpoints" / "best.ckpt").read_bytes())
     cfg = yaml.safe_load((genuine / "config.yaml").read_text())
     edit(cfg)
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -103,16 +104,18 @@ def _refused_cleanly(proc, *needles: str) -> str:
 
 # --- the issue's reproduction, through the command line -----------------------------------------
 
-def test_evaluate_refuses_a_torch_load_transform_and_runs_no_payload(genuine_run: Path, tmp_path: Path) -> None:
+def test_evaluate_refuses_a_torch_load_transform_and_runs_no_payload(genuine_run: Path,
+                                                                     tmp_path: Path) -> None:
     evil, marker = _evil_pickle(tmp_path)
 
     def edit(cfg: dict[str, Any]) -> None:
-        cfg["dataset"]["transforms"]["eval"] = {"_target_": "torch.load", "f": str(evil), "weights_only": False}
+        cfg["dataset"]["transforms"]["eval"] = {"_target_": "torch.load", "f": str(evil),
+                                                "weights_only": False}
 
     run = _hostile_copy(genuine_run, tmp_path, edit)
     before = _snapshot(run)
-    proc = run_cli(["xai_bench.evaluate", f"ckpt={run}", f"hydra.run.dir={tmp_path / 'eval'}", "logger=none"],
-                   cwd=tmp_path, timeout=300)
+    proc = run_cli(["xai_bench.evaluate", f"ckpt={run}", f"hydra.run.dir={tmp_path / 'eval'}",
+                    "logger=none"], cwd=tmp_path, timeout=300)
     _refused_cleanly(proc, "dataset.transforms.eval", "'torch.load'", str(run / "config.yaml"))
     assert not marker.exists(), "the pickle payload ran"
     assert _snapshot(run) == before
@@ -120,7 +123,8 @@ def test_evaluate_refuses_a_torch_load_transform_and_runs_no_payload(genuine_run
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["group_target", "name_interpolation", "model_kwarg_target"])
-def test_evaluate_refuses_other_smuggled_targets(genuine_run: Path, tmp_path: Path, case: str) -> None:
+def test_evaluate_refuses_other_smuggled_targets(genuine_run: Path, tmp_path: Path,
+                                                 case: str) -> None:
     """A target in a key the W&B logger reads (`${run:group}`), an escaped `${oc.create:...}`
     (a literal string in the file, an interpolation once Hydra builds the node), a target nested
     in the model's keyword arguments."""
@@ -137,8 +141,8 @@ def test_evaluate_refuses_other_smuggled_targets(genuine_run: Path, tmp_path: Pa
                "model_kwarg_target": ["model.block_args.x[0] has _target_: 'torch.load'"]}
     run = _hostile_copy(genuine_run, tmp_path, edits[case])
     before = _snapshot(run)
-    proc = run_cli(["xai_bench.evaluate", f"ckpt={run}", f"hydra.run.dir={tmp_path / 'eval'}", "logger=wandb"],
-                   cwd=tmp_path, timeout=300)
+    proc = run_cli(["xai_bench.evaluate", f"ckpt={run}", f"hydra.run.dir={tmp_path / 'eval'}",
+                    "logger=wandb"], cwd=tmp_path, timeout=300)
     _refused_cleanly(proc, *needles[case])
     assert not marker.exists(), "the pickle payload ran"
     assert _snapshot(run) == before
@@ -148,8 +152,9 @@ def test_evaluate_refuses_other_smuggled_targets(genuine_run: Path, tmp_path: Pa
 def test_the_genuine_run_folder_still_evaluates(genuine_run: Path, tmp_path: Path) -> None:
     """The control: the same folder without the hostile entry is evaluated as before."""
     out = tmp_path / "eval"
-    proc = run_cli(["xai_bench.evaluate", f"ckpt={genuine_run}", f"hydra.run.dir={out}", "logger=none",
-                    "max_images=2", "metric=[study]", "baselines=[]", "overlays=0"], cwd=tmp_path, timeout=300)
+    proc = run_cli(["xai_bench.evaluate", f"ckpt={genuine_run}", f"hydra.run.dir={out}",
+                    "logger=none", "max_images=2", "metric=[study]", "baselines=[]", "overlays=0"],
+                   cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert EvaluationSummary.read(out).images == 2
 
@@ -164,7 +169,8 @@ def test_report_refuses_an_interpolated_group_from_an_evaluation_run(tmp_path: P
     group = '${oc.create:"{_target_: torch.load, f: ' + str(evil) + ', weights_only: false}"}'
     (run / "config.yaml").write_text(yaml.safe_dump({
         "task_name": "evaluate", "method": {"name": "attention"}, "dataset": {"name": "synthetic"},
-        "init": {"name": "random"}, "model": {"arch": "vit_test"}, "logger": {"wandb": {"group": group}},
+        "init": {"name": "random"}, "model": {"arch": "vit_test"},
+        "logger": {"wandb": {"group": group}},
     }))
     stats = {"value": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 4}
     (run / "metrics.json").write_text(json.dumps({
@@ -172,8 +178,8 @@ def test_report_refuses_an_interpolated_group_from_an_evaluation_run(tmp_path: P
         "methods": {"attention": {"metrics": {"pointing_game": stats}}},
     }))
     before = _snapshot(tmp_path / "sweep")
-    proc = run_cli(["xai_bench.report", f"sweep={tmp_path / 'sweep'}", f"out={tmp_path / 'report'}"],
-                   cwd=tmp_path, timeout=300)
+    proc = run_cli(["xai_bench.report", f"sweep={tmp_path / 'sweep'}",
+                    f"out={tmp_path / 'report'}"], cwd=tmp_path, timeout=300)
     _refused_cleanly(proc, "logger.wandb.group has the interpolation", str(run / "config.yaml"))
     assert not marker.exists(), "the pickle payload ran"
     assert _snapshot(tmp_path / "sweep") == before
@@ -188,11 +194,14 @@ def test_evaluate_builders_refuse_untrusted_sections(tmp_path: Path) -> None:
     bad = {"_target_": "torch.load", "f": str(evil), "weights_only": False}
     run_cfg = OmegaConf.create({
         "dataset": {"_target_": "xai_bench.data.SyntheticDataModule", "transforms": {"eval": bad}},
-        "model": {"_target_": "xai_bench.models.build_model", "arch": "vit_tiny_patch16_224", "extra": [bad]},
+        "model": {"_target_": "xai_bench.models.build_model", "arch": "vit_tiny_patch16_224",
+                  "extra": [bad]},
     })
-    with pytest.raises(UntrustedConfigError, match=r"dataset\.transforms\.eval has _target_: 'torch\.load'"):
+    with pytest.raises(UntrustedConfigError,
+                       match=r"dataset\.transforms\.eval has _target_: 'torch\.load'"):
         _datamodule(OmegaConf.create({"data": {}}), run_cfg)
-    with pytest.raises(UntrustedConfigError, match=r"model\.extra\[0\] has _target_: 'torch\.load'"):
+    with pytest.raises(UntrustedConfigError,
+                       match=r"model\.extra\[0\] has _target_: 'torch\.load'"):
         load_network(run_cfg.model, tmp_path / "unused.ckpt", state={})
     assert not marker.exists()
 
@@ -211,8 +220,9 @@ def test_allowed_targets(target: str) -> None:
 @pytest.mark.parametrize("target", [
     "os.system", "torch.load", "builtins.eval", "subprocess.run", "pickle.loads",
     "albumentations.core.serialization.load", "albumentations.from_dict", "albumentations.load",
-    "albumentations.core", "albumentations.core.transforms_interface", "albumentations.NoSuchTransform",
-    "albumentations..Compose", "albumentations", "albumentations.cv2.imread", "albumentations.Compose.__init__",
+    "albumentations.core", "albumentations.core.transforms_interface",
+    "albumentations.NoSuchTransform", "albumentations..Compose", "albumentations",
+    "albumentations.cv2.imread", "albumentations.Compose.__init__",
     "xai_bench.utils.instantiate.instantiate_loggers", "xai_bench.data.datamodule.os.system",
     "pytorch_lightning.Trainer", "", None, 3, {"_target_": "albumentations.Compose"},
 ])
@@ -220,12 +230,15 @@ def test_refused_targets(target: Any) -> None:
     assert not is_trusted_target(target)
 
 
-def test_checking_a_name_imports_nothing_outside_the_allowed_packages(tmp_path: Path, monkeypatch) -> None:
+def test_checking_a_name_imports_nothing_outside_the_allowed_packages(tmp_path: Path,
+                                                                      monkeypatch) -> None:
     package = tmp_path / "evilpkg_xai_test"
     package.mkdir()
-    (package / "__init__.py").write_text(f"open({str(tmp_path / 'IMPORTED')!r}, 'w').close()\ndef run(): pass\n")
+    (package / "__init__.py").write_text(f"open({str(tmp_path / 'IMPORTED')!r}, 'w').close()\n"
+                                         "def run(): pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("evilpkg_xai_test.run", "albumentations.evilpkg_xai_test.run", "xai_bench.evilpkg_xai_test"):
+    for name in ("evilpkg_xai_test.run", "albumentations.evilpkg_xai_test.run",
+                 "xai_bench.evilpkg_xai_test"):
         assert not is_trusted_target(name)
     assert not (tmp_path / "IMPORTED").exists() and "evilpkg_xai_test" not in sys.modules
 
@@ -234,10 +247,13 @@ def test_walker_finds_targets_in_lists_nesting_partial_and_args() -> None:
     config = {
         "transforms": {"eval": {"_target_": "albumentations.Compose", "transforms": [
             {"_target_": "albumentations.Resize", "height": 8, "width": 8},
-            {"_target_": "albumentations.OneOf", "transforms": [{"_target_": "os.system", "_partial_": True}]},
-            {"_target_": "albumentations.Lambda", "image": {"_target_": "builtins.exec", "_args_": ["x"]}},
+            {"_target_": "albumentations.OneOf",
+             "transforms": [{"_target_": "os.system", "_partial_": True}]},
+            {"_target_": "albumentations.Lambda",
+             "image": {"_target_": "builtins.exec", "_args_": ["x"]}},
         ]}},
-        "args": {"_target_": "albumentations.Compose", "_args_": [[{"_target_": "subprocess.run"}]]},
+        "args": {"_target_": "albumentations.Compose",
+                 "_args_": [[{"_target_": "subprocess.run"}]]},
         "odd": {"_target_": {"_target_": "os.system"}},
         "fine": [{"_target_": "albumentations.pytorch.ToTensorV2"}, "plain", 1, None],
     }
@@ -252,15 +268,18 @@ def test_walker_finds_targets_in_lists_nesting_partial_and_args() -> None:
     with pytest.raises(UntrustedConfigError) as err:
         trusted_container(OmegaConf.create(config), "dataset", "run/config.yaml")
     message = str(err.value)
-    assert message.startswith("run/config.yaml: dataset.transforms.eval.transforms[1].transforms[0] has _target_: 'os.system'")
+    assert message.startswith("run/config.yaml: dataset.transforms.eval.transforms[1]"
+                              ".transforms[0] has _target_: 'os.system'")
     assert "(and 2 more)" in message and "\n" not in message
 
 
 def test_walker_reads_interpolations_without_resolving_them() -> None:
     calls: list[str] = []
-    OmegaConf.register_new_resolver("xai_test_side_effect", lambda: calls.append("ran") or "x", replace=True)
+    OmegaConf.register_new_resolver("xai_test_side_effect", lambda: calls.append("ran") or "x",
+                                    replace=True)
     cfg = OmegaConf.create({
-        "dataset": {"_target_": "xai_bench.data.SyntheticDataModule", "name": "${xai_test_side_effect:}"},
+        "dataset": {"_target_": "xai_bench.data.SyntheticDataModule",
+                    "name": "${xai_test_side_effect:}"},
         "model": "${oc.create:'{_target_: os.system}'}",
         "group": "${xai_test_side_effect:}",
         "trainer": {"_target_": "pytorch_lightning.Trainer"},  # not built by evaluation: allowed
@@ -268,13 +287,15 @@ def test_walker_reads_interpolations_without_resolving_them() -> None:
     with pytest.raises(UntrustedConfigError) as err:
         check_run_config(cfg, "run/config.yaml")
     assert "dataset.name has the interpolation" in str(err.value)
-    assert "model has the interpolation" in str(err.value) and "group has the interpolation" in str(err.value)
+    assert ("model has the interpolation" in str(err.value)
+            and "group has the interpolation" in str(err.value))
     assert "trainer" not in str(err.value)
     assert calls == []
 
 
 def test_trusted_container_returns_what_it_checked() -> None:
-    node = OmegaConf.create({"_target_": "albumentations.Compose", "transforms": [{"_target_": "albumentations.HorizontalFlip"}]})
+    node = OmegaConf.create({"_target_": "albumentations.Compose",
+                             "transforms": [{"_target_": "albumentations.HorizontalFlip"}]})
     assert trusted_container(node, "eval") == OmegaConf.to_container(node)
     assert trusted_container(None, "group") is None and trusted_container("abc", "group") == "abc"
 
@@ -314,22 +335,28 @@ def test_allowlist_is_exactly_the_data_and_model_builders_of_conf() -> None:
     for target in every:
         if target.startswith("albumentations."):
             assert is_trusted_target(target), target
-    for target in ("xai_bench.explain.build_method", "xai_bench.modules.build_optimizer", "pytorch_lightning.Trainer"):
-        assert target in every and not is_trusted_target(target)  # used by conf/, never built from a run
+    for target in ("xai_bench.explain.build_method", "xai_bench.modules.build_optimizer",
+                   "pytorch_lightning.Trainer"):
+        # used by conf/, never built from a run
+        assert target in every and not is_trusted_target(target)
 
 
 DATASETS = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
-USER_VALUES = {"folder": ["dataset.num_classes=2", "dataset.class_names=[a,b]"]}  # ??? in the config
+# ??? in the config
+USER_VALUES = {"folder": ["dataset.num_classes=2", "dataset.class_names=[a,b]"]}
 EXPERIMENTS = ["atcon_pascal_voc", "atcon_synthetic", "synthetic_shortcut", "faithfulness_train"]
 
 
 @pytest.mark.parametrize("overrides", [[f"dataset={d}", *USER_VALUES.get(d, [])] for d in DATASETS]
-                         + [[f"experiment={e}"] for e in EXPERIMENTS] + [["debug=standin", "dataset=kvasir"]])
-def test_every_genuine_training_config_passes(compose_cfg, tmp_path: Path, overrides: list[str]) -> None:
+                         + [[f"experiment={e}"] for e in EXPERIMENTS]
+                         + [["debug=standin", "dataset=kvasir"]])
+def test_every_genuine_training_config_passes(compose_cfg, tmp_path: Path,
+                                              overrides: list[str]) -> None:
     cfg = compose_cfg(*overrides, f"paths.output_dir={tmp_path}")
     with open_dict(cfg):
         del cfg["hydra"]
-    written = OmegaConf.create(OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))  # as config.yaml
+    # as config.yaml
+    written = OmegaConf.create(OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
     check_run_config(written, "config.yaml")
     for section in ("dataset", "model"):
         trusted_container(written[section], section)

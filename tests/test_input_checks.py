@@ -28,7 +28,8 @@ from xai_bench.utils.errors import DatasetNotFoundError, WeightsNotFoundError, X
 SIZE = 32
 
 
-def _png(path: Path, size: tuple[int, int] = (SIZE, SIZE), value: int | None = None, seed: int = 0) -> Path:
+def _png(path: Path, size: tuple[int, int] = (SIZE, SIZE), value: int | None = None,
+         seed: int = 0) -> Path:
     """An RGB image (or, with `value`, a single-channel mask) of (width, height) `size`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = size
@@ -52,8 +53,8 @@ def _dataset(root: Path, n: int = 12, extra_rows: tuple[str, ...] = ()) -> Path:
 
 
 def _module(root: Path, **kwargs) -> ImageTableDataModule:
-    return ImageTableDataModule(name="t", root=root, num_classes=2, img_size=SIZE, num_workers=0, batch_size=4,
-                                pin_memory=False, **kwargs)
+    return ImageTableDataModule(name="t", root=root, num_classes=2, img_size=SIZE, num_workers=0,
+                                batch_size=4, pin_memory=False, **kwargs)
 
 
 def _sha(folder: Path) -> dict[str, str]:
@@ -76,13 +77,15 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- finding 2
-def test_rows_leading_outside_the_dataset_are_refused_and_never_read(tmp_path: Path, opened: list[str]) -> None:
+def test_rows_leading_outside_the_dataset_are_refused_and_never_read(tmp_path: Path,
+                                                                     opened: list[str]) -> None:
     secret = _png(tmp_path / "secret" / "private.png")
     root = tmp_path / "data" / "ds"
     (root / "images").mkdir(parents=True)
     (root / "images" / "link.png").symlink_to(secret)
-    bad = ("../../secret/private.png", str(secret), "images/../../../secret/private.png", "images/link.png",
-           "/etc/passwd", "images/../../ds/../../secret/private.png", "../ds/../../secret/private.png")
+    bad = ("../../secret/private.png", str(secret), "images/../../../secret/private.png",
+           "images/link.png", "/etc/passwd", "images/../../ds/../../secret/private.png",
+           "../ds/../../secret/private.png")
     _dataset(root, extra_rows=bad)
     module = _module(root)
     with pytest.raises(DatasetNotFoundError) as err:
@@ -97,28 +100,35 @@ def test_rows_leading_outside_the_dataset_are_refused_and_never_read(tmp_path: P
 
 
 def test_paths_inside_stay_allowed_through_symlinked_roots_and_inner_links(tmp_path: Path) -> None:
-    real = _dataset(tmp_path / "real" / "ds", extra_rows=("images/alias.png", str(tmp_path / "data" / "ds" / "images" / "1.png")))
-    (real / "images" / "alias.png").symlink_to(real / "images" / "0.png")  # a link inside the folder
+    real = _dataset(tmp_path / "real" / "ds", extra_rows=(
+        "images/alias.png", str(tmp_path / "data" / "ds" / "images" / "1.png")))
+    # a link inside the folder
+    (real / "images" / "alias.png").symlink_to(real / "images" / "0.png")
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "ds").symlink_to(real)  # data/ds -> storage elsewhere: the usual cluster setup
+    # data/ds -> storage elsewhere: the usual cluster setup
+    (tmp_path / "data" / "ds").symlink_to(real)
     module = _module(tmp_path / "data" / "ds")
     module.check()
     assert len(module.train_dataset) == 6
 
 
 def test_containment_resolves_like_the_file_system() -> None:
-    assert paths_outside("/data/ds", ["/data/ds/a.png", "/data/ds/x/../b.png", "/data/dsx/c.png", "/data/ds",
-                                      "/data/ds/..", "/etc/passwd", "/data/ds/../ds/d.png"]) == [2, 4, 5]
+    assert paths_outside("/data/ds", ["/data/ds/a.png", "/data/ds/x/../b.png", "/data/dsx/c.png",
+                                      "/data/ds", "/data/ds/..", "/etc/passwd",
+                                      "/data/ds/../ds/d.png"]) == [2, 4, 5]
 
 
 @pytest.mark.parametrize("folder_name", ["masks", "rois"])
-def test_mask_files_and_folders_leading_outside_are_refused(tmp_path: Path, folder_name: str, opened: list[str]) -> None:
+def test_mask_files_and_folders_leading_outside_are_refused(tmp_path: Path, folder_name: str,
+                                                            opened: list[str]) -> None:
     outside = tmp_path / "outside"
     _png(outside / "3.png", value=255)
     root = _dataset(tmp_path / "ds")
     (root / folder_name).mkdir()
     (root / folder_name / "3.png").symlink_to(outside / "3.png")
-    with pytest.raises(DatasetNotFoundError, match=rf"1 of 1 {folder_name}/ files lead outside the dataset folder .*'{folder_name}/3.png'"):
+    with pytest.raises(DatasetNotFoundError,
+                       match=rf"1 of 1 {folder_name}/ files lead outside the dataset folder "
+                             rf".*'{folder_name}/3.png'"):
         _module(root).check()
     (root / folder_name / "3.png").unlink()
     (root / folder_name).rmdir()
@@ -134,12 +144,14 @@ def test_training_on_a_table_with_an_outside_row_exits_2_before_anything(tmp_pat
     _dataset(tmp_path / "data" / "folder", n=24, extra_rows=("../../secret/private.png",))
     before = _sha(tmp_path / "secret")
     run = tmp_path / "run"
-    proc = run_cli(["xai_bench.train", "debug=tiny", "dataset=folder", "dataset.num_classes=2", "dataset.class_names=[a,b]",
-                    f"dataset.img_size={SIZE}", f"paths.data_dir={tmp_path / 'data'}", "logger=none",
+    proc = run_cli(["xai_bench.train", "debug=tiny", "dataset=folder", "dataset.num_classes=2",
+                    "dataset.class_names=[a,b]", f"dataset.img_size={SIZE}",
+                    f"paths.data_dir={tmp_path / 'data'}", "logger=none",
                     f"hydra.run.dir={run}"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: ") and "1 of 25 image paths lead outside" in line and "'../../secret/private.png'" in line
+    assert (line.startswith("error: ") and "1 of 25 image paths lead outside" in line
+            and "'../../secret/private.png'" in line)
     assert not (run / "checkpoints").exists() and not (run / "config.yaml").exists()
     assert _sha(tmp_path / "secret") == before and secret.is_file()
 
@@ -151,13 +163,16 @@ def _raw(tmp_path: Path) -> Path:
     return raw
 
 
-@pytest.mark.parametrize("bad", ["../secret/private.png", "{secret}", "sub/../../secret/private.png", "link.png"])
-def test_prepare_folder_csv_refuses_rows_leading_outside_raw(tmp_path: Path, bad: str, capsys, opened: list[str]) -> None:
+@pytest.mark.parametrize("bad", ["../secret/private.png", "{secret}",
+                                 "sub/../../secret/private.png", "link.png"])
+def test_prepare_folder_csv_refuses_rows_leading_outside_raw(tmp_path: Path, bad: str, capsys,
+                                                             opened: list[str]) -> None:
     secret = _png(tmp_path / "secret" / "private.png")
     raw = _raw(tmp_path)
     (raw / "link.png").symlink_to(secret)
     table = tmp_path / "table.csv"
-    table.write_text("path,label\n" + "".join(f"{i}.png,{i % 2}\n" for i in range(6)) + bad.format(secret=secret) + ",0\n")
+    table.write_text("path,label\n" + "".join(f"{i}.png,{i % 2}\n" for i in range(6))
+                     + bad.format(secret=secret) + ",0\n")
     out = tmp_path / "out"
     assert prepare_cli.main(["folder", "--raw", str(raw), "--csv", str(table), "--out",
                              str(out)]) == 2
@@ -188,7 +203,8 @@ def test_prepare_refuses_linked_masks_and_rois_before_writing(tmp_path: Path, ca
 
 
 # ----------------------------------------------------------------------------- finding 8: masks
-def test_wrong_size_masks_fail_in_check_from_headers_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_size_masks_fail_in_check_from_headers_only(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     root = _dataset(tmp_path / "ds")
     _png(root / "masks" / "0.png", value=255)  # right size
     _png(root / "masks" / "1.png", size=(16, 16), value=255)  # same aspect: resize scales it
@@ -199,8 +215,10 @@ def test_wrong_size_masks_fail_in_check_from_headers_only(tmp_path: Path, monkey
         _module(root, mask_size="reject").check()
     message = str(err.value)
     assert message.startswith(f"{root}: 3 ROI masks do not fit their image: ")
-    assert "'masks/1.png 16x16 (image 32x32)'" in message and "'masks/3.png 16x16 (image 32x32)'" in message
-    assert "dataset.mask_size=reject refuses masks of another size" in message and "\n" not in message
+    assert ("'masks/1.png 16x16 (image 32x32)'" in message
+            and "'masks/3.png 16x16 (image 32x32)'" in message)
+    assert ("dataset.mask_size=reject refuses masks of another size" in message
+            and "\n" not in message)
     with pytest.raises(XaiBenchError) as err:
         _module(root, mask_size="resize").check()
     assert "1 ROI masks do not fit their image: 'masks/2.png 30x20 (image 32x32)'" in str(err.value)
@@ -214,7 +232,8 @@ def test_input_frame_rois_are_checked_against_the_eval_transform_output(tmp_path
     for i in (1, 2):  # val and test images
         _png(root / "rois" / f"{i}.png", size=(224, 224), value=255)
     _png(root / "masks" / "1.png", size=(7, 7), value=255)  # unused: rois/ wins for val/test images
-    with pytest.raises(XaiBenchError, match=r"'rois/1.png 224x224 \(input frame 32x32\)'.*network-input frame"):
+    with pytest.raises(XaiBenchError,
+                       match=r"'rois/1.png 224x224 \(input frame 32x32\)'.*network-input frame"):
         _module(root, mask_size="reject").check()
     for i in (1, 2):
         _png(root / "rois" / f"{i}.png", value=255)
@@ -228,28 +247,33 @@ def test_training_with_a_rejected_mask_fails_before_training(tmp_path: Path) -> 
     root = _dataset(tmp_path / "data" / "folder", n=24)
     _png(root / "masks" / "2.png", size=(16, 16), value=255)
     run = tmp_path / "run"
-    proc = run_cli(["xai_bench.train", "debug=tiny", "dataset=folder", "dataset.num_classes=2", "dataset.class_names=[a,b]",
-                    f"dataset.img_size={SIZE}", "+dataset.mask_size=reject", f"paths.data_dir={tmp_path / 'data'}",
+    proc = run_cli(["xai_bench.train", "debug=tiny", "dataset=folder", "dataset.num_classes=2",
+                    "dataset.class_names=[a,b]", f"dataset.img_size={SIZE}",
+                    "+dataset.mask_size=reject", f"paths.data_dir={tmp_path / 'data'}",
                     "logger=none", f"hydra.run.dir={run}"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "'masks/2.png 16x16 (image 32x32)'" in proc.stderr.strip().splitlines()[-1]
-    assert not (run / "checkpoints").exists()  # before: the error came from the test loop, after training
+    # before: the error came from the test loop, after training
+    assert not (run / "checkpoints").exists()
 
 
 # ----------------------------------------------------------------------------- finding 8: preflight
 def test_missing_data_and_weights_are_reported_together(compose_cfg, tmp_path: Path) -> None:
-    cfg = compose_cfg("dataset=kvasir", "init=dino", f"paths.root_dir={tmp_path}", f"init_from={tmp_path / 'no_run'}")
+    cfg = compose_cfg("dataset=kvasir", "init=dino", f"paths.root_dir={tmp_path}",
+                      f"init_from={tmp_path / 'no_run'}")
     with pytest.raises(XaiBenchError) as err:
         check_inputs(cfg)
     message = str(err.value)
-    assert message.startswith("3 inputs of this run are missing or invalid, fix them all: (1) Dataset 'kvasir' not found")
+    assert message.startswith("3 inputs of this run are missing or invalid, fix them all: "
+                              "(1) Dataset 'kvasir' not found")
     assert "(2) init=dino needs the pretrained weights file dino_vitbase16_pretrain.pth" in message
     assert "(3) checkpoint not found" in message and "\n" not in message
 
 
 def test_one_missing_input_keeps_its_own_error(compose_cfg, tmp_path: Path) -> None:
     with pytest.raises(WeightsNotFoundError, match="dino_vitbase16_pretrain.pth"):
-        check_inputs(compose_cfg("init=dino", f"paths.root_dir={tmp_path}"))  # synthetic data: nothing to miss
+        # synthetic data: nothing to miss
+        check_inputs(compose_cfg("init=dino", f"paths.root_dir={tmp_path}"))
     with pytest.raises(DatasetNotFoundError, match="Dataset 'kvasir' not found"):
         check_inputs(compose_cfg("dataset=kvasir", f"paths.root_dir={tmp_path}"))
     assert check_inputs(compose_cfg("debug=tiny", f"paths.root_dir={tmp_path}")).name == "synthetic"
@@ -258,8 +282,8 @@ def test_one_missing_input_keeps_its_own_error(compose_cfg, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_train_cli_lists_data_and_weights_in_one_message(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = run_cli(["xai_bench.train", "dataset=kvasir", "init=dino", f"paths.root_dir={tmp_path}", "logger=none",
-                    f"hydra.run.dir={run}"], cwd=tmp_path, timeout=300)
+    proc = run_cli(["xai_bench.train", "dataset=kvasir", "init=dino", f"paths.root_dir={tmp_path}",
+                    "logger=none", f"hydra.run.dir={run}"], cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: 2 inputs of this run are missing or invalid")

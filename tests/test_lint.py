@@ -28,5 +28,6 @@ def test_the_repository_cites_no_document_users_do_not_have() -> None:
                               enumerate(text.splitlines(), 1) if pattern.search(line)]
     for name in ("README.md", "Makefile", "pyproject.toml"):
         text = (REPO_ROOT / name).read_text(encoding="utf-8")
-        offenders += [f"{name}:{n}" for n, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
+        offenders += [f"{name}:{n}" for n, line in enumerate(text.splitlines(), 1)
+                      if pattern.search(line)]
     assert not offenders, offenders

@@ -29,9 +29,10 @@ def _batch(ids: list[int], logits: torch.Tensor | None = None, labels: list[int]
            maps: torch.Tensor | None = None) -> EvalBatch:
     n = len(ids)
     logits = logits if logits is not None else torch.zeros(n, 2)
-    return EvalBatch(images=torch.zeros(n, 3, 4, 4), labels=torch.tensor(labels or [0] * n), ids=torch.tensor(ids),
-                     maps=maps if maps is not None else torch.rand(n, 4, 4), target=torch.zeros(n, dtype=torch.long),
-                     logits=logits, model=torch.nn.Identity(), method=None)  # type: ignore[arg-type]
+    return EvalBatch(images=torch.zeros(n, 3, 4, 4), labels=torch.tensor(labels or [0] * n),
+                     ids=torch.tensor(ids), maps=maps if maps is not None else torch.rand(n, 4, 4),
+                     target=torch.zeros(n, dtype=torch.long), logits=logits,
+                     model=torch.nn.Identity(), method=None)  # type: ignore[arg-type]
 
 
 def test_rows_are_deduplicated_and_sorted_by_id() -> None:
@@ -58,7 +59,8 @@ def test_bootstrap_summary_point_interval_and_nan_handling() -> None:
     assert bootstrap_summary({"hit": values}, samples=500, seed=1)["hit"] == summary  # seeded
     single = bootstrap_summary({"hit": torch.tensor([1.0])})["hit"]
     assert single["value"] == 1.0 and math.isnan(single["ci_low"])
-    assert nanmean_aggregate({"x": torch.tensor([[1.0, float("nan")], [2.0, 4.0]])})["x"].tolist() == [1.0, 3.0]
+    assert nanmean_aggregate(
+        {"x": torch.tensor([[1.0, float("nan")], [2.0, 4.0]])})["x"].tolist() == [1.0, 3.0]
 
 
 def test_prediction_table_balanced_accuracy_matches_sklearn() -> None:
@@ -81,7 +83,8 @@ def test_map_stats_count_constant_and_nan_maps() -> None:
     stats = MapStats()
     stats.update(_batch([0, 1, 2], maps=maps))
     out = stats.compute()
-    assert out["constant_map"].tolist() == [0.0, 1.0, 0.0] and out["nan_map"].tolist() == [0.0, 0.0, 1.0]
+    assert (out["constant_map"].tolist() == [0.0, 1.0, 0.0]
+            and out["nan_map"].tolist() == [0.0, 0.0, 1.0])
 
 
 def test_unknown_metric_is_a_config_error() -> None:

@@ -42,7 +42,8 @@ class Recorder(nn.Module):
 
 
 class Linear2(nn.Module):
-    """logits (w . x + c, 0): p(class 0) = sigmoid(w . x + c), known in closed form for any input."""
+    """logits (w . x + c, 0): p(class 0) = sigmoid(w . x + c), known in closed form for any
+    input."""
 
     def __init__(self, weight: torch.Tensor, bias: float = 0.0) -> None:
         super().__init__()
@@ -69,7 +70,8 @@ def _quantus_region_perturbation(model, x, maps, y, patch_size, order, steps) ->
         perturb_baseline="black",
         disable_warnings=True,
     )
-    out = metric(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=maps[:, None].numpy(), device="cpu")
+    out = metric(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=maps[:, None].numpy(),
+                 device="cpu")
     return np.asarray(out)
 
 
@@ -91,14 +93,16 @@ def test_region_perturbation_matches_quantus(order: str, steps: int | None) -> N
     x, maps, y = torch.randn(4, 3, 16, 16), torch.rand(4, 16, 16), torch.tensor([0, 1, 2, 1])
     n_regions = 16
     q = _quantus_region_perturbation(model, x, maps, y, 4, order, steps if steps else n_regions)
-    curve = FF.region_perturbation(model, x, maps, y, region=4, order=order, steps=steps, fill="min")
+    curve = FF.region_perturbation(model, x, maps, y, region=4, order=order, steps=steps,
+                                   fill="min")
     assert curve.shape == (4, (steps or n_regions) + 1)
     np.testing.assert_allclose((curve[:, :1] - curve[:, 1:]).numpy(), q, atol=1e-6)
     np.testing.assert_allclose(FF.aopc(curve).numpy(), q.sum(1) / curve.shape[1], atol=1e-6)
 
 
 @pytest.mark.parametrize("order", ["morf", "lerf"])
-def test_region_perturbation_partial_tiles_matches_quantus_where_rankings_coincide(order: str) -> None:
+def test_region_perturbation_partial_tiles_matches_quantus_where_rankings_coincide(
+        order: str) -> None:
     """Partial tiles: quantus pads H and W to a multiple of patch_size, floor(p/2) before and
     ceil(p/2) after, and ranks by the sum over the zero-padded block. Irreducible differences:
     with more than one pixel of padding its grid is shifted (centred) while ours starts at (0, 0),
@@ -141,7 +145,8 @@ def _saliency(model: nn.Module):
 
 def _setup_sensitivity():
     torch.manual_seed(3)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Softplus(), nn.Flatten(), nn.Linear(4 * 12 * 12, 2)).eval()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Softplus(), nn.Flatten(),
+                          nn.Linear(4 * 12 * 12, 2)).eval()
     x = torch.randn(3, 3, 12, 12)
     explain = _saliency(model)
     return model, x, explain, explain(x)
@@ -158,7 +163,8 @@ def test_max_sensitivity_normalised_matches_captum() -> None:
     _, x, explain, maps = _setup_sensitivity()
     ids, radius, samples = torch.tensor([7, 3, 11]), 0.2, 5
     noise = torch.stack(
-        [seeded_uniform(ids, tuple(x.shape[1:]), seed=4, stream=j, low=-radius, high=radius) for j in range(samples)],
+        [seeded_uniform(ids, tuple(x.shape[1:]), seed=4, stream=j, low=-radius, high=radius)
+         for j in range(samples)],
         dim=1,
     ).reshape(-1, *x.shape[1:])
 
@@ -170,7 +176,8 @@ def test_max_sensitivity_normalised_matches_captum() -> None:
         inp = inputs[0] if isinstance(inputs, tuple) else inputs
         return (explain(inp),)
 
-    expected = sensitivity_max(captum_explain, x, perturb_func=perturb, perturb_radius=radius, n_perturb_samples=samples)
+    expected = sensitivity_max(captum_explain, x, perturb_func=perturb, perturb_radius=radius,
+                               n_perturb_samples=samples)
     ours = FF.max_sensitivity(explain, x, maps, radius, samples, seed=4, ids=ids, normalise=True)
     torch.testing.assert_close(ours, expected.view(-1), atol=1e-5, rtol=1e-5)
 
@@ -181,7 +188,8 @@ def test_max_sensitivity_unnormalised_by_hand_and_draws_per_call() -> None:
     by_hand = torch.stack(
         [
             torch.linalg.vector_norm(
-                explain(x + seeded_uniform(ids, tuple(x.shape[1:]), seed=0, stream=j, low=-radius, high=radius)) - maps,
+                explain(x + seeded_uniform(ids, tuple(x.shape[1:]), seed=0, stream=j,
+                                           low=-radius, high=radius)) - maps,
                 dim=(1, 2),
             )
             for j in range(samples)
@@ -192,13 +200,15 @@ def test_max_sensitivity_unnormalised_by_hand_and_draws_per_call() -> None:
     assert (ours > 0).all()
     for per_call in (2, 3, 7):
         torch.testing.assert_close(
-            FF.max_sensitivity(explain, x, maps, radius, samples, ids=ids, draws_per_call=per_call), ours, atol=1e-6, rtol=1e-6
+            FF.max_sensitivity(explain, x, maps, radius, samples, ids=ids, draws_per_call=per_call),
+            ours, atol=1e-6, rtol=1e-6
         )
     # radius 0: the explanation of the unperturbed input is the map itself
     assert FF.max_sensitivity(explain, x, maps, 0.0, 2, ids=ids).abs().max() < 1e-6
     # normalise divides by the map's norm
     norm = torch.linalg.vector_norm(maps, dim=(1, 2))
-    torch.testing.assert_close(FF.max_sensitivity(explain, x, maps, radius, samples, ids=ids, normalise=True), ours / norm)
+    torch.testing.assert_close(FF.max_sensitivity(explain, x, maps, radius, samples, ids=ids,
+                                                  normalise=True), ours / norm)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,7 +224,8 @@ def test_aopc_on_linear_model_closed_form(fill: str) -> None:
     target = torch.zeros(2, dtype=torch.long)
     curve = FF.region_perturbation(model, x, maps, target, region=2, order="morf", fill=fill)
     for b in range(2):
-        tile_means = [maps[b, 2 * (t // 2) : 2 * (t // 2) + 2, 2 * (t % 2) : 2 * (t % 2) + 2].mean().item() for t in range(4)]
+        tile_means = [maps[b, 2 * (t // 2) : 2 * (t // 2) + 2,
+                           2 * (t % 2) : 2 * (t % 2) + 2].mean().item() for t in range(4)]
         order = sorted(range(4), key=lambda t: -tile_means[t])
         value = 0.0 if fill == "zero" else x[b].min().item()
         xk, probs = x[b, 0].clone(), [torch.sigmoid((weight[0] * x[b, 0]).sum()).item()]
@@ -233,7 +244,8 @@ def test_region_order_partial_edge_tiles_ranked_by_real_mean() -> None:
     maps[0, 21, 21] = 7.0  # tile 15: the 1 px corner, mean 7
     labels, order = FF.region_order(maps, 7, "morf")
     assert labels.shape == (22, 22) and order.shape == (1, 16)
-    assert labels[0, 20].item() == 2 and labels[0, 21].item() == 3 and labels[21, 0].item() == 12 and labels[21, 21].item() == 15
+    assert (labels[0, 20].item() == 2 and labels[0, 21].item() == 3
+            and labels[21, 0].item() == 12 and labels[21, 21].item() == 15)
     assert torch.bincount(labels.view(-1)).tolist() == [49, 49, 49, 7] * 3 + [7, 7, 7, 1]
     assert order[0, :3].tolist() == [3, 15, 0]
     assert order[0, 3:].tolist() == sorted(order[0, 3:].tolist())  # ties: by tile id
@@ -257,7 +269,8 @@ def test_morf_removes_highest_tile_first_cumulatively() -> None:
         for k in range(1, 5):
             removed = torch.isin(labels, order[b, :k])
             seen = model.seen[k][b]
-            assert (seen[:, removed] == 0).all() and torch.equal(seen[:, ~removed], x[b][:, ~removed])
+            assert ((seen[:, removed] == 0).all()
+                    and torch.equal(seen[:, ~removed], x[b][:, ~removed]))
 
 
 def test_noise_fill_range_fresh_per_step_and_once() -> None:
@@ -281,7 +294,8 @@ def test_noise_fill_range_fresh_per_step_and_once() -> None:
         u = seeded_uniform(torch.arange(3), (3, 8, 8), seed=0, stream=k)
         torch.testing.assert_close(xk[first], (low + (high - low) * u)[first])
     assert not torch.equal(fresh[1][first], fresh[2][first])  # redrawn at step 2
-    assert torch.equal(once[1][first], once[2][first]) and torch.equal(once[1][first], once[4][first])
+    assert (torch.equal(once[1][first], once[2][first])
+            and torch.equal(once[1][first], once[4][first]))
     assert not torch.equal(fresh[1][first], x[first])
     # the noise is U[min, max]: its mean over all removed pixels is near the middle
     all_noise = fresh[4]
@@ -421,19 +435,23 @@ def test_batch_split_and_reorder_gives_same_curves(order: str) -> None:
     model = _tiny_cnn(size=8)
     x, maps, y = torch.randn(6, 3, 8, 8), torch.rand(6, 8, 8), torch.randint(0, 3, (6,))
     ids = torch.arange(100, 106)
-    full = FF.region_perturbation(model, x, maps, y, region=2, order=order, fill="noise", seed=3, ids=ids)
+    full = FF.region_perturbation(model, x, maps, y, region=2, order=order, fill="noise", seed=3,
+                                  ids=ids)
     perm = torch.tensor([4, 1, 5])
     rest = torch.tensor([3, 0, 2])
     for part in (perm, rest):
-        sub = FF.region_perturbation(model, x[part], maps[part], y[part], region=2, order=order, fill="noise", seed=3, ids=ids[part])
+        sub = FF.region_perturbation(model, x[part], maps[part], y[part], region=2, order=order,
+                                     fill="noise", seed=3, ids=ids[part])
         torch.testing.assert_close(sub, full[part], atol=1e-6, rtol=1e-6)
     # forward chunking does not change anything either
-    chunked = FF.region_perturbation(model, x, maps, y, region=2, order=order, fill="noise", seed=3, ids=ids, batch_size=4)
+    chunked = FF.region_perturbation(model, x, maps, y, region=2, order=order, fill="noise", seed=3,
+                                     ids=ids, batch_size=4)
     torch.testing.assert_close(chunked, full, atol=1e-6, rtol=1e-6)
     if order == "random":
         _, o1 = FF.region_order(maps, 2, "random", seed=3, ids=ids)
         _, o2 = FF.region_order(maps, 2, "random", seed=4, ids=ids)
-        assert not torch.equal(o1, o2) and torch.equal(o1.sort(1).values, torch.arange(16).expand(6, -1))
+        assert not torch.equal(o1, o2) and torch.equal(o1.sort(1).values,
+                                                       torch.arange(16).expand(6, -1))
 
 
 def test_steps_caps_the_curve() -> None:
@@ -441,8 +459,10 @@ def test_steps_caps_the_curve() -> None:
     x, maps, y = torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8), torch.tensor([0, 1])
     full = FF.region_perturbation(model, x, maps, y, region=4, fill="zero")
     assert full.shape == (2, 5)
-    torch.testing.assert_close(FF.region_perturbation(model, x, maps, y, region=4, fill="zero", steps=2), full[:, :3])
-    assert FF.region_perturbation(model, x, maps, y, region=4, fill="zero", steps=50).shape == (2, 5)
+    torch.testing.assert_close(
+        FF.region_perturbation(model, x, maps, y, region=4, fill="zero", steps=2), full[:, :3])
+    assert FF.region_perturbation(model, x, maps, y, region=4, fill="zero",
+                                  steps=50).shape == (2, 5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,7 +475,8 @@ def test_deletion_closed_form_rounding_and_fraction_axis() -> None:
     model = Linear2(weight)
     x, maps = torch.randn(2, 1, 4, 4), torch.rand(2, 4, 4)
     target = torch.zeros(2, dtype=torch.long)
-    deletion, insertion = FF.deletion_insertion(model, x, maps, target, steps=3, fill="zero", insertion_start="zero")
+    deletion, insertion = FF.deletion_insertion(model, x, maps, target, steps=3, fill="zero",
+                                                insertion_start="zero")
     counts = [0, 5, 11, 16]  # round(16 k / 3)
     frac = np.array(counts) / 16
     for b in range(2):
@@ -465,7 +486,8 @@ def test_deletion_closed_form_rounding_and_fraction_axis() -> None:
             keep = torch.ones(16)
             keep[ranked[:n]] = 0
             p_del.append(torch.sigmoid((weight.flatten() * x[b].flatten() * keep).sum()).item())
-            p_ins.append(torch.sigmoid((weight.flatten() * x[b].flatten() * (1 - keep)).sum()).item())
+            p_ins.append(
+                torch.sigmoid((weight.flatten() * x[b].flatten() * (1 - keep)).sum()).item())
         assert deletion[b].item() == pytest.approx(np.trapezoid(p_del, frac), abs=1e-6)
         assert insertion[b].item() == pytest.approx(np.trapezoid(p_ins, frac), abs=1e-6)
 
@@ -480,8 +502,10 @@ def test_deletion_insertion_prefers_the_decisive_pixels() -> None:
     good = weight[0].expand(4, 8, 8) + 0.01 * torch.rand(4, 8, 8)
     target = torch.zeros(4, dtype=torch.long)
     for start in ("zero", "blur", "min"):
-        d_good, i_good = FF.deletion_insertion(model, x, good, target, steps=16, insertion_start=start)
-        d_bad, i_bad = FF.deletion_insertion(model, x, -good, target, steps=16, insertion_start=start)
+        d_good, i_good = FF.deletion_insertion(model, x, good, target, steps=16,
+                                               insertion_start=start)
+        d_bad, i_bad = FF.deletion_insertion(model, x, -good, target, steps=16,
+                                             insertion_start=start)
         assert (d_good < d_bad - 0.3).all() and (i_good > i_bad + 0.3).all()
         assert ((0 <= d_good) & (i_good <= 1)).all()
 
@@ -493,15 +517,19 @@ def test_deletion_insertion_fills_blur_and_chunking() -> None:
     torch.testing.assert_close(FF._gaussian_blur(const), const)  # replicate padding keeps constants
     x, maps, y = torch.randn(2, 3, 8, 8), torch.rand(2, 8, 8), torch.tensor([0, 2])
     ids = torch.tensor([9, 4])
-    ref = FF.deletion_insertion(model, x, maps, y, steps=5, fill="noise", insertion_start="noise_once", ids=ids)
+    ref = FF.deletion_insertion(model, x, maps, y, steps=5, fill="noise",
+                                insertion_start="noise_once", ids=ids)
     for bs in (1, 3, 7):
-        out = FF.deletion_insertion(model, x, maps, y, steps=5, fill="noise", insertion_start="noise_once", ids=ids, batch_size=bs)
+        out = FF.deletion_insertion(model, x, maps, y, steps=5, fill="noise",
+                                    insertion_start="noise_once", ids=ids, batch_size=bs)
         for a, b in zip(out, ref, strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     rec = Recorder()
-    FF.deletion_insertion(rec, x, maps, torch.zeros(2, dtype=torch.long), steps=4, fill="mean", insertion_start="blur")
+    FF.deletion_insertion(rec, x, maps, torch.zeros(2, dtype=torch.long), steps=4, fill="mean",
+                          insertion_start="blur")
     assert len(rec.seen) == 9  # the clean forward is shared by both curves
-    torch.testing.assert_close(rec.seen[4], x.mean(dim=(2, 3), keepdim=True).expand_as(x))  # all deleted
+    torch.testing.assert_close(rec.seen[4],
+                               x.mean(dim=(2, 3), keepdim=True).expand_as(x))  # all deleted
     torch.testing.assert_close(rec.seen[5], FF._gaussian_blur(x))  # insertion start
 
 
@@ -514,7 +542,8 @@ def test_haas_study_frame_is_exact_clip() -> None:
     x = torch.rand(4, 3, 8, 8) * 2 - 1
     maps = torch.rand(4, 8, 8)
     model = Recorder()
-    correct_orig, correct_ha = FF.haas(model, x, maps, torch.zeros(4, dtype=torch.long), (0.5,) * 3, (0.5,) * 3)
+    correct_orig, correct_ha = FF.haas(model, x, maps, torch.zeros(4, dtype=torch.long),
+                                       (0.5,) * 3, (0.5,) * 3)
     assert torch.equal(model.seen[0], x)
     assert torch.equal(model.seen[1], torch.clamp(x * (1 + maps[:, None]), -1, 1))
     assert correct_orig.dtype == torch.bool and correct_orig.all() and correct_ha.all()
@@ -537,9 +566,12 @@ def test_haas_imagenet_round_trip_and_score() -> None:
     # highlighting in the [-1, 1] frame: a full map doubles x_pm1 before the clip
     FF.haas(rec, x, torch.ones(6, 16, 16), labels, mean, std)
     expected01 = (torch.clamp((raw * 2 - 1) * 2, -1, 1) + 1) / 2
-    torch.testing.assert_close(rec.seen[-1], (expected01 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1), atol=1e-5, rtol=0)
-    assert FF.haas_score(torch.tensor([True, True, False, True]), torch.tensor([True, False, True, False])) == pytest.approx(2 / 3)
-    assert math.isnan(FF.haas_score(torch.zeros(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool)))
+    torch.testing.assert_close(rec.seen[-1], (expected01 - torch.tensor(mean).view(1, 3, 1, 1))
+                               / torch.tensor(std).view(1, 3, 1, 1), atol=1e-5, rtol=0)
+    assert FF.haas_score(torch.tensor([True, True, False, True]),
+                         torch.tensor([True, False, True, False])) == pytest.approx(2 / 3)
+    assert math.isnan(FF.haas_score(torch.zeros(3, dtype=torch.bool),
+                                    torch.ones(3, dtype=torch.bool)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,7 +593,8 @@ def test_haas_imagenet_round_trip_and_score() -> None:
         lambda m, x, a, y: FF.deletion_insertion(m, x, a, y, insertion_start="gray"),
         lambda m, x, a, y: FF.max_sensitivity(lambda t: t[:, 0], x, a, radius=-0.1, samples=3),
         lambda m, x, a, y: FF.max_sensitivity(lambda t: t[:, 0], x, a, radius=0.1, samples=0),
-        lambda m, x, a, y: FF.max_sensitivity(lambda t: t[:, 0], x, a, radius=0.1, samples=2, draws_per_call=0),
+        lambda m, x, a, y: FF.max_sensitivity(lambda t: t[:, 0], x, a, radius=0.1, samples=2,
+                                              draws_per_call=0),
         lambda m, x, a, y: FF.haas(m, x, a, y, (0.5,), (0.5,)),
     ],
 )

@@ -22,7 +22,8 @@ from xai_bench.metrics.functional.localisation import (
 from xai_bench.utils.errors import ConfigError
 
 ROI_DIR = Path(__file__).resolve().parent / "data" / "rois"
-EMPTY = ("mura/patient11213_study1_positive_image2.png", "mura/patient11261_study1_positive_image1.png")
+EMPTY = ("mura/patient11213_study1_positive_image2.png",
+         "mura/patient11261_study1_positive_image1.png")
 FULL = "kvasir/8dc062be-ed0c-49c7-a629-87c8b0304707.png"
 ANTI_ALIASED = ("cp_child/1 (10).png", "duke/1-040-819.png")
 SIDE = 224
@@ -124,7 +125,8 @@ def _random_batch(seed: int, b: int = 12, side: int = 32) -> tuple[np.ndarray, n
     """Random maps without ties and non-empty masks (rectangles and scattered blobs)."""
     rng = np.random.default_rng(seed)
     n = side * side  # distinct values (no accidental float32 ties): a shuffled ramp
-    maps = np.stack([rng.permutation(n).reshape(side, side) / n for _ in range(b)]).astype(np.float32)
+    maps = np.stack([rng.permutation(n).reshape(side, side) / n
+                     for _ in range(b)]).astype(np.float32)
     masks = np.zeros((b, side, side), dtype=bool)
     for i in range(b):
         if i % 3 == 2:
@@ -210,7 +212,8 @@ def test_copied_masks_have_the_documented_shapes(rois) -> None:
         assert ((grey > 0) & (grey < 255)).any()  # grey edges count as foreground
     for name in NONEMPTY:  # every non-empty mask is one filled rectangle
         t, b, left, r = _bbox(rois[name])
-        assert rois[name][t: b + 1, left: r + 1].all() and rois[name].sum() == (b - t + 1) * (r - left + 1)
+        assert (rois[name][t: b + 1, left: r + 1].all()
+                and rois[name].sum() == (b - t + 1) * (r - left + 1))
 
 
 def test_single_bright_pixel_inside_outside(rois) -> None:
@@ -227,7 +230,8 @@ def test_single_bright_pixel_inside_outside(rois) -> None:
     area = masks.reshape(len(masks), -1).mean(1)
     for q in Q_LEVELS:
         for region in ("box", "pixel"):
-            np.testing.assert_allclose(iou_at_q(_t(maps), _t(masks), q, region).numpy(), area, rtol=1e-6)
+            np.testing.assert_allclose(iou_at_q(_t(maps), _t(masks), q, region).numpy(), area,
+                                       rtol=1e-6)
 
 
 def test_iou_hand_computed_square_and_two_blobs(rois) -> None:
@@ -238,7 +242,8 @@ def test_iou_hand_computed_square_and_two_blobs(rois) -> None:
     # two cones at (40, 40) and (180, 180): q=5 keeps two 37x37 squares (2*35^2 = 2450 < 2509
     # <= 2*37^2); the ONE enclosing box spans rows/cols 22..198.
     two = -np.minimum(_chebyshev((40, 40)), _chebyshev((180, 180))).astype(np.float32)
-    cases = [(one, 5, (75, 125, 95, 145)), (one, 10, (65, 135, 85, 155)), (two, 5, (22, 198, 22, 198))]
+    cases = [(one, 5, (75, 125, 95, 145)), (one, 10, (65, 135, 85, 155)),
+             (two, 5, (22, 198, 22, 198))]
     masks = np.stack([rois[n] for n in NONEMPTY])
     for a, q, box in cases:
         kept = ref_kept(a, q, "box")
@@ -396,7 +401,8 @@ def test_constant_map_policies() -> None:
     # non-constant maps are unaffected by the policy
     varied = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))
     for policy in ("miss", "nan"):
-        assert torch.equal(pointing_game(varied, masks, constant=policy), pointing_game(varied, masks))
+        assert torch.equal(pointing_game(varied, masks, constant=policy),
+                           pointing_game(varied, masks))
     assert is_constant(varied).tolist() == [False, False]
 
 
@@ -460,7 +466,8 @@ def test_invalid_arguments_raise_config_error() -> None:
     assert iou_at_q(maps, masks, 100).tolist() == [1.0, 1.0]  # q = 100 keeps everything
     # NumPy / tensor scalars from configs and sweeps are fine
     assert torch.equal(iou_at_q(maps, masks, np.int64(5)), iou_at_q(maps, masks, 5.0))
-    assert torch.equal(pointing_game(maps, masks, tolerance=np.float32(2)), pointing_game(maps, masks, 2))
+    assert torch.equal(pointing_game(maps, masks, tolerance=np.float32(2)),
+                       pointing_game(maps, masks, 2))
 
 
 # ----------------------------------------------------------------------------- 6. batching, dtypes

@@ -70,7 +70,8 @@ def test_ssim_is_torchmetrics_per_map() -> None:
     a, b = torch.rand(3, 32, 32, generator=gen), torch.rand(3, 32, 32, generator=gen)
     ours = ssim(a, b)
     for row in range(3):
-        expected = structural_similarity_index_measure(a[row][None, None], b[row][None, None], data_range=1.0)
+        expected = structural_similarity_index_measure(a[row][None, None], b[row][None, None],
+                                                       data_range=1.0)
         assert ours[row].item() == pytest.approx(expected.item(), abs=1e-6)
     assert ssim(a, a).tolist() == pytest.approx([1.0] * 3, abs=1e-6)
 
@@ -92,7 +93,8 @@ def test_cnn_sequences_are_opened_one_level() -> None:
 
 
 @pytest.mark.parametrize("order", ["cascading", "independent"])
-def test_randomised_models_are_reproducible_and_leave_the_model_alone(vit: nn.Module, order: str) -> None:
+def test_randomised_models_are_reproducible_and_leave_the_model_alone(vit: nn.Module,
+                                                                      order: str) -> None:
     before = _params(vit)
     first = [(name, _params(model)) for name, model in randomised_models(vit, order=order, seed=3)]
     again = [(name, _params(model)) for name, model in randomised_models(vit, order=order, seed=3)]
@@ -133,7 +135,8 @@ def test_gradcam_changes_when_the_head_is_randomised(vit: nn.Module) -> None:
     metric.update(_batch(vit, "gradcam", images))
     scores = metric.compute()
     assert set(scores) == {"id"} | {f"mprt/{s}/{i}_{n}" for s in ("spearman", "ssim") for i, n in
-                                    enumerate(["head", "norm", "blocks.1", "blocks.0", "patch_embed+embed"])}
+                                    enumerate(["head", "norm", "blocks.1", "blocks.0",
+                                               "patch_embed+embed"])}
     assert torch.nanmean(scores["mprt/spearman/0_head"]) < 0.99
 
 

@@ -1,5 +1,5 @@
-"""ATCON's evaluation (docs/atcon.md): the weakly supervised localisation IoU by hand, batched vs per
-image, ties and edge cases; macro F1 against torchmetrics; the evaluator on a tiny multi-label
+"""ATCON's evaluation (docs/atcon.md): the weakly supervised localisation IoU by hand, batched vs
+per image, ties and edge cases; macro F1 against torchmetrics; the evaluator on a tiny multi-label
 dataset with boxes.csv (in process) and the whole prepare -> train -> evaluate path (slow)."""
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def _box(h: int, w: int, x0: int, y0: int, x1: int, y1: int) -> torch.Tensor:
 
 def _class_masks(*per_class: torch.Tensor | None, h: int = 8, w: int = 8) -> torch.Tensor:
     """(1, C, H, W) from one mask (or None = no box) per class."""
-    return torch.stack([m if m is not None else torch.zeros(h, w, dtype=torch.uint8) for m in per_class])[None]
+    return torch.stack([m if m is not None else torch.zeros(h, w, dtype=torch.uint8)
+                        for m in per_class])[None]
 
 
 # ----------------------------------------------------------------------------- wsl_iou by hand
@@ -50,9 +51,11 @@ def test_map_equal_to_the_box_scores_one() -> None:
 def test_half_overlap_and_union_of_boxes() -> None:
     boxes = _box(8, 8, 0, 0, 4, 4)  # 16 px
     kept = _box(8, 8, 2, 0, 6, 4).float()  # 16 px, 8 of them inside
-    assert wsl_iou(kept[None], _class_masks(boxes), torch.tensor([0])).item() == pytest.approx(8 / 24)
+    assert wsl_iou(kept[None], _class_masks(boxes),
+                   torch.tensor([0])).item() == pytest.approx(8 / 24)
     union = boxes | _box(8, 8, 4, 0, 6, 4)  # a second box of the same class: the union counts
-    assert wsl_iou(kept[None], _class_masks(union), torch.tensor([0])).item() == pytest.approx(16 / 24)
+    assert wsl_iou(kept[None], _class_masks(union),
+                   torch.tensor([0])).item() == pytest.approx(16 / 24)
 
 
 def test_the_explained_class_decides_and_a_class_without_box_is_a_miss() -> None:
@@ -77,7 +80,8 @@ def test_threshold_ties_are_kept_and_constant_maps() -> None:
     below[:4, :4] = torch.nextafter(torch.tensor(0.5), torch.tensor(0.0))
     masks = _class_masks(box).expand(4, -1, -1, -1)
     maps = torch.stack([at, below, torch.ones(8, 8), torch.zeros(8, 8)])
-    assert wsl_iou(maps, masks, torch.zeros(4, dtype=torch.long)).tolist() == [1.0, 0.0, 16 / 64, 0.0]
+    assert (wsl_iou(maps, masks, torch.zeros(4, dtype=torch.long)).tolist()
+            == [1.0, 0.0, 16 / 64, 0.0])
     assert wsl_iou(at[None], masks[:1], torch.tensor([0]), threshold=0.6).item() == 0.0
 
 
@@ -90,9 +94,11 @@ def test_batched_equals_per_image() -> None:
     targets = torch.randint(0, 5, (16,), generator=gen)
     targets[5] = 2
     batched = wsl_iou(maps, masks, targets, threshold=0.6)
-    single = torch.cat([wsl_iou(maps[i:i + 1], masks[i:i + 1], targets[i:i + 1], threshold=0.6) for i in range(16)])
+    single = torch.cat([wsl_iou(maps[i:i + 1], masks[i:i + 1], targets[i:i + 1], threshold=0.6)
+                        for i in range(16)])
     torch.testing.assert_close(batched, single, equal_nan=True)
-    assert math.isnan(batched[3]) and batched[5] == 0.0 and (batched[~torch.isnan(batched)] > 0).sum() >= 10
+    assert (math.isnan(batched[3]) and batched[5] == 0.0
+            and (batched[~torch.isnan(batched)] > 0).sum() >= 10)
 
 
 @pytest.mark.parametrize(
@@ -110,10 +116,12 @@ def test_invalid_arguments_raise_config_errors(masks, targets, threshold, match)
 
 
 # ----------------------------------------------------------------------------- the metric
-def _eval_batch(maps: torch.Tensor, class_masks: torch.Tensor | None, target: list[int]) -> EvalBatch:
+def _eval_batch(maps: torch.Tensor, class_masks: torch.Tensor | None,
+                target: list[int]) -> EvalBatch:
     n = maps.shape[0]
-    return EvalBatch(images=torch.zeros(n, 3, *maps.shape[1:]), labels=torch.zeros(n, 2), ids=torch.arange(n),
-                     maps=maps, target=torch.tensor(target), logits=torch.zeros(n, 2), model=nn.Identity(),
+    return EvalBatch(images=torch.zeros(n, 3, *maps.shape[1:]), labels=torch.zeros(n, 2),
+                     ids=torch.arange(n), maps=maps, target=torch.tensor(target),
+                     logits=torch.zeros(n, 2), model=nn.Identity(),
                      method=None, class_masks=class_masks)  # type: ignore[arg-type]
 
 
@@ -143,13 +151,15 @@ def test_wsl_config_builds_the_metric(compose_cfg) -> None:
 
 
 # ----------------------------------------------------------------------------- macro F1
-def _predictions(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool, batch: int = 7) -> dict:
+def _predictions(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool,
+                 batch: int = 7) -> dict:
     table = PredictionTable(num_classes=logits.shape[1], multilabel=multilabel)
     n = logits.shape[0]
     for start in range(0, n, batch):
         rows = slice(start, start + batch)
-        table.update(EvalBatch(images=torch.zeros(0), labels=labels[rows], ids=torch.arange(n)[rows],
-                               maps=torch.zeros(0), target=torch.zeros(0), logits=logits[rows],
+        table.update(EvalBatch(images=torch.zeros(0), labels=labels[rows],
+                               ids=torch.arange(n)[rows], maps=torch.zeros(0),
+                               target=torch.zeros(0), logits=logits[rows],
                                model=nn.Identity(), method=None))  # type: ignore[arg-type]
     return table.compute()
 
@@ -163,16 +173,19 @@ def test_multilabel_macro_f1_equals_torchmetrics(num_classes: int) -> None:
     columns = {k: v for k, v in _predictions(logits, labels, multilabel=True).items() if k != "id"}
     ours = PredictionTable(num_classes=num_classes).aggregate(columns)
     expected = MultilabelF1Score(num_classes, average="macro")(logits.sigmoid(), labels.long())
-    assert ours["f1_macro"].item() == pytest.approx(expected.item(), rel=1e-6)  # torchmetrics: float32
+    # torchmetrics: float32
+    assert ours["f1_macro"].item() == pytest.approx(expected.item(), rel=1e-6)
     exact = ((logits.sigmoid() >= 0.5) == labels.bool()).all(dim=1).double().mean()
     assert ours["accuracy"].item() == pytest.approx(exact.item())
     # bootstrap resamples (R, N) reduce the last dimension like the point estimate
-    resampled = PredictionTable(num_classes=num_classes).aggregate({k: v[None].repeat(3, 1) for k, v in columns.items()})
+    resampled = PredictionTable(num_classes=num_classes).aggregate(
+        {k: v[None].repeat(3, 1) for k, v in columns.items()})
     assert resampled["f1_macro"].tolist() == pytest.approx([ours["f1_macro"].item()] * 3)
 
 
 def test_multilabel_sets_and_threshold_tie() -> None:
-    logits = torch.tensor([[0.0, -1.0, 3.0], [-2.0, 1.0, -1.0]])  # sigmoid(0) = 0.5 exactly: positive
+    # sigmoid(0) = 0.5 exactly: positive
+    logits = torch.tensor([[0.0, -1.0, 3.0], [-2.0, 1.0, -1.0]])
     labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
     table = _predictions(logits, labels, multilabel=True)
     assert class_set_texts(table, "label_set") == ["0;2", "2"]
@@ -190,7 +203,8 @@ def test_single_label_macro_f1_equals_torchmetrics() -> None:
     columns = {k: v for k, v in _predictions(logits, labels, multilabel=False).items() if k != "id"}
     ours = PredictionTable(num_classes=4).aggregate(columns)
     expected = MulticlassF1Score(4, average="macro")(logits, labels)
-    assert ours["f1_macro"].item() == pytest.approx(expected.item(), rel=1e-6)  # torchmetrics: float32
+    # torchmetrics: float32
+    assert ours["f1_macro"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert set(ours) == {"accuracy", "balanced_accuracy", "f1_macro"}
 
 
@@ -211,13 +225,16 @@ def test_evaluator_on_a_multilabel_dataset_with_boxes(tmp_path: Path) -> None:
     transform = A.Compose([A.Resize(10, 20), A.Normalize(), ToTensorV2()])
     dataset = ImageTableDataset(root, "test", transform, class_names=CLASS_NAMES, multilabel=True)
     module = ExplanationEvaluator(_FixedLogits(), {"uniform": build_method("uniform")},
-                                  {"wsl_iou": lambda key: build_metric("wsl_iou", key=key)}, num_classes=3,
-                                  multilabel=True, overlay_ids=[0], overlay_dir=tmp_path / "overlays")
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, inference_mode=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False)
+                                  {"wsl_iou": lambda key: build_metric("wsl_iou", key=key)},
+                                  num_classes=3, multilabel=True, overlay_ids=[0],
+                                  overlay_dir=tmp_path / "overlays")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, inference_mode=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False)
     trainer.test(module, dataloaders=DataLoader(dataset, batch_size=2), verbose=False)
 
-    summary = summarise(module.results, {"uniform": module.metric_objects("uniform")}, 3, samples=50)
+    summary = summarise(module.results, {"uniform": module.metric_objects("uniform")}, 3,
+                        samples=50)
     # uniform maps keep every pixel, explaining class 2: t0 -> its class-2 area (432 / 800 px),
     # t1 has no boxes (NaN), t2 has no class-2 box (a miss)
     wsl = summary["methods"]["uniform"]["metrics"]["wsl_iou"]
@@ -226,7 +243,8 @@ def test_evaluator_on_a_multilabel_dataset_with_boxes(tmp_path: Path) -> None:
     assert classification["accuracy"]["value"] == pytest.approx(1 / 3)  # only t0's set is {0, 2}
     assert classification["f1_macro"]["value"] == pytest.approx((0.8 + 0.0 + 0.5) / 3)
     rows = per_image_rows(module.results)
-    assert [(r["label"], r["pred"], r["target"]) for r in rows] == [("0;2", "0;2", 2), ("1", "0;2", 2),
+    assert [(r["label"], r["pred"], r["target"]) for r in rows] == [("0;2", "0;2", 2),
+                                                                      ("1", "0;2", 2),
                                                                       ("0;1", "0;2", 2)]
     assert rows[1]["wsl_iou"] == "" and rows[2]["wsl_iou"] == 0
     assert (tmp_path / "overlays" / "uniform" / "000000.png").is_file()
@@ -243,12 +261,13 @@ def test_prepare_train_evaluate_pascal_voc_layout(tmp_path: Path) -> None:
     prepare_cli.run(["pascal_voc", "--raw", str(_voc_raw(tmp_path / "raw").parent), "--out",
                      str(tmp_path / "data" / "pascal_voc")])
     common = [f"paths.data_dir={tmp_path / 'data'}", "logger=none"]
-    train = run_cli(["xai_bench.train", "dataset=pascal_voc", "debug=tiny", f"hydra.run.dir={tmp_path / 'run'}",
-                     *common], cwd=tmp_path, timeout=600)
+    train = run_cli(["xai_bench.train", "dataset=pascal_voc", "debug=tiny",
+                     f"hydra.run.dir={tmp_path / 'run'}", *common], cwd=tmp_path, timeout=600)
     assert train.returncode == 0, train.stderr[-5000:]
     out = tmp_path / "eval"
-    proc = run_cli(["xai_bench.evaluate", f"ckpt={tmp_path / 'run'}", "method=attention", "metric=[study,wsl]",
-                    "overlays=1", f"hydra.run.dir={out}", *common], cwd=tmp_path, timeout=600)
+    proc = run_cli(["xai_bench.evaluate", f"ckpt={tmp_path / 'run'}", "method=attention",
+                    "metric=[study,wsl]", "overlays=1", f"hydra.run.dir={out}", *common],
+                   cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     summary = EvaluationSummary.read(out)
     assert {"accuracy", "f1_macro"} == set(summary.classification)
@@ -256,4 +275,5 @@ def test_prepare_train_evaluate_pascal_voc_layout(tmp_path: Path) -> None:
         stats = summary.methods[method].metrics["wsl_iou"]
         assert stats["n"] == 4 and 0.0 <= stats["value"] <= 1.0
     rows = list(csv.DictReader((out / "per_image.csv").open()))
-    assert len(rows) == 16 and {r["label"] for r in rows} <= {"11;14", "7;14"}  # dog;person, cat;person
+    # dog;person, cat;person
+    assert len(rows) == 16 and {r["label"] for r in rows} <= {"11;14", "7;14"}

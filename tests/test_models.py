@@ -1,4 +1,5 @@
-"""Model building and weight loading: tiny ViTs/CNNs, weight files written by the tests themselves."""
+"""Model building and weight loading: tiny ViTs/CNNs, weight files written by the tests
+themselves."""
 
 from __future__ import annotations
 

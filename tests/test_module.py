@@ -27,7 +27,8 @@ class _Blobs(Dataset):
     def __init__(self, n: int, seed: int) -> None:
         g = torch.Generator().manual_seed(seed)
         self.labels = torch.randint(0, 2, (n,), generator=g)
-        self.images = torch.randn(n, 3, 16, 16, generator=g) * 0.5 + self.labels.view(-1, 1, 1, 1).float()
+        self.images = (torch.randn(n, 3, 16, 16, generator=g) * 0.5
+                       + self.labels.view(-1, 1, 1, 1).float())
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -37,7 +38,8 @@ class _Blobs(Dataset):
 
 
 def _net() -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, 2))
 
 
 def _module(**kw) -> ClassifierModule:
@@ -51,19 +53,22 @@ def _fit(tmp_path: Path, module: ClassifierModule, epochs: int = 4) -> pl.Traine
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=tmp_path, num_sanity_val_steps=0,
-        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor="val/loss", save_last=True),
+        max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="best", monitor="val/loss",
+                                   save_last=True),
                    BestEpochTracker()],
     )
-    trainer.fit(module, DataLoader(_Blobs(128, 0), batch_size=32, shuffle=True), DataLoader(_Blobs(64, 1), batch_size=32))
+    trainer.fit(module, DataLoader(_Blobs(128, 0), batch_size=32, shuffle=True),
+                DataLoader(_Blobs(64, 1), batch_size=32))
     return trainer
 
 
 def test_fit_learns_and_logs_every_metric(tmp_path: Path) -> None:
     trainer = _fit(tmp_path, _module())
     metrics = trainer.callback_metrics
-    for key in ("train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "val/balanced_acc", "val/f1_macro", "val/auroc"):
+    for key in ("train/loss", "train/acc", "train/lr", "val/loss", "val/acc", "val/balanced_acc",
+                "val/f1_macro", "val/auroc"):
         assert key in metrics, key
     assert float(metrics["val/acc"]) > 0.9
     assert float(metrics["val/auroc"]) > 0.95
