@@ -6,7 +6,6 @@ file layout is in xai_bench.data.datasets.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -14,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from xai_bench.data.label_table import listing
+from xai_bench.data.label_table import listing, read_csv_rows
 from xai_bench.utils.errors import XaiBenchError
 
 __all__ = ["BOX_COLUMNS", "ClassBox", "box_class_names", "box_union_mask", "read_class_boxes"]
@@ -69,27 +68,17 @@ def read_class_boxes(
     path = Path(path)
     rows_of = {PurePosixPath(rel).as_posix(): i for i, rel in enumerate(image_rel)}
     boxes: dict[int, list[ClassBox]] = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in BOX_COLUMNS if c not in columns]
-        if missing:
-            raise XaiBenchError(
-                f"{path} lacks column(s) {missing}; found {columns}. "
-                "boxes.csv needs columns image (as in labels.csv), class (index or name), "
-                "x0, y0, x1, y1 (x1, y1 exclusive, stored-image pixels)."
-            )
-        reader.fieldnames = columns
-        for raw in reader:
-            row = {k: (v or "").strip() for k, v in raw.items() if k is not None}
-            try:
-                image = PurePosixPath(row["image"]).as_posix() if row["image"] else ""
-                if image not in rows_of:
-                    raise ValueError(f"image {row['image']!r} is not in labels.csv")
-                box = (_box_class(row["class"], class_names, num_classes), *_box_corners(row))
-            except ValueError as err:
-                raise XaiBenchError(f"{path} line {reader.line_num}: {err}.") from None
-            boxes.setdefault(rows_of[image], []).append(box)
+    layout = ("boxes.csv needs columns image (as in labels.csv), class (index or name), "
+              "x0, y0, x1, y1 (x1, y1 exclusive, stored-image pixels).")
+    for line, row in read_csv_rows(path, BOX_COLUMNS, XaiBenchError, layout):
+        try:
+            image = PurePosixPath(row["image"]).as_posix() if row["image"] else ""
+            if image not in rows_of:
+                raise ValueError(f"image {row['image']!r} is not in labels.csv")
+            box = (_box_class(row["class"], class_names, num_classes), *_box_corners(row))
+        except ValueError as err:
+            raise XaiBenchError(f"{path} line {line}: {err}.") from None
+        boxes.setdefault(rows_of[image], []).append(box)
     return boxes
 
 

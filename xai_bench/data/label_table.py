@@ -45,6 +45,21 @@ class LabelTable:
         return np.flatnonzero(np.asarray(self.splits) == split)
 
 
+
+def read_csv_rows(path: Path, required: Sequence[str], error: type[Exception],
+                  layout: str) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) of a CSV, headers and values stripped; a missing required column is
+    one `error` naming the file, the columns found and the layout expected."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise error(f"{path} lacks column(s) {missing}; found {columns}. {layout}")
+        reader.fieldnames = columns
+        return [(reader.line_num, {k: (v or "").strip() for k, v in row.items() if k is not None})
+                for row in reader]
+
 def listing(items: Sequence[str], total: int | None = None) -> str:
     total = len(items) if total is None else total
     shown = ", ".join(repr(i) for i in items[:_MAX_LISTED])
@@ -150,19 +165,10 @@ def read_label_table(root: str | Path, num_classes: int | None = None,
     csv_path = root / "labels.csv"
     if not csv_path.is_file():
         raise DatasetNotFoundError(f"{os.path.abspath(csv_path)} does not exist.")
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise DatasetNotFoundError(
-                f"{csv_path} lacks column(s) {missing}; found {columns}. "
-                "The canonical layout needs "
-                "columns image (path relative to the folder), label (int), split (train|val|test), "
-                "optionally group."
-            )
-        reader.fieldnames = columns
-        rows = [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    layout = ("The canonical layout needs columns image (path relative to the folder), label "
+              "(int), split (train|val|test), optionally group.")
+    rows = [row for _, row in read_csv_rows(csv_path, REQUIRED_COLUMNS, DatasetNotFoundError,
+                                            layout)]
     if not rows:
         raise DatasetNotFoundError(f"{csv_path} has no rows.")
 
@@ -195,7 +201,8 @@ def read_label_table(root: str | Path, num_classes: int | None = None,
             f"do not exist under {root}: "
             f"{listing(missing_files)}."
         )
-    groups = tuple(row.get("group", "") for row in rows) if "group" in columns else None
+    has_groups = bool(rows) and "group" in rows[0]  # every row has the header's keys
+    groups = tuple(row.get("group", "") for row in rows) if has_groups else None
     return LabelTable(
         root=root,
         images=images,
