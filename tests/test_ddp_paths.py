@@ -364,15 +364,16 @@ def test_ddp_val_test_metrics_equal_one_process(
         "trainer.limit_val_batches=1.0",
         "trainer.limit_test_batches=1.0",
     )
-    assert one["world_size"] == 1
+    assert one.world_size == 1
     for split in ("val", "test"):
         assert (
-            set(two[split])
-            == set(one[split])
+            set(getattr(two, split))
+            == set(getattr(one, split))
             == {"loss", "acc", "balanced_acc", "f1_macro", "auroc"}
         )
-        for name, value in one[split].items():
-            assert two[split][name] == pytest.approx(value, rel=1e-6, abs=1e-7), (split, name)
+        ours, theirs = getattr(one, split), getattr(two, split)
+        for name, value in ours.items():
+            assert theirs[name] == pytest.approx(value, rel=1e-6, abs=1e-7), (split, name)
 
 
 @pytest.mark.slow
