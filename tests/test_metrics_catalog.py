@@ -39,6 +39,21 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "aopc": {"region": [8, 16], "only_correct": False},
     "max_sensitivity": {"radius": [0.1, 0.2], "samples": [2, 3], "only_correct": False},
     "deletion_insertion": {"steps": 4},
+    "smooth_mprt": {"samples": 2},
+    "non_sensitivity": {"features_in_step": 32},
+    "faithfulness_correlation": {"runs": 4, "subset_size": 16},
+    "continuity": {"steps": 4},
+    "sensitivity_n": {"runs": 3, "fractions": [0.1, 0.5]},
+    "avg_sensitivity": {"samples": 3},
+    "monotonicity_correlation": {"features_in_step": 128, "samples": 2},
+    "local_lipschitz_estimate": {"samples": 3},
+    "relative_input_stability": {"samples": 3},
+    "relative_output_stability": {"samples": 3},
+    "relative_representation_stability": {"samples": 3},
+    "irof": {"n_segments": 12},
+    "road": {"percentages": [20, 60]},
+    "infidelity": {"samples": 3},
+    "faithfulness_estimate": {"features_in_step": 64},
 }
 
 
@@ -140,7 +155,7 @@ def test_declared_needs_and_cost_are_what_the_metric_does(name: str) -> None:
     metric.update(batch)
     counted = Cost(forwards=counter.forwards / BATCH, backwards=counter.backwards / BATCH,
                    explanations=method.calls / BATCH)
-    declared = metric.cost(model, SIZE, SIZE)
+    declared = metric.spent(metric.compute()) or metric.cost(model, SIZE, SIZE)
     assert counted == declared, (name, counted, declared)
     if "model" not in metric.needs:
         assert counted.forwards == counted.backwards == 0, name
@@ -237,3 +252,14 @@ def test_two_processes_give_the_one_process_table(tmp_path: Path) -> None:
         for column, values in single[name].items():
             torch.testing.assert_close(ddp[name][column], values, equal_nan=True, rtol=1e-5,
                                        atol=1e-6, msg=f"{name} {column}")
+
+
+def test_metric_all_builds_every_metric_but_the_box_one() -> None:
+    """`metric=all` composes every family config: each registered metric (wsl_iou aside: it
+    needs boxes.csv) is built by at least one entry."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["metric=all"])
+    names = {entry["name"] for entry in cfg.metric.values() if entry and "name" in entry}
+    assert names == set(NAMES) - {"wsl_iou"}

@@ -5,7 +5,13 @@ keyed by image id (exact under DDP) and are built by name from `conf/metric/` co
 Importing this package registers every metric.
 """
 
+from xai_bench.metrics import axiomatic as _axiomatic  # noqa: F401  (registration)
+from xai_bench.metrics import complexity as _complexity  # noqa: F401  (registration)
 from xai_bench.metrics import faithfulness, localisation, sanity  # noqa: F401  (registration)
+from xai_bench.metrics import faithfulness_correlation as _faith_corr  # noqa: F401  (registration)
+from xai_bench.metrics import faithfulness_curves as _faith_curves  # noqa: F401  (registration)
+from xai_bench.metrics import randomisation as _randomisation  # noqa: F401  (registration)
+from xai_bench.metrics import robustness as _robustness  # noqa: F401  (registration)
 from xai_bench.metrics.aggregate import bootstrap_summary, nanmean_aggregate
 from xai_bench.metrics.base import METRICS, EvalBatch, ImageMetric, build_metric, register_metric
 from xai_bench.metrics.predictions import MapStats, PredictionTable

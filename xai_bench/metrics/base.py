@@ -123,6 +123,12 @@ class ImageMetric(Metric):
         declares the case where they coincide and documents the extra explanation."""
         return Cost()
 
+    def spent(self, table: dict[str, torch.Tensor]) -> Cost | None:
+        """What the images of `table` (this metric's `compute()`) really cost per image, for a
+        metric whose cost depends on the image (IROF: one forward per superpixel found); None
+        when `cost` is exact."""
+        return None
+
     def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -138,20 +144,29 @@ class ImageMetric(Metric):
             getattr(self, f"col{index}").append(
                 scores[column].detach().to(self.device, torch.float32).view(-1))
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        """Per-image table {"id": (N,), column: (N,)}: gathered, de-duplicated, sorted by id."""
+    def _gathered_rows(self, *states: str) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The gathered rows, sorted by id, the duplicates a DistributedSampler pads with dropped
+        (the first kept): the same whatever the ranks and batches they came from.
+
+        Args:
+            *states: Names of list states ("cat") holding one row per image, as `ids` does.
+
+        Returns:
+            (ids (N,) int64, one tensor per state in that order); zero rows before an update.
+        """
         if isinstance(self.ids, list) and not self.ids:  # a list before a DDP sync, a tensor after
-            return {"id": torch.zeros(0, dtype=torch.int64),
-                    **{c: torch.zeros(0) for c in self.columns}}
+            return torch.zeros(0, dtype=torch.int64), [torch.zeros(0) for _ in states]
         ids = dim_zero_cat(self.ids).long()
         order = torch.argsort(ids, stable=True)
         ids = ids[order]
         keep = torch.ones_like(ids, dtype=torch.bool)
         keep[1:] = ids[1:] != ids[:-1]
-        out = {"id": ids[keep]}
-        for index, column in enumerate(self.columns):
-            out[column] = dim_zero_cat(getattr(self, f"col{index}")).float()[order][keep]
-        return out
+        return ids[keep], [dim_zero_cat(getattr(self, name))[order][keep] for name in states]
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Per-image table {"id": (N,), column: (N,)}: gathered, de-duplicated, sorted by id."""
+        ids, values = self._gathered_rows(*(f"col{i}" for i in range(len(self.columns))))
+        return {"id": ids, **{c: v.float() for c, v in zip(self.columns, values, strict=True)}}
 
     def aggregate(self, columns: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return nanmean_aggregate(columns)

@@ -2,7 +2,8 @@
 
 Images without a ROI annotation score NaN (left out of every mean and counted). Images whose
 annotation is an EMPTY mask count as misses (score 0), as in the reference study; set
-`empty_mask: skip` to leave them out instead. Maps with NaNs score NaN.
+`empty_mask: skip` to leave them out instead (`auc` always does: its ROC curve is undefined
+without ROI pixels). Maps with NaNs score NaN.
 
 `wsl_iou` (ATCON, docs/atcon.md) judges the map against the boxes of the class it explains
 (a multi-label dataset's boxes.csv, the batch's "class_masks"), not against the ROI mask.
@@ -17,9 +18,16 @@ import torch
 
 from xai_bench.metrics.base import EvalBatch, ImageMetric, check_choice, register_metric
 from xai_bench.metrics.functional import localisation as F_loc
+from xai_bench.metrics.functional import localisation_ranking as F_rank
 from xai_bench.utils.errors import ConfigError
 
 EMPTY_MASK = ("miss", "skip")
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false; got {value!r}.")
+    return value
 
 
 class _MaskMetric(ImageMetric):
@@ -134,3 +142,58 @@ class WslIoU(ImageMetric):
             )
         return {self.key: F_loc.wsl_iou(batch.maps.float(), batch.class_masks, batch.target,
                                         self.threshold)}
+
+
+@register_metric("top_k_intersection")
+class TopKIntersection(_MaskMetric):
+    """Share of the map's `k` highest pixels inside the ROI (Theiner et al. 2021,
+    "Interpretable semantic photo geolocalization"); `concept_influence` divides by the ROI's
+    area fraction (1 = chance). Ties at the cut share the remaining slots evenly."""
+
+    def __init__(self, key: str = "top_k_intersection", k: int = 1000,
+                 concept_influence: bool = False, abs: bool = False, empty_mask: str = "miss",
+                 **kwargs: Any) -> None:
+        super().__init__(key, empty_mask, **kwargs)
+        self.k = F_rank.check_k(k)
+        self.concept_influence = _flag(concept_influence, f"{key}.concept_influence")
+        self.abs = _flag(abs, f"{key}.abs")
+        self._add_columns([key])
+
+    def mask_scores(self, maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {self.key: F_rank.top_k_intersection(
+            maps, masks, k=self.k, concept_influence=self.concept_influence, abs=self.abs)}
+
+
+@register_metric("auc")
+class AUC(_MaskMetric):
+    """ROC AUC of the map's values as a detector of ROI pixels (Fawcett 2006, "An introduction
+    to ROC analysis"): 0.5 = chance, 1 = every ROI pixel above every other pixel. Empty (and
+    full) masks are undefined: NaN, counted, whatever `empty_mask` elsewhere says."""
+
+    def __init__(self, key: str = "auc", abs: bool = False, **kwargs: Any) -> None:
+        super().__init__(key, "skip", **kwargs)
+        self.abs = _flag(abs, f"{key}.abs")
+        self._add_columns([key])
+
+    def mask_scores(self, maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {self.key: F_rank.auc(maps, masks, abs=self.abs)}
+
+
+@register_metric("attribution_localisation")
+class AttributionLocalisation(_MaskMetric):
+    """Share of the map's relevance inside the ROI (Kohlbrenner et al. 2020, "Towards best
+    practice in explaining neural network decisions with LRP"); `weighted` multiplies it by
+    H W / |ROI| (1 = a uniform map, so small ROIs are not penalised)."""
+
+    def __init__(self, key: str = "attribution_localisation", weighted: bool = False,
+                 abs: bool = True, positive_only: bool = False, empty_mask: str = "miss",
+                 **kwargs: Any) -> None:
+        super().__init__(key, empty_mask, **kwargs)
+        self.weighted = _flag(weighted, f"{key}.weighted")
+        self.abs = _flag(abs, f"{key}.abs")
+        self.positive_only = _flag(positive_only, f"{key}.positive_only")
+        self._add_columns([key])
+
+    def mask_scores(self, maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {self.key: F_rank.attribution_localisation(
+            maps, masks, weighted=self.weighted, abs=self.abs, positive_only=self.positive_only)}
