@@ -263,3 +263,28 @@ def test_metric_all_builds_every_metric_but_the_box_one() -> None:
         cfg = compose("evaluate", overrides=["metric=all"])
     names = {entry["name"] for entry in cfg.metric.values() if entry and "name" in entry}
     assert names == set(NAMES) - {"wsl_iou"}
+
+
+@pytest.mark.slow
+def test_evaluate_metric_all_from_the_command_line(finished_run: Path, tmp_path: Path) -> None:
+    """`python -m xai_bench.evaluate metric=all` on a tiny trained run: every metric of the
+    catalogue (wsl_iou aside) has its columns in metrics.json, with a better direction where
+    its class declares one, for the method and the baselines."""
+    from conftest import run_cli
+
+    from xai_bench.tracking.records import EvaluationSummary
+
+    out = tmp_path / "eval"
+    proc = run_cli(["xai_bench.evaluate", f"ckpt={finished_run}", "method=gradcam", "metric=all",
+                    "max_images=8", "overlays=0", "logger=none", "print_config=false",
+                    f"hydra.run.dir={out}"], cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    summary = EvaluationSummary.read(out)
+    assert set(summary.methods) == {"gradcam", "random", "centre", "uniform"}
+    columns = summary.methods["gradcam"].metrics
+    keys = {name for name in NAMES if name != "wsl_iou"}
+    for name in keys:
+        key = "mprt" if name == "parameter_randomisation" else name
+        assert any(c == key or c.startswith((f"{key}@", f"{key}/")) for c in columns), name
+    assert columns["pointing_game"]["higher_is_better"] is True
+    assert columns["sparseness"]["n"] == 8
