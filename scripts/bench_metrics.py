@@ -1,36 +1,47 @@
-"""Evaluation-metric speed: xai_bench vs Quantus on the same model, images, maps and masks.
+"""Evaluation-metric speed: xai_bench vs Quantus 0.6 on the same model, images, maps and masks.
 
-    python scripts/bench_metrics.py                        # vit_tiny 224 px, 16 images, CPU
-    python scripts/bench_metrics.py --steps 20 --samples 5 # a quicker run
-    python scripts/bench_metrics.py --device cuda          # xai_bench on the GPU (Quantus: numpy)
+    python scripts/bench_metrics.py                     # vit_tiny 224 px, 8 images, CPU
+    python scripts/bench_metrics.py --images 2 --steps 2 --samples 2   # a smoke run
+    python scripts/bench_metrics.py --device cuda       # xai_bench on the GPU (Quantus: CPU)
+    python scripts/bench_metrics.py --only aopc,auc     # some rows
 
-Mask-based metrics (pointing game, relevance mass) are compared directly (goal: >= 10x faster).
-Model-bound metrics are compared with their floor, the model calls they cannot avoid times the
-measured cost of one call (goal: within 1.2x): region perturbation needs steps + 1 forwards,
-Max-Sensitivity one explanation per noise draw. Each row also prints how far the two libraries'
+One row per registered metric that Quantus also has (scripts/bench_metrics_quantus.py says how
+each is matched, as in tests/test_metrics_<family>.py). Map-only metrics are compared with
+Quantus directly (goal: >= 10x faster). Model-bound metrics are compared with their floor: the
+model calls they cannot avoid, the metric's declared `cost(model, H, W)` (forwards, backwards,
+explanations per image) times the measured cost of one forward, forward + backward and
+explanation on this model (goal: within 1.2x). Each row prints the peak memory (tracemalloc on
+the CPU, torch.cuda.max_memory_allocated on the GPU) and how far the two libraries' per-image
 scores are apart, so the timing compares the same computation.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import time
+import tracemalloc
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-from bench_common import device_label, pick_device, timeit
+from bench_common import device_label, pick_device, sync, timeit
+from bench_metrics_quantus import ROWS, Ctx, Row
 from rich.console import Console
 from rich.table import Table
 
 from xai_bench.explain import build_method
-from xai_bench.metrics.functional import faithfulness as FF
-from xai_bench.metrics.functional import localisation as FL
+from xai_bench.metrics import METRICS, EvalBatch, build_metric
+from xai_bench.metrics.base import Cost
 from xai_bench.models import build_model
 
 MODELS = {
     "vit_tiny": dict(arch="vit_tiny_patch16_224", img=224, kwargs={}),
     "vit_b16": dict(arch="vit_base_patch16_224", img=224, kwargs={}),
 }
+MB = 2**20
 
 
 def box_masks(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
@@ -44,30 +55,128 @@ def box_masks(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
     return masks
 
 
-def quantus_localisation(metric_cls, maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    n = maps.shape[0]
-    metric = metric_cls(disable_warnings=True, normalise=False, abs=False)
-    return np.asarray(metric(model=None, x_batch=np.zeros((n, 1, *maps.shape[1:]), np.float32),
-                             y_batch=np.zeros(n, np.int64), a_batch=maps[:, None],
-                             s_batch=masks[:, None], channel_first=True), dtype=np.float64)
+def peak(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, float]:
+    """(result, seconds, peak MiB) of one run: CUDA's allocator peak on a GPU, tracemalloc's
+    (the Python and numpy allocations) on the CPU."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        tracemalloc.start()
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    seconds = time.perf_counter() - start
+    if device.type == "cuda":
+        used = (torch.cuda.max_memory_allocated(device) - base) / MB
+    else:
+        used = tracemalloc.get_traced_memory()[1] / MB
+        tracemalloc.stop()
+    return out, seconds, used
+
+
+def unit_costs(model: torch.nn.Module, method: Any, x: torch.Tensor, target: torch.Tensor,
+               device: torch.device, repeats: int) -> dict[str, float]:
+    """Seconds per image of one forward, one forward + backward and one explanation."""
+    n = x.shape[0]
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def backward() -> None:
+        inputs = x.detach().requires_grad_(True)
+        model(inputs).gather(1, target[:, None]).sum().backward()
+
+    return {"forward": timeit(forward, device, repeats) / n,
+            "backward": timeit(backward, device, repeats) / n,
+            "explain": timeit(lambda: method(model, x, target=target), device, repeats) / n}
+
+
+def floor_of(cost: Cost, units: dict[str, float], n: int) -> float:
+    """The model calls a metric cannot avoid on n images: a backward follows a forward."""
+    return n * (cost.forwards * units["forward"]
+                + cost.backwards * (units["backward"] - units["forward"])
+                + cost.explanations * units["explain"])
+
+
+def cost_text(cost: Cost) -> str:
+    parts = [f"{v:g}{k}" for k, v in (("F", cost.forwards), ("B", cost.backwards),
+                                      ("E", cost.explanations)) if v]
+    return " + ".join(parts) or "map only"
+
+
+def run_row(row: Row, batch: EvalBatch, ctx: Ctx, units: dict[str, float],
+            device: torch.device, args: argparse.Namespace) -> list[str]:
+    """One table row: time, floor, memory and score difference of both libraries."""
+    n, (h, w) = batch.images.shape[0], batch.maps.shape[1:]
+    settings = row.ours(args)
+    probe = build_metric(row.name, **settings)
+    cost = probe.cost(batch.model, h, w)
+    model_bound = cost != Cost()
+
+    def ours() -> dict[str, torch.Tensor]:
+        metric = build_metric(row.name, **settings).to(device)
+        metric.update(batch)
+        return metric.compute()
+
+    repeats = 1 if model_bound else args.repeats
+    ours_t = timeit(ours, device, repeats, warmup=not model_bound)
+    table, _, ours_mb = peak(ours, device)
+    column = row.column or next(k for k in table if k != "id")
+    scores = table[column].view(-1).double().cpu().numpy()
+    floor = floor_of(cost, units, n) if model_bound else None
+    peer_t = peer_mb = None
+    diff = row.na or "-"
+    if row.quantus is not None and not row.na and not (model_bound and args.no_quantus_model):
+        theirs, peer_t, peer_mb = peak(lambda: row.quantus(ctx), torch.device("cpu"))
+        theirs = np.asarray(theirs, dtype=np.float64).reshape(-1)
+        keep = (row.exclude(scores, theirs) if row.exclude
+                else np.ones_like(scores, dtype=bool))
+        diff = "none kept"
+        if keep.any():
+            gap, scale = np.abs(scores[keep] - theirs[keep]).max(), np.abs(theirs[keep]).max()
+            diff = f"{gap:.1e} (rel {gap / max(scale, 1e-12):.0e})"
+        if row.note:
+            diff += f" ({row.note})"
+    speedup = peer_t / ours_t if peer_t else None
+    if model_bound:
+        goal = "ok" if ours_t / floor <= 1.2 else "MISS"
+    else:
+        goal = ("ok" if speedup >= 10 else "MISS") if speedup else "-"
+    return [f"{row.name}:{column}" if column != row.name else row.name, cost_text(cost),
+            f"{floor:.3f}" if floor else "-", f"{ours_t:.4f}",
+            f"{ours_t / floor:.2f}" if floor else "-", f"{peer_t:.3f}" if peer_t else "-",
+            f"{speedup:.1f}x" if speedup else "-", goal, f"{ours_mb:.1f}",
+            f"{peer_mb:.1f}" if peer_mb is not None else "-", diff]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vit_tiny", choices=sorted(MODELS))
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=100, help="region-perturbation steps")
-    parser.add_argument("--region", type=int, default=16, help="region size in px")
-    parser.add_argument("--samples", type=int, default=10, help="Max-Sensitivity noise draws")
-    parser.add_argument("--radius", type=float, default=0.05)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--method", default="saliency", help="the explanation method")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="region-perturbation steps, continuity translations")
+    parser.add_argument("--region", type=int, default=16, help="region / patch size in px")
+    parser.add_argument("--patch", type=int, default=32, help="selectivity patch size in px")
+    parser.add_argument("--segments", type=int, default=16, help="IROF superpixels")
+    parser.add_argument("--features", type=int, default=3584,
+                        help="pixels per step of the pixel-wise curves (224 x 16: 14 steps)")
+    parser.add_argument("--samples", type=int, default=5, help="noise draws / runs")
+    parser.add_argument("--subset", type=int, default=224,
+                        help="faithfulness-correlation pixels per run")
+    parser.add_argument("--radius", type=float, default=0.05, help="sensitivity radius")
+    parser.add_argument("--k", type=int, default=1000, help="top-k intersection k")
     parser.add_argument("--repeats", type=int, default=5,
-                        help="repeats of the fast metrics (median)")
+                        help="repeats of the map-only metrics (median)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--only", default="", help="comma-separated metric names")
     parser.add_argument("--no-quantus-model", action="store_true",
                         help="skip Quantus' slow model-bound runs")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    import quantus
 
     device = pick_device(args.device)
     spec = MODELS[args.model]
@@ -79,94 +188,46 @@ def main() -> None:
     n, size = args.images, spec["img"]
     x = torch.randn(n, 3, size, size, generator=gen).to(device)
     masks = box_masks(n, size, gen).to(device)
-    maps = build_method("attention")(model, x).maps  # ties inside each 16 px token block
+    ids = torch.arange(n)
+    method = build_method(args.method)
     with torch.no_grad():
-        target = model(x).argmax(-1)
-    saliency = build_method("saliency")
-    maps_np, masks_np = maps.cpu().numpy(), masks.cpu().numpy().astype(np.float32)
-    x_np, y_np = x.cpu().numpy(), target.cpu().numpy()
+        logits = model(x)
+    target = logits.argmax(-1)
+    maps = method(model, x, target=target, ids=ids.to(device)).maps
+    batch = EvalBatch(images=x, labels=target, ids=ids.to(device), maps=maps, target=target,
+                      logits=logits, model=model, method=method, masks=masks,
+                      has_mask=torch.ones(n, dtype=torch.bool, device=device))
+    cpu_model = copy.deepcopy(model).cpu()
 
-    rows: list[tuple[str, str, float | None, float, float | None, str]] = []
+    def quantus_explain(model: torch.nn.Module, inputs: np.ndarray, targets: np.ndarray,
+                        **_: Any) -> np.ndarray:
+        return method(model, torch.as_tensor(inputs), target=torch.as_tensor(targets)
+                      ).maps[:, None].cpu().numpy()
 
-    # --- mask-based: compare directly
-    for name, ours_fn, peer_cls in (
-        ("pointing game", FL.pointing_game, quantus.PointingGame),
-        ("relevance mass", FL.relevance_mass, quantus.RelevanceMassAccuracy),
-    ):
-        ours_t = timeit(lambda f=ours_fn: f(maps, masks), device, args.repeats)
-        peer_t = timeit(lambda c=peer_cls: quantus_localisation(c, maps_np, masks_np),
-                        torch.device("cpu"), max(1, args.repeats // 2))
-        diff = np.abs(ours_fn(maps, masks).cpu().numpy()
-                      - quantus_localisation(peer_cls, maps_np, masks_np)).max()
-        rows.append((name, "-", None, ours_t, peer_t, f"{diff:.1e}"))
+    ctx = Ctx(model=cpu_model, x=x.cpu().numpy(), y=target.cpu().numpy(),
+              maps=maps.cpu().numpy(), masks=masks.cpu().numpy().astype(np.float32), ids=ids,
+              explain=quantus_explain, args=args)
+    units = unit_costs(model, method, x, target, device, max(3, args.repeats))
 
-    # --- region perturbation (AOPC): steps + 1 forwards
-    def forward() -> None:
-        with torch.no_grad():
-            model(x)
-
-    forward_t = timeit(forward, device, max(10, args.repeats))  # the floor's unit: one call
-
-    def ours_rp() -> torch.Tensor:
-        return FF.region_perturbation(model, x, maps, target, region=args.region, order="morf",
-                                      steps=args.steps, fill="min")
-
-    ours_t = timeit(ours_rp, device, 1, warmup=False)
-    peer_t, diff = None, "-"
-    if not args.no_quantus_model:
-        metric = quantus.RegionPerturbation(patch_size=args.region, order="morf",
-                                            regions_evaluation=args.steps, normalise=False,
-                                            abs=False, perturb_baseline="black",
-                                            disable_warnings=True)
-        cpu_model = model.cpu()
-        peer_out: list[np.ndarray] = []
-        peer_t = timeit(lambda: peer_out.append(np.asarray(metric(
-            model=cpu_model, x_batch=x_np, y_batch=y_np, a_batch=maps_np[:, None], device="cpu"))),
-            torch.device("cpu"), 1, warmup=False)
-        model.to(device)
-        ours_aopc = FF.aopc(ours_rp()).cpu().numpy()
-        peer_aopc = peer_out[-1].sum(axis=1) / (args.steps + 1)
-        diff = f"{np.abs(ours_aopc - peer_aopc).max():.1e}"
-    rows.append((f"region perturbation ({args.steps} steps, {args.region} px)",
-                 f"{args.steps + 1} forwards", forward_t * (args.steps + 1), ours_t, peer_t, diff))
-
-    # --- Max-Sensitivity: one explanation per draw
-    explain_t = timeit(lambda: saliency(model, x, target=target), device, max(10, args.repeats))
-
-    def explain(images: torch.Tensor) -> torch.Tensor:
-        return saliency(model, images, target=target.repeat(images.shape[0] // n)).maps
-
-    ref = explain(x)
-    ours_t = timeit(lambda: FF.max_sensitivity(explain, x, ref, radius=args.radius,
-                                               samples=args.samples, normalise=True),
-                    device, 1, warmup=False)
-    peer_t = None
-    if not args.no_quantus_model:
-        def quantus_explain(model, inputs, targets, **kwargs) -> np.ndarray:
-            images = torch.as_tensor(inputs, device=device)
-            return (saliency(model, images, target=torch.as_tensor(targets, device=device))
-                    .maps.cpu().numpy()[:, None])
-
-        metric = quantus.MaxSensitivity(nr_samples=args.samples, lower_bound=args.radius,
-                                        normalise=False, abs=False, disable_warnings=True)
-        peer_t = timeit(lambda: metric(model=model, x_batch=x_np, y_batch=y_np,
-                                       a_batch=ref.cpu().numpy()[:, None],
-                                       explain_func=quantus_explain, device=str(device)),
-                        device, 1, warmup=False)
-    rows.append((f"Max-Sensitivity ({args.samples} draws, r={args.radius})",
-                 f"{args.samples} saliency calls", explain_t * args.samples, ours_t, peer_t,
-                 "(random noise)"))
-
-    table = Table(title=f"{spec['arch']} {size}px, {n} images; "
-                        f"xai_bench on {device_label(device)}, Quantus on cpu")
-    for col in ("metric", "floor", "floor s", "xai_bench s", "x floor", "Quantus s", "speed-up",
-                "max |diff|"):
-        table.add_column(col, justify="right")
-    for name, floor_what, floor_t, ours, peer, diff in rows:
-        table.add_row(name, floor_what, f"{floor_t:.3f}" if floor_t else "-", f"{ours:.4f}",
-                      f"{ours / floor_t:.2f}" if floor_t else "-", f"{peer:.3f}" if peer else "-",
-                      f"{peer / ours:.1f}x" if peer else "-", diff)
-    Console(width=160).print(table)
+    only = {s for s in args.only.split(",") if s}
+    rows = [r for r in ROWS if r.name in METRICS and (not only or r.name in only)]
+    table = Table(title=f"{spec['arch']} {size}px, {n} images, {args.method} maps; xai_bench on "
+                        f"{device_label(device)}, Quantus on cpu; per image: forward "
+                        f"{units['forward'] * 1e3:.1f} ms, forward+backward "
+                        f"{units['backward'] * 1e3:.1f} ms, explanation "
+                        f"{units['explain'] * 1e3:.1f} ms")
+    for col in ("metric", "cost / image", "floor s", "xai_bench s", "x floor", "Quantus s",
+                "speed-up", "goal", "ours MiB", "Quantus MiB", "max |diff|"):
+        table.add_column(col, justify="left" if col in ("metric", "max |diff|") else "right")
+    console = Console(width=200)
+    for row in rows:
+        try:
+            table.add_row(*run_row(row, batch, ctx, units, device, args))
+        except Exception as error:  # noqa: BLE001 - one broken row must not hide the others
+            table.add_row(row.name, *["-"] * 9, f"error: {type(error).__name__}: {error}"[:120])
+    console.print(table)
+    missing = sorted(set(METRICS) - {r.name for r in ROWS})
+    console.print(f"not in Quantus (no row): {', '.join(missing)}")
 
 
 if __name__ == "__main__":
