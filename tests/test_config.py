@@ -135,7 +135,8 @@ def test_evaluation_metric_groups_build_their_metrics(compose_cfg) -> None:
     cfg = compose_cfg("metric=[localisation,faithfulness,sanity]", "ckpt=x.ckpt",
                       config_name="evaluate")
     keys = set(cfg.metric)
-    assert {"pointing_game", "iou", "pixel_iou", "relevance_mass", "relevance_rank", "aopc",
+    assert {"pointing_game", "iou", "pixel_iou", "relevance_mass", "relevance_rank",
+            "top_k_intersection", "auc", "attribution_localisation", "aopc",
             "max_sensitivity", "haas", "deletion_insertion", "mprt"} == keys
     for key, node in cfg.metric.items():
         metric = hydra.utils.instantiate(node)(key=key)
