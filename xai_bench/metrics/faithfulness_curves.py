@@ -48,18 +48,12 @@ class _StepMetric(_ModelMetric):
                 "batch_size": self.batch_size}
 
 
-@register_metric("pixel_flipping")
-class PixelFlipping(_StepMetric):
-    """Pixel-Flipping (Bach et al. 2015): the most relevant pixels replaced first,
-    `features_in_step` at a time; the unit-spacing trapezoid of the explained class's
-    probability over the steps (quantus' AUC per sample). Lower is better: a faithful map
-    destroys the evidence fast."""
+class _PixelStepMetric(_StepMetric):
+    """A curve over pixels taken `features_in_step` at a time: one forward per step."""
 
-    higher_is_better = False
-
-    def __init__(self, key: str = "pixel_flipping", features_in_step: int = 224,
-                 fill: str = "min", only_correct: bool = False, seed: int = 0,
-                 batch_size: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, key: str, features_in_step: int = 224, fill: str = "min",
+                 only_correct: bool = False, seed: int = 0, batch_size: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(key, fill, only_correct, seed, batch_size, **kwargs)
         self.features_in_step = _positive_int(features_in_step, f"{key}.features_in_step")
         self._add_columns([key])
@@ -67,6 +61,19 @@ class PixelFlipping(_StepMetric):
     def cost(self, model: torch.nn.Module, height: int, width: int) -> Cost:
         """One forward per step: ceil(H W / features_in_step)."""
         return Cost(forwards=math.ceil(height * width / self.features_in_step))
+
+
+@register_metric("pixel_flipping")
+class PixelFlipping(_PixelStepMetric):
+    """Pixel-Flipping (Bach et al. 2015): the most relevant pixels replaced first,
+    `features_in_step` at a time; the unit-spacing trapezoid of the explained class's
+    probability over the steps (quantus' AUC per sample). Lower is better: a faithful map
+    destroys the evidence fast."""
+
+    higher_is_better = False
+
+    def __init__(self, key: str = "pixel_flipping", **kwargs: Any) -> None:
+        super().__init__(key, **kwargs)
 
     def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
         curve = F_curves.pixel_flipping_curve(
@@ -76,23 +83,15 @@ class PixelFlipping(_StepMetric):
 
 
 @register_metric("monotonicity")
-class Monotonicity(_StepMetric):
+class Monotonicity(_PixelStepMetric):
     """Monotonicity (Arya et al. 2019): pixels inserted into the fill image from the least to
     the most relevant, `features_in_step` at a time; 1 if the explained class's probability never
     decreases, else 0 (the mean is the fraction of monotonic images). Higher is better."""
 
     higher_is_better = True
 
-    def __init__(self, key: str = "monotonicity", features_in_step: int = 224,
-                 fill: str = "min", only_correct: bool = False, seed: int = 0,
-                 batch_size: int | None = None, **kwargs: Any) -> None:
-        super().__init__(key, fill, only_correct, seed, batch_size, **kwargs)
-        self.features_in_step = _positive_int(features_in_step, f"{key}.features_in_step")
-        self._add_columns([key])
-
-    def cost(self, model: torch.nn.Module, height: int, width: int) -> Cost:
-        """One forward per step: ceil(H W / features_in_step)."""
-        return Cost(forwards=math.ceil(height * width / self.features_in_step))
+    def __init__(self, key: str = "monotonicity", **kwargs: Any) -> None:
+        super().__init__(key, **kwargs)
 
     def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
         curve = F_curves.monotonicity_curve(
