@@ -188,7 +188,7 @@ def test_report_refuses_an_interpolated_group_from_an_evaluation_run(tmp_path: P
 # --- the builders of evaluate check what they build, whoever calls them -------------------------
 
 def test_evaluate_builders_refuse_untrusted_sections(tmp_path: Path) -> None:
-    from xai_bench.evaluate import _datamodule, load_network
+    from xai_bench.modules.trained_run import build_datamodule, load_network
 
     evil, marker = _evil_pickle(tmp_path)
     bad = {"_target_": "torch.load", "f": str(evil), "weights_only": False}
@@ -199,7 +199,7 @@ def test_evaluate_builders_refuse_untrusted_sections(tmp_path: Path) -> None:
     })
     with pytest.raises(UntrustedConfigError,
                        match=r"dataset\.transforms\.eval has _target_: 'torch\.load'"):
-        _datamodule(OmegaConf.create({"data": {}}), run_cfg)
+        build_datamodule(OmegaConf.create({"data": {}}), run_cfg)
     with pytest.raises(UntrustedConfigError,
                        match=r"model\.extra\[0\] has _target_: 'torch\.load'"):
         load_network(run_cfg.model, tmp_path / "unused.ckpt", state={})

@@ -16,19 +16,17 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, open_dict
-from torch import nn
 
 from xai_bench.explain import build_method
 from xai_bench.models import load_checkpoint_safely
-from xai_bench.models.weights import load_trained_network
 from xai_bench.modules.evaluator import ExplanationEvaluator, check_precision
+from xai_bench.modules.trained_run import RUN_SECTIONS, build_datamodule, load_network
 from xai_bench.report import flat_scalars, per_image_rows, summarise, write_per_image_csv
 from xai_bench.tracking import resolve_checkpoint, resolved_config, write_config
 from xai_bench.tracking.records import EvaluationSummary
 from xai_bench.tracking.resolvers import register_resolvers, training_config
 from xai_bench.tracking.run_folder import run_of
 from xai_bench.tracking.task import task_wrapper
-from xai_bench.tracking.trusted_config import trusted_container
 from xai_bench.utils.errors import ConfigError, XaiBenchError
 from xai_bench.utils.instantiate import (
     instantiate_callbacks,
@@ -42,40 +40,6 @@ from xai_bench.utils.task import run_entry
 
 log = logging.getLogger(__name__)
 register_resolvers()  # before Hydra composes conf/ (${xai.*}, ${run:*})
-
-# prefixes Lightning and torch.compile put before the network's own parameter names
-# sections of conf/evaluate.yaml that are copies of the training run's config
-RUN_SECTIONS = ("dataset", "init", "model")
-
-
-def load_network(model_cfg: DictConfig, checkpoint: Path,
-                 state: dict[str, Any] | None = None) -> nn.Module:
-    """Rebuild the trained network from its config (no pretrained weights: the checkpoint
-    overwrites every parameter) and load the checkpoint's weights strictly. `state`: the
-    checkpoint already read (safely); read here when not given. The config comes from a run
-    folder: only allowlisted targets are built (xai_bench.tracking.trusted_config)."""
-    cfg = trusted_container(model_cfg, "model")
-    assert isinstance(cfg, dict)
-    cfg["init"] = {"name": "random", "pretrained": False}
-    net = hydra.utils.instantiate(cfg)
-    return load_trained_network(net, checkpoint, state)
-
-
-def _datamodule(cfg: DictConfig, run_cfg: DictConfig) -> pl.LightningDataModule:
-    """The training run's data module (only allowlisted targets: the config is untrusted), with
-    the user's `data.*` overrides."""
-    dataset_cfg = trusted_container(run_cfg.dataset, "dataset")
-    assert isinstance(dataset_cfg, dict)
-    for key, value in (cfg.get("data") or {}).items():
-        if value is not None:
-            if key not in dataset_cfg:
-                raise ConfigError(f"data.{key}: the training run's dataset config has no '{key}'.")
-            dataset_cfg[key] = value
-    datamodule = hydra.utils.instantiate(dataset_cfg)
-    if hasattr(datamodule, "check"):
-        datamodule.check()
-    return datamodule
-
 
 def _methods(cfg: DictConfig) -> dict[str, Any]:
     """The configured method, then the baselines with their default settings
@@ -135,7 +99,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # half weights: refused before any file
     check_precision(str(cfg.trainer.get("precision", "32-true")))
 
-    datamodule = _datamodule(cfg, run_cfg)
+    datamodule = build_datamodule(cfg, run_cfg)
     # read once, safely
     net = load_network(run_cfg.model, checkpoint, load_checkpoint_safely(checkpoint))
     methods = _methods(cfg)

@@ -12,7 +12,6 @@ small enough, and the perturbed models are built once per draw.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -25,7 +24,6 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from xai_bench.evaluate import RUN_SECTIONS, _datamodule, load_network
 from xai_bench.explain.base import ExplainMethod
 from xai_bench.metaeval.plots import plot_metric
 from xai_bench.metaeval.run import (
@@ -40,9 +38,11 @@ from xai_bench.metaeval.run import (
 from xai_bench.metaeval.scores import CRITERIA, Thresholds
 from xai_bench.models import load_checkpoint_safely
 from xai_bench.modules.evaluator import tf32_disabled
+from xai_bench.modules.trained_run import RUN_SECTIONS, build_datamodule, load_network
 from xai_bench.tracking import resolve_checkpoint, resolved_config, write_config
+from xai_bench.tracking.records import MetaEvaluationRecord
 from xai_bench.tracking.resolvers import register_resolvers, training_config
-from xai_bench.tracking.run_folder import atomic_write_text, run_of
+from xai_bench.tracking.run_folder import META_EVALUATION_CSV, run_of
 from xai_bench.tracking.task import task_wrapper
 from xai_bench.utils.errors import ConfigError
 from xai_bench.utils.instantiate import instantiate_loggers, start_loggers
@@ -53,8 +53,6 @@ from xai_bench.utils.task import run_entry
 log = logging.getLogger(__name__)
 register_resolvers()  # before Hydra composes conf/ (${xai.*}, ${run:*})
 
-CSV_FILE = "meta_evaluation.csv"
-JSON_FILE = "meta_evaluation.json"
 
 
 def settings_of(meta: DictConfig) -> MetaSettings:
@@ -140,21 +138,21 @@ def _log_to_loggers(loggers: list, rows: list[MetaRow], plots: dict[str, Path]) 
 
 
 def _summary(rows: list[MetaRow], table: ScoreTable, settings: MetaSettings,
-             checkpoint: Path, seconds: float) -> dict[str, Any]:
+             checkpoint: Path, seconds: float) -> MetaEvaluationRecord:
     def plain(value: Any) -> Any:
         return None if isinstance(value, float) and value != value else value
 
-    return {
-        "checkpoint": str(checkpoint.resolve()),
-        "training_run": str(run_of(checkpoint.resolve())),
-        "methods": table.methods,
-        "images": int(len(table.ids)),
-        "draws": settings.draws,
-        "spaces": list(settings.spaces),
-        "seconds": round(seconds, 1),
-        "trusted": sorted({r.column for r in rows if r.verdict == "pass"}),
-        "rows": [{k: plain(v) for k, v in row.as_dict().items()} for row in rows],
-    }
+    return MetaEvaluationRecord(
+        checkpoint=str(checkpoint.resolve()),
+        training_run=str(run_of(checkpoint.resolve())),
+        methods=table.methods,
+        images=int(len(table.ids)),
+        draws=settings.draws,
+        spaces=list(settings.spaces),
+        seconds=round(seconds, 1),
+        trusted=sorted({r.column for r in rows if r.verdict == "pass"}),
+        rows=[{k: plain(v) for k, v in row.as_dict().items()} for row in rows],
+    )
 
 
 @task_wrapper
@@ -178,7 +176,7 @@ def meta_evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not factories:
         raise ConfigError("metric=[...] names no metric to meta-evaluate (e.g. "
                           "metric=[meta_evaluation]).")
-    datamodule = _datamodule(cfg, run_cfg)
+    datamodule = build_datamodule(cfg, run_cfg)
     net = load_network(run_cfg.model, checkpoint, load_checkpoint_safely(checkpoint))
     net = net.to(device).eval().requires_grad_(False)
     loader = datamodule.eval_dataloader(cfg.split, cfg.get("max_images"))
@@ -201,15 +199,15 @@ def meta_evaluate(cfg: DictConfig) -> dict[str, Any]:
                                mean=mean, std=std)
     write_scores_csv(table, output_dir / "scores.csv")  # first: the raw scores survive anything
     rows = judge(table, settings)
-    write_rows_csv(rows, output_dir / CSV_FILE)
+    write_rows_csv(rows, output_dir / META_EVALUATION_CSV)
     plots = {key: plot_metric(key, rows, table, settings, output_dir / "plots" / f"{key}.png")
              for key in dict.fromkeys(row.metric for row in rows)}
     summary = _summary(rows, table, settings, checkpoint, time.perf_counter() - started)
-    atomic_write_text(output_dir / JSON_FILE, json.dumps(summary, indent=2) + "\n")
+    summary.write(output_dir)
     _log_to_loggers(loggers, rows, plots)
     _print_table(rows)
-    log.info("Run folder: %s (%.0f s)", output_dir, summary["seconds"])
-    return summary
+    log.info("Run folder: %s (%.0f s)", output_dir, summary.seconds)
+    return summary.to_dict()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="meta_evaluate")
