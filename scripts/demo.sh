@@ -3,7 +3,9 @@
 #   1. train a tiny ViT (W&B offline)
 #   2. evaluate attention, Chefer and Grad-CAM beside the random / centre / uniform baselines
 #      (localisation and parameter-randomisation metrics)
-#   3. write the report (tables, plots, overlay galleries) and say where to open it
+#   3. meta-evaluate the metrics on that model (which can be trusted? ~2 min; DEMO_META=0 skips)
+#   4. write the report (tables, plots, overlay galleries, the trust section) and say where to
+#      open it
 # Everything lands in one folder, outputs/demo/<date_time>/ (or $DEMO_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,12 +13,18 @@ PY=${PY:-.venv/bin/python}
 DIR=${DEMO_DIR:-outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)}
 METHODS=${DEMO_METHODS:-attention,chefer,gradcam}
 
-echo "== 1/3 train -> $DIR/train"
+echo "== 1/4 train -> $DIR/train"
 "$PY" -m xai_bench.train hydra.run.dir="$DIR/train" print_config=false
-echo "== 2/3 evaluate $METHODS -> $DIR/evaluate"
+echo "== 2/4 evaluate $METHODS -> $DIR/evaluate"
 "$PY" -m xai_bench.evaluate -m ckpt="$DIR/train" method="$METHODS" hydra.sweep.dir="$DIR/evaluate" \
     print_config=false
-echo "== 3/3 report -> $DIR/evaluate/report"
+if [ "${DEMO_META:-1}" != 0 ]; then
+    # inside the evaluation sweep's folder, so the report finds it
+    echo "== 3/4 meta-evaluate the metrics -> $DIR/evaluate/meta_evaluation"
+    "$PY" -m xai_bench.meta_evaluate ckpt="$DIR/train" hydra.run.dir="$DIR/evaluate/meta_evaluation" \
+        print_config=false
+fi
+echo "== 4/4 report -> $DIR/evaluate/report"
 "$PY" -m xai_bench.report sweep="$DIR/evaluate" print_config=false
 echo "demo done: training run $DIR/train, evaluation runs $DIR/evaluate/*," \
     "report $DIR/evaluate/report/index.html"

@@ -4,7 +4,6 @@ seeded perturbations, the scoring loop on a tiny model, and the CLI end to end o
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -240,6 +239,7 @@ def test_scores_of_every_condition_on_a_tiny_model() -> None:
 
 @pytest.mark.slow
 def test_meta_evaluate_cli_writes_table_plots_and_wandb(run_copy: Path, tmp_path: Path) -> None:
+    from xai_bench.tracking.records import MetaEvaluationRecord
     from xai_bench.tracking.wandb_offline import offline_run_dirs, read_offline_run
 
     out = tmp_path / "meta"
@@ -259,8 +259,10 @@ def test_meta_evaluate_cli_writes_table_plots_and_wandb(run_copy: Path, tmp_path
             assert 0.0 <= float(row[key]) <= 1.0
     for key in ("pointing_game", "relevance_mass", "aopc", "max_sensitivity"):
         assert (out / "plots" / f"{key}.png").stat().st_size > 5000
-    summary = json.loads((out / "meta_evaluation.json").read_text())
-    assert summary["methods"] == ["gradcam", "random"] and summary["images"] == 4
+    summary = MetaEvaluationRecord.read(out)
+    assert summary.methods == ["gradcam", "random"] and summary.images == 4
+    assert list(summary.verdicts()) == columns and summary.training_run == str(run_copy.resolve())
+    assert summary.trusted == sorted(c for c, v in summary.verdicts().items() if v == "pass")
     scores = list(csv.DictReader((out / "scores.csv").open()))
     assert len(scores) == (1 + 2 * 2) * 2 * 4
     assert (out / "config.yaml").is_file()

@@ -17,8 +17,9 @@ from PIL import Image
 
 from xai_bench.report.html import copy_galleries, write_html, write_plots
 from xai_bench.report.study import EvalRun, scan_sweep, study_table, sweep_facts
+from xai_bench.report.trust import read_trust, write_trust_csv
 from xai_bench.report.writers import write_csv, write_markdown, write_tex
-from xai_bench.tracking.records import read_plain_config
+from xai_bench.tracking.records import MetaEvaluationRecord, read_plain_config
 from xai_bench.tracking.wandb_offline import offline_run_dirs, read_offline_run
 from xai_bench.utils.errors import ConfigError
 
@@ -128,6 +129,33 @@ def sweep(tmp_path: Path) -> Path:
     (root / ".submitit").mkdir()
     (root / "multirun.yaml").write_text("hydra: {}\n")
     return root
+
+
+def _meta_row(column: str, space: str, nr: str, ar: str, verdict: str) -> dict[str, Any]:
+    return {"metric": column.split("@")[0], "column": column, "higher_is_better": True,
+            "space": space, "IAC_NR": 0.9, "IEC_NR": 0.8, "IAC_AR": 0.2 if ar == "fail" else 0.7,
+            "IEC_AR": None, "MC": 0.6, "images_nr": 8, "images_ar": 8, "NR": nr, "AR": ar,
+            "verdict": verdict}
+
+
+def _meta_run(root: Path, name: str = "meta") -> Path:
+    """A meta-evaluation run folder as python -m xai_bench.meta_evaluate writes it."""
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"task_name": "meta_evaluate", "dataset": {"name": "kvasir"}, "init": {"name": "dino"},
+         "model": {"arch": "vit_tiny_patch16_224"}}))
+    rows = [_meta_row("pointing_game", "model", "pass", "fail", "fail"),
+            _meta_row("pointing_game", "input", "pass", "pass", "fail"),
+            _meta_row("relevance_mass", "model", "pass", "pass", "pass"),
+            _meta_row("relevance_mass", "input", "pass", "pass", "pass"),
+            _meta_row("aopc@16", "model", "pass", "n/a", "n/a")]
+    MetaEvaluationRecord(checkpoint="x.ckpt", training_run="x", methods=["gradcam", "random"],
+                         images=8, draws=2, spaces=["model", "input"], seconds=3.0,
+                         trusted=["relevance_mass"], rows=rows).write(run)
+    _png(run / "plots" / "aopc.png", 10)
+    _png(run / "plots" / "pointing_game.png", 20)
+    return run
 
 
 def _table(sweep: Path, **kwargs: Any):
@@ -369,17 +397,71 @@ def test_html_is_self_contained(sweep: Path, tmp_path: Path) -> None:
     assert "CUDA out of memory" in page and "<script" not in page
 
 
+def test_trust_section_says_which_metrics_can_be_trusted(sweep: Path, tmp_path: Path) -> None:
+    meta = _meta_run(sweep)
+    (sweep / "meta_failed").mkdir()  # a meta-evaluation that crashed: listed, not fatal
+    (sweep / "meta_failed" / "config.yaml").write_text(
+        yaml.safe_dump({"task_name": "meta_evaluate"}))
+    scan, table = _table(sweep)
+    assert sorted(p.name for p in scan.meta) == ["meta", "meta_failed"]
+    assert len(scan.runs) == 13 and len(scan.other) == 5
+    trust, skipped = read_trust(scan.meta)
+    assert [t.run_dir for t in trust] == [meta.resolve()]
+    assert "meta-evaluation without a result" in skipped[0].reason
+    model = trust[0]
+    assert model.label == "kvasir / dino (vit_tiny_patch16_224)"
+    assert model.summary() == ("Trusted: relevance_mass. Not trusted: pointing_game fails AR "
+                               "(model). Not judged (n/a): aopc@16.")
+    out = tmp_path / "out"
+    out.mkdir()
+    facts = sweep_facts(scan, table)
+    md = write_markdown(table, facts, out / "report.md", scan.incomplete, 2, trust).read_text()
+    assert "## Which metrics can be trusted on this model" in md
+    assert "### kvasir / dino (vit_tiny_patch16_224)" in md
+    assert ("| pointing_game | model | 0.90 | 0.80 | 0.20 | \u2013 | 0.60 | pass | fail | fail |"
+            in md)
+    assert md.index("## Which metrics") < md.index("## Notes")
+    tex = write_tex(table, facts, out / "report.tex", scan.incomplete, 2, trust).read_text()
+    assert tex.count(r"\begin{tabular}") == 6 and tex.count("{") == tex.count("}")
+    assert r"relevance\_mass & input & 0.90" in tex
+    page = write_html(table, facts, out, write_plots(table, out), {}, scan.incomplete, 2,
+                      trust).read_text()
+    assert "<h2>Which metrics can be trusted on this model</h2>" in page
+    links = re.findall(r'src="(assets/trust/[^"]+)"', page)
+    assert sorted(links) == ["assets/trust/0/aopc.png", "assets/trust/0/pointing_game.png"]
+    assert all((out / link).is_file() for link in links)
+    rows = list(csv.DictReader(write_trust_csv(trust, out / "trust.csv").open()))
+    assert len(rows) == 5 and rows[0]["model"] == model.label and rows[0]["verdict"] == "fail"
+    assert write_trust_csv([], out / "none.csv") is None  # no meta-evaluation: no file
+
+
+def test_trust_from_folders_outside_the_sweep(sweep: Path, tmp_path: Path) -> None:
+    from xai_bench.report.__main__ import trust_or_warn
+
+    elsewhere = tmp_path / "meta_runs"
+    _meta_run(elsewhere, "a")
+    scan = scan_sweep(sweep)
+    assert [t.run_dir.name for t in trust_or_warn(scan, [str(elsewhere)])] == ["a"]
+    assert trust_or_warn(scan, []) == []
+    with pytest.raises(ConfigError, match="is not a folder"):
+        trust_or_warn(scan, [str(tmp_path / "nope")])
+    with pytest.raises(ConfigError, match="no meta-evaluation run below"):
+        trust_or_warn(scan, [str(sweep / "0_cp_child-random-gradcam_study-s1")])
+
+
 # ---------------------------------------------------------------------------------------------
 # the command
 
 
 @pytest.mark.slow
 def test_cli_writes_report_and_wandb_run(sweep: Path, tmp_path: Path) -> None:
+    _meta_run(sweep)
     proc = run_cli(["xai_bench.report", f"sweep={sweep}", "compare=study", "print_config=false"],
                    cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = sweep / "report"
-    for name in ("report.csv", "report.md", "report.tex", "index.html", "config.yaml"):
+    for name in ("report.csv", "report.md", "report.tex", "index.html", "config.yaml",
+                 "trust.csv"):
         assert (out / name).is_file(), name
     assert f"Open the report: {(out / 'index.html').resolve()}" in proc.stdout
     config = read_plain_config(out)
@@ -392,10 +474,13 @@ def test_cli_writes_report_and_wandb_run(sweep: Path, tmp_path: Path) -> None:
     assert (run.job_type, run.group, run.name, run.tags) == ("report", GROUP, "report", ["report"])
     logged = {key for row in run.history for key in row}
     assert {"report/table/_type", "report/pointing_game/_type", "report/iou@mean/_type",
-            "report/plots/count"} <= logged
-    table_files = list(runs[0].rglob("table_*.table.json"))
-    data = json.loads(table_files[0].read_text())
-    assert len(data["data"]) == len(list(csv.DictReader((out / "report.csv").open())))
+            "report/trust/_type", "report/plots/count"} <= logged
+    tables = {}
+    for path in runs[0].rglob("*.table.json"):
+        data = json.loads(path.read_text())
+        tables[path.name.rsplit("_", 2)[0]] = data["data"]
+    assert len(tables["table"]) == len(list(csv.DictReader((out / "report.csv").open())))
+    assert len(tables["trust"]) == 5
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xai_bench.report.html import copy_galleries, write_html, write_plots
 from xai_bench.report.study import SweepScan, common_group, scan_sweep, study_table, sweep_facts
+from xai_bench.report.trust import TrustedModel, read_trust, write_trust_csv
 from xai_bench.report.writers import log_to_loggers, write_csv, write_markdown, write_tex
 from xai_bench.tracking import resolved_config, write_config
 from xai_bench.tracking.resolvers import register_resolvers
@@ -64,6 +65,25 @@ def scan_or_fail(sweep: str, out: Path) -> SweepScan:
     return scan
 
 
+def trust_or_warn(scan: SweepScan, extra: Any) -> list[TrustedModel]:
+    """The meta-evaluation runs in the sweep and in the folders of `meta_evaluations`."""
+    folders = list(scan.meta)
+    for root in [extra] if isinstance(extra, str) else list(extra or []):
+        path = Path(str(root)).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"meta_evaluations: {root} is not a folder (a meta-evaluation run "
+                              "folder or a folder holding some).")
+        found = scan_sweep(path).meta
+        if not found:
+            raise ConfigError(f"meta_evaluations: no meta-evaluation run below {root} "
+                              "(python -m xai_bench.meta_evaluate writes one).")
+        folders += found
+    models, skipped = read_trust(folders)
+    for run in skipped:
+        log.warning("meta-evaluation left out: %s (%s)", run.run_dir, run.reason)
+    return models
+
+
 @task_wrapper
 def report(cfg: DictConfig) -> dict[str, Any]:
     """Collect, aggregate, write the files and the page, log to W&B; returns the written paths."""
@@ -77,15 +97,20 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     table = study_table(scan.runs, metrics=metrics, compare=cfg.get("compare"),
                         compare_iou=str(cfg.get("compare_iou", "mean")))
     facts = sweep_facts(scan, table)
+    trust = trust_or_warn(scan, cfg.get("meta_evaluations"))
     digits = int(cfg.get("digits", 2))
     files = {
         "csv": write_csv(table, out / "report.csv"),
-        "md": write_markdown(table, facts, out / "report.md", scan.incomplete, digits),
-        "tex": write_tex(table, facts, out / "report.tex", scan.incomplete, digits),
+        "md": write_markdown(table, facts, out / "report.md", scan.incomplete, digits, trust),
+        "tex": write_tex(table, facts, out / "report.tex", scan.incomplete, digits, trust),
     }
+    trust_csv = write_trust_csv(trust, out / "trust.csv")
+    if trust_csv is not None:
+        files["trust"] = trust_csv
     plots = write_plots(table, out)
     galleries = copy_galleries(scan.runs, table, out, int(cfg.get("galleries") or 0))
-    files["html"] = write_html(table, facts, out, plots, galleries, scan.incomplete, digits)
+    files["html"] = write_html(table, facts, out, plots, galleries, scan.incomplete, digits,
+                               trust)
 
     with open_dict(cfg):  # the W&B group: the evaluation runs' own, unless one was given
         cfg.group = cfg.get("group") or common_group(scan.runs)
@@ -94,9 +119,9 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_loggers(cfg.get("logger"))
     for logger in loggers:
         logger.log_hyperparams(config)
-    log_to_loggers(loggers, table, plots)
-    log.info("%d evaluation runs, %d incomplete; report folder: %s", len(scan.runs),
-             len(scan.incomplete), out)
+    log_to_loggers(loggers, table, plots, trust)
+    log.info("%d evaluation runs, %d incomplete, %d meta-evaluations; report folder: %s",
+             len(scan.runs), len(scan.incomplete), len(trust), out)
     print(f"Open the report: {files['html']}")
     return {name: str(path) for name, path in files.items()}
 

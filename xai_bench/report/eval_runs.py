@@ -65,6 +65,8 @@ class SweepScan:
     runs: list[EvalRun]
     incomplete: list[SkippedRun]
     other: list[SkippedRun]
+    # meta-evaluation run folders (python -m xai_bench.meta_evaluate): the report's trust section
+    meta: list[Path] = field(default_factory=list)
 
 
 def _get(data: dict[str, Any], dotted: str, default: Any = None) -> Any:
@@ -174,9 +176,11 @@ def scan_sweep(root: str | Path, exclude: Sequence[Path] = ()) -> SweepScan:
     for folder, subdirs in _walk(root, exclude):
         cfg = read_plain_config(folder)
         task = cfg.get("task_name") if cfg is not None else None
-        if task in ("evaluate", "report"):
+        if task in ("evaluate", "report", "meta_evaluate"):
             subdirs[:] = []  # overlays, W&B files, a report's assets: no further runs below
-        if cfg is None or (task and task not in ("evaluate", "report")):
+        if task == "meta_evaluate":
+            scan.meta.append(folder)
+        elif cfg is None or (task and task not in ("evaluate", "report")):
             scan.other.append(SkippedRun(
                 folder, f"task_name: {task}" if cfg is not None else "unreadable config.yaml"))
         elif task == "evaluate":

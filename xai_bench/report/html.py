@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from xai_bench.report.study import Cell, EvalRun, SkippedRun, StudyTable  # noqa: E402
+from xai_bench.report.trust import TrustedModel, trust_html  # noqa: E402
 from xai_bench.report.writers import (  # noqa: E402
     cell_parts,
     fmt,
@@ -255,8 +256,9 @@ def _skipped_section(incomplete: Sequence[SkippedRun]) -> list[str]:
 def write_html(table: StudyTable, facts: Sequence[tuple[str, str]], out: Path,
                plots: dict[str, Path],
                galleries: dict[tuple[str, str], dict[str, list[GalleryImage]]],
-               incomplete: Sequence[SkippedRun] = (), digits: int = 2) -> Path:
-    """<out>/index.html; `plots`: dataset -> PNG below `out`."""
+               incomplete: Sequence[SkippedRun] = (), digits: int = 2,
+               trust: Sequence[TrustedModel] = ()) -> Path:
+    """<out>/index.html; `plots`: dataset -> PNG below `out`; `trust`: the meta-evaluations."""
     lines = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>Interpretability study report</title>", f"<style>{CSS}</style></head><body>",
              "<h1>Interpretability study report</h1>", '<dl class="facts">']
@@ -266,6 +268,7 @@ def write_html(table: StudyTable, facts: Sequence[tuple[str, str]], out: Path,
               "<h2>Tables</h2>"]
     for metric in table.metrics:
         lines += _html_table(table, metric, digits)
+    lines += trust_html(trust, out, digits)
     lines += ["<h2>Notes</h2>", "<ul>",
               *(f"<li>{html.escape(n)}</li>" for n in footnotes(table, incomplete)), "</ul>"]
     lines.append("<h2>Plots</h2>")

@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from xai_bench.report.study import Cell, SkippedRun, StudyTable
+from xai_bench.report.trust import (
+    TRUST_COLUMNS,
+    TrustedModel,
+    trust_markdown,
+    trust_rows,
+    trust_tex,
+)
 from xai_bench.tracking.run_folder import atomic_open, atomic_write_text
 
 __all__ = [
@@ -168,11 +175,13 @@ def markdown_table(table: StudyTable, metric: str, digits: int = 2) -> list[str]
 
 
 def write_markdown(table: StudyTable, facts: Sequence[tuple[str, str]], path: str | Path,
-                   incomplete: Sequence[SkippedRun] = (), digits: int = 2) -> Path:
+                   incomplete: Sequence[SkippedRun] = (), digits: int = 2,
+                   trust: Sequence[TrustedModel] = ()) -> Path:
     lines = ["# Interpretability study report", ""]
     lines += [f"- **{_md_escape(label)}**: {_md_escape(text)}" for label, text in facts]
     for metric in table.metrics:
         lines += ["", f"## {metric_title(metric)}", "", *markdown_table(table, metric, digits)]
+    lines += trust_markdown(trust, digits)
     lines += ["", "## Notes", ""] + [f"- {_md_escape(n)}" for n in footnotes(table, incomplete)]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -236,12 +245,14 @@ def tex_table(table: StudyTable, metric: str, digits: int = 2) -> list[str]:
 
 
 def write_tex(table: StudyTable, facts: Sequence[tuple[str, str]], path: str | Path,
-              incomplete: Sequence[SkippedRun] = (), digits: int = 2) -> Path:
+              incomplete: Sequence[SkippedRun] = (), digits: int = 2,
+              trust: Sequence[TrustedModel] = ()) -> Path:
     lines = ["% Interpretability study report: one booktabs table per metric; \\input{} it in a",
              "% document with \\usepackage{booktabs}.",
              *(f"% {tex_escape(label)}: {tex_escape(text)}" for label, text in facts), ""]
     for metric in table.metrics:
         lines += tex_table(table, metric, digits)
+    lines += trust_tex(trust, tex_escape, digits)
     lines += [f"% {tex_escape(n)}" for n in footnotes(table, incomplete)]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -266,14 +277,19 @@ def wide_rows(table: StudyTable, metric: str) -> tuple[list[str], list[list[Any]
     return columns, data
 
 
-def log_to_loggers(loggers: Sequence[Any], table: StudyTable, plots: dict[str, Path]) -> None:
-    """The long table (key report/table), one wide table per metric (report/<metric>) and the
-    plots (report/plots) to every logger that takes them."""
+def log_to_loggers(loggers: Sequence[Any], table: StudyTable, plots: dict[str, Path],
+                   trust: Sequence[TrustedModel] = ()) -> None:
+    """The long table (key report/table), one wide table per metric (report/<metric>), the
+    meta-evaluation's verdicts (report/trust) and the plots (report/plots) to every logger that
+    takes them."""
     rows = long_rows(table)
     for logger in loggers:
         if hasattr(logger, "log_table"):
             logger.log_table(key="report/table", columns=list(LONG_COLUMNS),
                              data=[[row[c] for c in LONG_COLUMNS] for row in rows])
+            if trust:
+                logger.log_table(key="report/trust", columns=list(TRUST_COLUMNS),
+                                 data=trust_rows(trust))
             for metric in table.metrics:
                 columns, data = wide_rows(table, metric)
                 logger.log_table(key=f"report/{metric}", columns=columns, data=data)

@@ -2,6 +2,7 @@
 
 - TrainingRecord: <run>/metrics.json of a training run
 - EvaluationSummary: <run>/metrics.json of an evaluation run (per method: MethodScores)
+- MetaEvaluationRecord: <run>/meta_evaluation.json of a meta-evaluation run
 - Attempt: one line of <run>/jobs.jsonl
 - error.txt: `write_error`, `read_error`, `clear_error`
 
@@ -26,6 +27,7 @@ from xai_bench.tracking.run_folder import (
     CONFIG_FILE,
     ERROR_FILE,
     JOBS_FILE,
+    META_EVALUATION_FILE,
     METRICS_FILE,
     atomic_write_text,
     run_of,
@@ -37,6 +39,7 @@ from xai_bench.utils.errors import XaiBenchError
 __all__ = [
     "Attempt",
     "EvaluationSummary",
+    "MetaEvaluationRecord",
     "MethodScores",
     "MissingRecordError",
     "RecordError",
@@ -250,6 +253,52 @@ class EvaluationSummary:
     @classmethod
     def read(cls, folder: str | Path) -> EvaluationSummary:
         return cls.from_dict(_read_json(Path(folder) / METRICS_FILE))
+
+
+# --------------------------------------------------------------------------------------------
+# meta_evaluation.json of a meta-evaluation run
+
+
+@dataclass
+class MetaEvaluationRecord:
+    """<run>/meta_evaluation.json: which metric columns passed the meta-evaluation on one
+    model. `rows` holds one entry per (metric column, perturbation space) with the four
+    consistency scores, MC, NR / AR (pass | fail | n/a) and the column's verdict."""
+
+    checkpoint: str | None = None
+    training_run: str | None = None
+    methods: list[str] = field(default_factory=list)
+    images: int | None = None
+    draws: int | None = None
+    spaces: list[str] = field(default_factory=list)
+    seconds: float | None = None
+    trusted: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def verdicts(self) -> dict[str, str]:
+        """column -> pass | fail | n/a, in the rows' order."""
+        return {str(r.get("column")): str(r.get("verdict") or "n/a") for r in self.rows}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return {**data, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetaEvaluationRecord:
+        known, extra = _split(cls, data)
+        for key in ("methods", "spaces", "trusted"):
+            known[key] = [str(v) for v in known.get(key) or []]
+        known["rows"] = [dict(r) for r in known.get("rows") or [] if isinstance(r, Mapping)]
+        return cls(**known, extra=extra)
+
+    def write(self, folder: str | Path) -> Path:
+        return atomic_write_text(Path(folder) / META_EVALUATION_FILE,
+                                 json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, folder: str | Path) -> MetaEvaluationRecord:
+        return cls.from_dict(_read_json(Path(folder) / META_EVALUATION_FILE))
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,6 +55,8 @@ from xai_bench.utils.git import git_revision
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+META_EVALUATION_FILE = "meta_evaluation.json"
+META_EVALUATION_CSV = "meta_evaluation.csv"
 ERROR_FILE = "error.txt"
 JOBS_FILE = "jobs.jsonl"
 ATTEMPTS_DIR = "attempts"
