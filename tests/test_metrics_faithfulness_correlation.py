@@ -397,6 +397,33 @@ def test_the_metric_classes_score_the_explained_class() -> None:
     assert suff.compute()["sufficiency"].shape == (4,)
 
 
+def test_monotonicity_correlation_defaults_fit_any_image_size() -> None:
+    """The default cuts every image into 32 steps (1568 pixels at 224 px): a fixed pixel count
+    left small images with one step, where a rank correlation is undefined (NaN for every
+    image, found by `metric=all` on 32 px images). A pixel count that leaves one step is a
+    ConfigError naming the setting."""
+    from xai_bench.metrics import EvalBatch
+
+    model, x, maps, _ = _setup(12)
+    with torch.no_grad():
+        logits = model(x)
+    batch = EvalBatch(images=x, labels=logits.argmax(1), ids=IDS, maps=maps,
+                      target=logits.argmax(1), logits=logits, model=model,
+                      method=None)  # type: ignore[arg-type]
+    metric = build_metric("monotonicity_correlation", samples=2)
+    assert metric.cost(model, 12, 12).forwards == 29 * 2 + 1  # 5 pixels per step: 29 steps
+    assert metric.cost(model, 224, 224).forwards == 32 * 2 + 1
+    metric.update(batch)
+    values = metric.compute()["monotonicity_correlation"]
+    assert torch.isfinite(values).all()
+    expected = FC.monotonicity_correlation(model, x, maps, logits.argmax(1), features_in_step=5,
+                                           samples=2, ids=IDS)  # ceil(144 / 32)
+    torch.testing.assert_close(values, expected[IDS.argsort()].float())
+    one_step = build_metric("monotonicity_correlation", features_in_step=144, samples=2)
+    with pytest.raises(ConfigError, match="features_in_step=144 leaves 1 step"):
+        one_step.update(batch)
+
+
 @pytest.mark.parametrize(("name", "settings"), [
     ("faithfulness_correlation", {"runs": 0}),
     ("faithfulness_correlation", {"subset_size": 0}),

@@ -143,19 +143,22 @@ class FaithfulnessEstimate(_PerturbationMetric):
 @register_metric("monotonicity_correlation")
 class MonotonicityCorrelation(_PerturbationMetric):
     """Monotonicity correlation (Nguyen & Martinez 2020): pixels ranked by the map (ascending)
-    and cut into steps of `features_in_step`, each replaced `samples` times by one uniform value;
+    and cut into steps of `features_in_step` (None: `steps` steps whatever the image size),
+    each replaced `samples` times by one uniform value;
     Spearman correlation, over the steps, between a step's attribution and the mean squared
     change of the target's probability. Higher is better."""
 
     higher_is_better = True
     fills = F_corr.MONOTONICITY_FILLS
 
-    def __init__(self, key: str = "monotonicity_correlation", features_in_step: int = 1568,
-                 samples: int = 10, fill: str = "uniform", low: float = 0.0, high: float = 1.0,
-                 output: str = "probability", only_correct: bool = False, seed: int = 0,
-                 batch_size: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, key: str = "monotonicity_correlation", features_in_step: int | None = None,
+                 steps: int = 32, samples: int = 10, fill: str = "uniform", low: float = 0.0,
+                 high: float = 1.0, output: str = "probability", only_correct: bool = False,
+                 seed: int = 0, batch_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(key, fill, output, only_correct, seed, batch_size, **kwargs)
-        self.features_in_step = _positive(features_in_step, f"{key}.features_in_step")
+        self.features_in_step = (None if features_in_step is None
+                                 else _positive(features_in_step, f"{key}.features_in_step"))
+        self.steps = _positive(steps, f"{key}.steps")
         self.samples = _positive(samples, f"{key}.samples")
         self.low, self.high = float(low), float(high)
         if not self.low < self.high:
@@ -164,12 +167,12 @@ class MonotonicityCorrelation(_PerturbationMetric):
 
     def cost(self, model: torch.nn.Module, height: int, width: int) -> Cost:
         """The clean image and `samples` per step."""
-        steps = math.ceil(height * width / self.features_in_step)
-        return Cost(forwards=steps * self.samples + 1)
+        step = F_corr.monotonicity_step(height, width, self.features_in_step, self.steps)
+        return Cost(forwards=math.ceil(height * width / step) * self.samples + 1)
 
     def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
         value = F_corr.monotonicity_correlation(
-            **self._common(batch), features_in_step=self.features_in_step,
+            **self._common(batch), features_in_step=self.features_in_step, steps=self.steps,
             samples=self.samples, fill=self.fill, low=self.low, high=self.high, seed=self.seed)
         return self._restrict(batch, {self.key: value})
 

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xai_bench.metrics.functional.perturbed import Builder, step_scores
 from xai_bench.utils.errors import ConfigError
 from xai_bench.utils.seeded_noise import seeded_uniform
 
@@ -68,9 +69,6 @@ BLUR_SIGMA = 5.0
 # Stream of the random region order: far above any step number so it never shares a stream
 # with the noise fills of the same seed.
 _ORDER_STREAM = 1 << 40
-
-# A builder returns the perturbed images of one step for the images lo:hi.
-_Builder = Callable[[int, int, int], Tensor]
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -102,10 +100,6 @@ def _ids_cpu(ids: Tensor | None, batch: int) -> Tensor:
     return ids
 
 
-def _target_prob(logits: Tensor, target: Tensor) -> Tensor:
-    return torch.softmax(logits.float(), dim=-1).gather(1, target.view(-1, 1)).squeeze(1)
-
-
 def _inverse_permutation(order: Tensor) -> Tensor:
     """rank[b, order[b, i]] = i: the step at which each item is removed."""
     rank = torch.empty_like(order)
@@ -113,35 +107,7 @@ def _inverse_permutation(order: Tensor) -> Tensor:
     return rank.scatter_(1, order, positions)
 
 
-def _step_probs(model: nn.Module, steps: Sequence[int], batch: int, build: _Builder,
-                target: Tensor, batch_size: int | None) -> Tensor:
-    """(B, len(steps)) target probabilities of the perturbed images build(step, lo, hi).
-
-    The len(steps) x B images are flattened step-major and cut into forwards of batch_size, so
-    a chunk may span several steps; everything stays on the device (no host sync) so that the CPU
-    can prepare the next chunk's noise while the GPU runs the current forward.
-    """
-    per = int(batch_size) if batch_size is not None else batch
-    total = len(steps) * batch
-    out = torch.empty(total, dtype=torch.float32, device=target.device)
-    with torch.no_grad():
-        for start in range(0, total, per):
-            end = min(start + per, total)
-            parts, flat = [], start
-            while flat < end:
-                s, lo = divmod(flat, batch)
-                hi = min(batch, lo + end - flat)
-                parts.append((steps[s], lo, hi))
-                flat += hi - lo
-            x = torch.cat([build(*p) for p in parts]) if len(parts) > 1 else build(*parts[0])
-            tgt = (torch.cat([target[lo:hi] for _, lo, hi in parts]) if len(parts) > 1
-                   else target[parts[0][1] : parts[0][2]])
-            out[start:end] = _target_prob(model(x), tgt)
-    return out.view(len(steps), batch).T.contiguous()
-
-
-def _fill_fn(fill: str, images: Tensor, ids: Tensor,
-             seed: int) -> Callable[[int, int, int], Tensor]:
+def _fill_fn(fill: str, images: Tensor, ids: Tensor, seed: int) -> Builder:
     """fill_fn(step, lo, hi) -> the fill of images lo:hi at that step, broadcastable to them."""
     _, channels, height, width = images.shape
     dev, dtype = images.device, images.dtype
@@ -270,12 +236,9 @@ def region_perturbation(
     fill_of = _fill_fn(fill, images, ids_c, seed)
 
     def build(step: int, lo: int, hi: int) -> Tensor:
-        x = images[lo:hi]
-        if step == 0:
-            return x
-        return torch.where(pixel_step[lo:hi] <= step, fill_of(step, lo, hi), x)
+        return torch.where(pixel_step[lo:hi] <= step, fill_of(step, lo, hi), images[lo:hi])
 
-    return _step_probs(model, list(range(n_steps + 1)), batch, build, target, batch_size)
+    return step_scores(model, [batch] * (n_steps + 1), build, target, batch_size, clean=images)
 
 
 def aopc(curve: Tensor) -> Tensor:
@@ -325,8 +288,7 @@ def deletion_insertion(
     fill_of = _fill_fn(fill, images, ids_c, seed)
     if insertion_start == "blur":
         blurred = _gaussian_blur(images)
-        start_of: Callable[[int, int, int], Tensor] = (  # noqa: E731
-            lambda step, lo, hi: blurred[lo:hi])
+        start_of: Builder = lambda step, lo, hi: blurred[lo:hi]  # noqa: E731
     else:
         start_of = _fill_fn(insertion_start, images, ids_c, seed)
 
@@ -335,12 +297,12 @@ def deletion_insertion(
     def build(step: int, lo: int, hi: int) -> Tensor:
         x = images[lo:hi]
         if step <= steps:
-            return x if step == 0 else torch.where(pixel_rank[lo:hi] < counts[step],
-                                                   fill_of(step, lo, hi), x)
+            return torch.where(pixel_rank[lo:hi] < counts[step], fill_of(step, lo, hi), x)
         k = step - steps - 1
         return torch.where(pixel_rank[lo:hi] < counts[k], x, start_of(k, lo, hi).expand_as(x))
 
-    probs = _step_probs(model, list(range(2 * steps + 1)), batch, build, target, batch_size)
+    probs = step_scores(model, [batch] * (2 * steps + 1), build, target, batch_size,
+                        clean=images)
     deletion = probs[:, : steps + 1]
     insertion = torch.cat([probs[:, steps + 1 :], probs[:, :1]], dim=1)
     frac = torch.tensor(counts, dtype=torch.float32, device=probs.device) / n_pix

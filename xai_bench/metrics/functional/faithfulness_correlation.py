@@ -35,7 +35,7 @@ Correlations of a constant series are NaN (undefined), as scipy's. All randomnes
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,8 +47,8 @@ from xai_bench.metrics.functional.faithfulness import (
     _fill_fn,
     _ids_cpu,
     _inverse_permutation,
-    _target_prob,
 )
+from xai_bench.metrics.functional.perturbed import Score, step_scores, target_logit, target_prob
 from xai_bench.metrics.functional.sanity import average_ranks
 from xai_bench.utils.errors import ConfigError
 from xai_bench.utils.seeded_noise import seeded_normal, seeded_permutation, seeded_uniform
@@ -73,9 +73,6 @@ MONOTONICITY_FILLS = ("uniform", *FILLS)
 # Streams of the random pixel sets of sensitivity-n's k-th size: k * _SIZE_STREAM + run.
 _SIZE_STREAM = 1 << 32
 
-# A builder returns the perturbed images of one item (0: the clean images) for images lo:hi.
-_Builder = Callable[[int, int, int], Tensor]
-
 
 def pearson(a: Tensor, b: Tensor) -> Tensor:
     """Row-wise Pearson correlation of (B, N) series -> (B,) float64; NaN where a row is
@@ -95,44 +92,18 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     return rho.masked_fill(nan, math.nan)
 
 
-def _check_output(output: str) -> None:
+def _score(output: str) -> Score:
+    """f: the target's logit or softmax probability."""
     _check_choice("output", output, OUTPUTS)
-
-
-def _target_output(logits: Tensor, target: Tensor, output: str) -> Tensor:
-    if output == "logit":
-        return logits.float().gather(1, target.view(-1, 1)).squeeze(1)
-    return _target_prob(logits, target)
-
-
-def _outputs(model: nn.Module, n_items: int, batch: int, build: _Builder, target: Tensor,
-             output: str, batch_size: int | None) -> Tensor:
-    """(B, n_items) f of the images build(item, lo, hi), item-major, cut into forwards of
-    `batch_size` images (a forward may span several items), all on the model's device."""
-    per = int(batch_size) if batch_size is not None else batch
-    total = n_items * batch
-    out = torch.empty(total, dtype=torch.float32, device=target.device)
-    with torch.no_grad():
-        for start in range(0, total, per):
-            end = min(start + per, total)
-            parts, flat = [], start
-            while flat < end:
-                item, lo = divmod(flat, batch)
-                hi = min(batch, lo + end - flat)
-                parts.append((item, lo, hi))
-                flat += hi - lo
-            x = torch.cat([build(*p) for p in parts])
-            tgt = torch.cat([target[lo:hi] for _, lo, hi in parts])
-            out[start:end] = _target_output(model(x), tgt, output)
-    return out.view(n_items, batch).T.contiguous()
+    return target_logit if output == "logit" else target_prob
 
 
 def _prepare(images: Tensor, maps: Tensor, target: Tensor, ids: Tensor | None, output: str,
-             batch_size: int | None) -> tuple[Tensor, Tensor]:
-    _check_output(output)
+             batch_size: int | None) -> tuple[Tensor, Tensor, Score]:
+    score = _score(output)
     _check_positive("batch_size", batch_size, allow_none=True)
     _check_shapes(images, maps)
-    return _ids_cpu(ids, images.shape[0]), target.to(images.device)
+    return _ids_cpu(ids, images.shape[0]), target.to(images.device), score
 
 
 def _step_sums(values: Tensor, step: int) -> Tensor:
@@ -171,7 +142,7 @@ def sensitivity_n(
     Returns:
         (B, len(sizes)) float64 Pearson correlations (NaN where undefined).
     """
-    ids_c, target = _prepare(images, maps, target, ids, output, batch_size)
+    ids_c, target, score = _prepare(images, maps, target, ids, output, batch_size)
     _check_positive("runs", runs)
     _check_choice("fill", fill, FILLS)
     batch, _, height, width = images.shape
@@ -188,18 +159,17 @@ def sensitivity_n(
     fill_of = _fill_fn(fill, images, ids_c, seed)
 
     def build(item: int, lo: int, hi: int) -> Tensor:
-        x = images[lo:hi]
-        if item == 0:
-            return x
         k, r = divmod(item - 1, runs)
         chosen = seeded_permutation(ids_c[lo:hi], n_pix, seed=seed, stream=k * _SIZE_STREAM + r,
                                     device=dev)[:, :sizes[k]]
         sums[lo:hi, item - 1] = flat_maps[lo:hi].gather(1, chosen).sum(dim=1)
         removed = torch.zeros(hi - lo, n_pix, dtype=torch.bool, device=dev)
         removed.scatter_(1, chosen, True)
-        return torch.where(removed.view(hi - lo, 1, height, width), fill_of(item, lo, hi), x)
+        return torch.where(removed.view(hi - lo, 1, height, width), fill_of(item, lo, hi),
+                           images[lo:hi])
 
-    out = _outputs(model, 1 + len(sizes) * runs, batch, build, target, output, batch_size)
+    out = step_scores(model, [batch] * (1 + len(sizes) * runs), build, target, batch_size,
+                      score, clean=images)
     drops = (out[:, :1] - out[:, 1:]).view(batch, len(sizes), runs)
     return torch.stack([pearson(sums[:, k * runs:(k + 1) * runs], drops[:, k])
                         for k in range(len(sizes))], dim=1)
@@ -270,19 +240,27 @@ def faithfulness_estimate(
     Returns:
         (B,) float64 Pearson correlations (NaN where undefined, e.g. a single step).
     """
-    ids_c, target = _prepare(images, maps, target, ids, output, batch_size)
+    ids_c, target, score = _prepare(images, maps, target, ids, output, batch_size)
     _check_choice("fill", fill, FILLS)
     pixel_step, sums, n_steps = _ranked_steps(maps, features_in_step, descending=True)
     fill_of = _fill_fn(fill, images, ids_c, 0)
 
     def build(item: int, lo: int, hi: int) -> Tensor:
-        x = images[lo:hi]
-        if item == 0:
-            return x
-        return torch.where(pixel_step[lo:hi] == item - 1, fill_of(item, lo, hi), x)
+        return torch.where(pixel_step[lo:hi] == item - 1, fill_of(item, lo, hi), images[lo:hi])
 
-    out = _outputs(model, 1 + n_steps, images.shape[0], build, target, output, batch_size)
+    out = step_scores(model, [images.shape[0]] * (1 + n_steps), build, target, batch_size, score,
+                      clean=images)
     return pearson(sums, out[:, :1] - out[:, 1:])
+
+
+def monotonicity_step(height: int, width: int, features_in_step: int | None,
+                      steps: int = 32) -> int:
+    """Pixels per step of monotonicity correlation: as given, or H W / steps rounded up."""
+    if features_in_step is not None:
+        _check_positive("features_in_step", features_in_step)
+        return int(features_in_step)
+    _check_positive("steps", steps)
+    return math.ceil(height * width / int(steps))
 
 
 def monotonicity_correlation(
@@ -290,7 +268,7 @@ def monotonicity_correlation(
     images: Tensor,
     maps: Tensor,
     target: Tensor,
-    features_in_step: int = 1568,
+    features_in_step: int | None = None,
     samples: int = 10,
     fill: str = "uniform",
     low: float = 0.0,
@@ -299,12 +277,16 @@ def monotonicity_correlation(
     seed: int = 0,
     ids: Tensor | None = None,
     batch_size: int | None = None,
+    steps: int = 32,
 ) -> Tensor:
     """Monotonicity correlation (above): `samples` forwards per step of the ranked pixels.
 
     Args:
         model, images, maps, target, output, seed, ids, batch_size: As for `sensitivity_n`.
-        features_in_step: Pixels per step, ranked ascending (the last step may hold fewer).
+        features_in_step: Pixels per step, ranked ascending (the last step may hold fewer);
+            None = ceil(H W / steps). A count that leaves one step is a ConfigError: a rank
+            correlation needs two.
+        steps: The number of steps when features_in_step is None (224 px: 1568 pixels).
         samples: Replacements per step (all alike unless fill is "uniform").
         fill: uniform (one value U[low, high) per image and draw, stream s * samples + j) |
             min | zero | mean.
@@ -313,29 +295,33 @@ def monotonicity_correlation(
     Returns:
         (B,) float64 Spearman correlations (NaN where undefined, e.g. a single step).
     """
-    ids_c, target = _prepare(images, maps, target, ids, output, batch_size)
+    ids_c, target, score = _prepare(images, maps, target, ids, output, batch_size)
     _check_positive("samples", samples)
     _check_choice("fill", fill, MONOTONICITY_FILLS)
     if not float(low) < float(high):
         raise ConfigError(f"the uniform fill needs low < high; got {low!r} and {high!r}.")
     samples = int(samples)
+    features_in_step = monotonicity_step(maps.shape[-2], maps.shape[-1], features_in_step, steps)
     pixel_step, sums, n_steps = _ranked_steps(maps, features_in_step, descending=False)
+    if n_steps < 2:
+        raise ConfigError(
+            f"monotonicity_correlation: features_in_step={features_in_step} leaves {n_steps} "
+            f"step on {maps.shape[-2]}x{maps.shape[-1]} maps, and a rank correlation needs at "
+            f"least 2: lower it, or leave it null ({steps} steps).")
     constant = None if fill == "uniform" else _fill_fn(fill, images, ids_c, seed)
 
     def build(item: int, lo: int, hi: int) -> Tensor:
-        x = images[lo:hi]
-        if item == 0:
-            return x
         if constant is not None:
             value = constant(item, lo, hi)
         else:
             value = seeded_uniform(ids_c[lo:hi], (1, 1, 1), seed=seed, stream=item - 1,
                                    low=float(low), high=float(high),
                                    device=images.device).to(images.dtype)
-        return torch.where(pixel_step[lo:hi] == (item - 1) // samples, value, x)
+        return torch.where(pixel_step[lo:hi] == (item - 1) // samples, value, images[lo:hi])
 
     batch = images.shape[0]
-    out = _outputs(model, 1 + n_steps * samples, batch, build, target, output, batch_size)
+    out = step_scores(model, [batch] * (1 + n_steps * samples), build, target, batch_size, score,
+                      clean=images)
     changes = (out[:, 1:].double().view(batch, n_steps, samples) - out[:, :1, None].double())
     return spearman(sums, changes.pow(2).mean(dim=2))
 
@@ -364,7 +350,7 @@ def infidelity(
     Returns:
         (B,) float64 infidelity (lower is better).
     """
-    ids_c, target = _prepare(images, maps, target, ids, output, batch_size)
+    ids_c, target, score = _prepare(images, maps, target, ids, output, batch_size)
     _check_positive("samples", samples)
     if std is None or not float(std) > 0:
         raise ConfigError(f"infidelity's std must be a float > 0; got {std!r}.")
@@ -374,17 +360,15 @@ def infidelity(
     weights = maps.to(images.dtype)[:, None]
 
     def build(item: int, lo: int, hi: int) -> Tensor:
-        x = images[lo:hi]
-        if item == 0:
-            return x
         noise = seeded_normal(ids_c[lo:hi], (channels, height, width), seed=seed,
                               stream=item - 1, std=float(std), device=images.device)
         noise = noise.to(images.dtype)
         # the map's account of the change, stored as the images are built (drawn once)
         explained[lo:hi, item - 1] = (weights[lo:hi] * noise).flatten(1).double().sum(dim=1)
-        return x - noise
+        return images[lo:hi] - noise
 
-    out = _outputs(model, 1 + samples, batch, build, target, output, batch_size)
+    out = step_scores(model, [batch] * (1 + samples), build, target, batch_size, score,
+                      clean=images)
     drops = (out[:, :1] - out[:, 1:]).double()
     if not normalise:
         return (explained - drops).pow(2).mean(dim=1)

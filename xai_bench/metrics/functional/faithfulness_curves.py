@@ -41,7 +41,7 @@ Peers: docs/metrics.md and tests/test_metrics_faithfulness_curves.py.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -55,9 +55,9 @@ from xai_bench.metrics.functional.faithfulness import (
     _fill_fn,
     _ids_cpu,
     _inverse_permutation,
-    _target_prob,
     region_order,
 )
+from xai_bench.metrics.functional.perturbed import step_scores, target_prob
 from xai_bench.metrics.functional.road_imputation import noisy_linear_imputation
 from xai_bench.utils.errors import ConfigError
 from xai_bench.utils.seeded_noise import seeded_normal
@@ -81,51 +81,8 @@ OUTPUTS = ("accuracy", "probability")
 # ROAD's LeRF noise streams start here, far from MoRF's (one stream per percentage)
 _LERF_STREAM = 1 << 20
 
-_Builder = Callable[[int, int, int], Tensor]
-_Score = Callable[[Tensor, Tensor], Tensor]
-
-
 def _hit(logits: Tensor, target: Tensor) -> Tensor:
     return (logits.argmax(dim=-1) == target).float()
-
-
-def _ragged_scores(model: nn.Module, sizes: Sequence[int], build: _Builder, target: Tensor,
-                   batch_size: int | None, score: _Score = _target_prob) -> Tensor:
-    """(B, S) score(model(build(s, lo, hi)), y) for step s of images 0..sizes[s]-1 (a prefix:
-    callers whose images have different numbers of steps sort them by it), NaN elsewhere.
-
-    The sum(sizes) images are flattened step-major and cut into forwards of batch_size (a chunk
-    may span several steps); results are written on the device (no host sync per chunk).
-    """
-    batch = target.shape[0]
-    per = int(batch_size) if batch_size is not None else max(batch, 1)
-    out = torch.full((len(sizes), batch), math.nan, device=target.device)
-
-    def flush(parts: list[tuple[int, int, int]]) -> None:
-        x = torch.cat([build(*p) for p in parts]) if len(parts) > 1 else build(*parts[0])
-        tgt = torch.cat([target[lo:hi] for _, lo, hi in parts])
-        values = score(model(x), tgt)
-        offset = 0
-        for step, lo, hi in parts:
-            out[step, lo:hi] = values[offset:offset + hi - lo]
-            offset += hi - lo
-
-    with torch.no_grad():
-        parts: list[tuple[int, int, int]] = []
-        filled = 0
-        for step, size in enumerate(sizes):
-            lo = 0
-            while lo < size:
-                hi = min(int(size), lo + per - filled)
-                parts.append((step, lo, hi))
-                filled += hi - lo
-                lo = hi
-                if filled == per:
-                    flush(parts)
-                    parts, filled = [], 0
-        if parts:
-            flush(parts)
-    return out.T.contiguous()
 
 
 def _pixel_rank(maps: Tensor, descending: bool) -> Tensor:
@@ -170,7 +127,7 @@ def pixel_flipping_curve(model: nn.Module, images: Tensor, maps: Tensor, target:
         return torch.where(removed, fill_of(step + 1, lo, hi), images[lo:hi])
 
     n_steps = math.ceil(n_pix / step_px)
-    return _ragged_scores(model, [batch] * n_steps, build, target, batch_size)
+    return step_scores(model, [batch] * n_steps, build, target, batch_size)
 
 
 def monotonicity_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Tensor,
@@ -196,7 +153,7 @@ def monotonicity_curve(model: nn.Module, images: Tensor, maps: Tensor, target: T
         return torch.where(shown, images[lo:hi], fill_of(step + 1, lo, hi))
 
     n_steps = math.ceil(n_pix / step_px)
-    return _ragged_scores(model, [batch] * n_steps, build, target, batch_size)
+    return step_scores(model, [batch] * n_steps, build, target, batch_size)
 
 
 def curve_auc(curve: Tensor) -> Tensor:
@@ -231,7 +188,7 @@ def selectivity_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Te
     def build(step: int, lo: int, hi: int) -> Tensor:
         return torch.where(pixel_rank[lo:hi] <= step, fill_of(step + 1, lo, hi), images[lo:hi])
 
-    return _ragged_scores(model, [batch] * removal.shape[1], build, target, batch_size)
+    return step_scores(model, [batch] * removal.shape[1], build, target, batch_size)
 
 
 def superpixels(images: Tensor, segmentation: str = "slic", n_segments: int = 100,
@@ -305,12 +262,10 @@ def irof_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Tensor, s
     steps = [batch] + [int((counts_cpu >= k).sum()) for k in range(1, s_max + 1)]
 
     def build(step: int, lo: int, hi: int) -> Tensor:
-        if step == 0:
-            return x[lo:hi]
         return torch.where(rank_s[lo:hi] < step, fill_of(step, lo, hi), x[lo:hi])
 
     probs = torch.empty(batch, s_max + 1, device=dev)
-    probs[perm] = _ragged_scores(model, steps, build, tgt, batch_size)
+    probs[perm] = step_scores(model, steps, build, tgt, batch_size, clean=x)
     probs = probs.double()
     return probs[:, 1:] / probs[:, :1], counts
 
@@ -368,5 +323,5 @@ def road_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Tensor,
             cache[step] = noisy_linear_imputation(images, rank < counts[step], draws)
         return cache[step][lo:hi]
 
-    score = _hit if output == "accuracy" else _target_prob
-    return _ragged_scores(model, [batch] * len(values), build, target, batch_size, score=score)
+    score = _hit if output == "accuracy" else target_prob
+    return step_scores(model, [batch] * len(values), build, target, batch_size, score=score)
