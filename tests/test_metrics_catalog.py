@@ -288,3 +288,24 @@ def test_evaluate_metric_all_from_the_command_line(finished_run: Path, tmp_path:
         assert any(c == key or c.startswith((f"{key}@", f"{key}/")) for c in columns), name
     assert columns["pointing_game"]["higher_is_better"] is True
     assert columns["sparseness"]["n"] == 8
+
+    # every column reaches the report's tables, marked the way its metric declares
+    from xai_bench.report.study import scan_sweep, study_table
+    from xai_bench.report.writers import footnotes, write_markdown
+
+    runs = scan_sweep(tmp_path).runs
+    table = study_table(runs, metrics=sorted(columns))
+    assert table.metrics == sorted(columns) and table.rows == [("synthetic", "random")]
+    assert [c for c, stats in columns.items() if not stats["n"]] == []  # NaN for every image
+    for column, stats in columns.items():
+        cell = table.cell(table.rows[0], "gradcam", column)
+        assert cell is not None and cell.n == stats["n"], column
+        assert table.direction(column) is stats["higher_is_better"], column
+        if stats["higher_is_better"] is None:
+            assert not cell.best and cell.beats_random is None, column
+        elif cell.value is not None:
+            assert cell.best, column  # the only method of the row
+    text = write_markdown(table, [], tmp_path / "report.md").read_text()
+    assert text.count("\n## ") == len(columns) + 1  # a table per column, then the notes
+    assert table.lower_is_better("complexity") and not table.lower_is_better("sparseness")
+    assert "(lower is better)" in footnotes(table)[0]

@@ -18,7 +18,7 @@ from PIL import Image
 from xai_bench.report.html import copy_galleries, write_html, write_plots
 from xai_bench.report.study import EvalRun, scan_sweep, study_table, sweep_facts
 from xai_bench.report.trust import read_trust, write_trust_csv
-from xai_bench.report.writers import write_csv, write_markdown, write_tex
+from xai_bench.report.writers import footnotes, write_csv, write_markdown, write_tex
 from xai_bench.tracking.records import MetaEvaluationRecord, read_plain_config
 from xai_bench.tracking.wandb_offline import offline_run_dirs, read_offline_run
 from xai_bench.utils.errors import ConfigError
@@ -299,6 +299,30 @@ def test_compare_errors(sweep: Path) -> None:
     with pytest.raises(ConfigError, match=r"metrics=\['iou@7'\]: none is in the evaluation runs; "
                                           r"they have iou@10,"):
         study_table(scan.runs, metrics=["iou@7"])
+
+
+def test_directions_declared_by_the_metrics_decide_best_and_dagger(sweep: Path) -> None:
+    """A column declared lower-is-better flips the marks; one declared without a direction
+    (an auxiliary column such as completeness/gap's sign-free parts) gets neither bold nor
+    dagger, instead of the name's guess."""
+    for folder in sweep.iterdir():
+        path = folder / "metrics.json"
+        if folder.name[0].isdigit() and path.is_file():
+            data = json.loads(path.read_text())
+            for entry in data["methods"].values():
+                pg = entry["metrics"]["pointing_game"]
+                entry["metrics"]["lower_pg"] = {**pg, "higher_is_better": False}
+                entry["metrics"]["neutral_pg"] = {**pg, "higher_is_better": None}
+            path.write_text(json.dumps(data))
+    scan, table = _table(sweep, metrics=["pointing_game", "lower_pg", "neutral_pg"])
+    row = ("kvasir", "random")
+    assert table.cell(row, "chefer", "pointing_game").best
+    assert table.cell(row, "gradcam_study", "lower_pg").best  # 0.30: the lowest
+    assert table.cell(row, "chefer", "lower_pg").beats_random is False
+    neutral = [table.cell(r, m, "neutral_pg") for r in table.rows for m in table.methods]
+    assert all(c is not None and not c.best and c.beats_random is None for c in neutral)
+    notes = " ".join(footnotes(table))
+    assert "lower_pg (lower is better)" in notes and "neutral_pg: no direction" in notes
 
 
 def test_published_gradcam_falls_back_to_our_gradcam(tmp_path: Path) -> None:

@@ -100,14 +100,20 @@ class StudyTable:
     compare: str | None = None
     compare_iou: str | None = None
     notes: list[str] = field(default_factory=list)
-    # metric -> what the metrics.json files declare (metrics' `higher_is_better`)
-    higher_is_better: dict[str, bool] = field(default_factory=dict)
+    # metric -> what the metrics.json files declare (metrics' `higher_is_better`; None = the
+    # column has no better direction, e.g. a count or a signed gap)
+    higher_is_better: dict[str, bool | None] = field(default_factory=dict)
+
+    def direction(self, metric: str) -> bool | None:
+        """True when a larger value is the better map, False when a smaller one, None when the
+        metric declares neither: as the evaluation summaries declare it, else guessed from the
+        name (summaries written before metrics declared it)."""
+        if metric in self.higher_is_better:
+            return self.higher_is_better[metric]
+        return not lower_is_better(metric)
 
     def lower_is_better(self, metric: str) -> bool:
-        """Whether a smaller value is the better map: as the evaluation summaries declare it,
-        else guessed from the name (summaries written before metrics declared it)."""
-        declared = self.higher_is_better.get(metric)
-        return lower_is_better(metric) if declared is None else not declared
+        return self.direction(metric) is False
 
     @property
     def entries(self) -> list[str]:
@@ -151,15 +157,20 @@ def _group_stats(runs: Sequence[EvalRun],
     return grouped
 
 
-def _declared_directions(runs: Sequence[EvalRun]) -> dict[str, bool]:
-    """metric -> higher_is_better as the runs' summaries declare it (the first declaration)."""
-    declared: dict[str, bool] = {}
+def _declared_directions(runs: Sequence[EvalRun]) -> dict[str, bool | None]:
+    """metric -> higher_is_better as the runs' summaries declare it (the first true / false
+    declaration; None when they declare it only as null: no better direction)."""
+    declared: dict[str, bool | None] = {}
     for run in runs:
         for _name, metrics, _shared in _sources(run):
             for metric, stats in metrics.items():
-                value = stats.get("higher_is_better") if isinstance(stats, dict) else None
-                if isinstance(value, bool):
-                    declared.setdefault(metric, value)
+                if not isinstance(stats, dict) or "higher_is_better" not in stats:
+                    continue
+                value = stats["higher_is_better"]
+                if isinstance(value, bool) and declared.get(metric) is None:
+                    declared[metric] = value
+                elif value is None:
+                    declared.setdefault(metric, None)
     return declared
 
 
@@ -181,8 +192,12 @@ def _row_accuracy(runs: Sequence[EvalRun]) -> dict[tuple[str, str], float | None
 
 
 def _mark(table: StudyTable, metric: str) -> None:
-    """Best method per row (ties all marked) and whether each method beats the random baseline."""
-    sign = -1.0 if table.lower_is_better(metric) else 1.0
+    """Best method per row (ties all marked) and whether each method beats the random baseline;
+    neither for a metric without a better direction."""
+    direction = table.direction(metric)
+    if direction is None:
+        return
+    sign = 1.0 if direction else -1.0
     for row in table.rows:
         cells = [c for m in table.methods
                  if (c := table.cell(row, m, metric)) is not None and c.value is not None]

@@ -122,9 +122,11 @@ def header_cells(table: StudyTable) -> list[str]:
 def footnotes(table: StudyTable, incomplete: Sequence[SkippedRun] = ()) -> list[str]:
     """What the marks mean, what was averaged or derived, and which runs are missing."""
     lower = [m for m in table.metrics if table.lower_is_better(m)]
+    neutral = [m for m in table.metrics if table.direction(m) is None]
     notes = [
         "Bold: the best method of the row (baselines excluded; ties all bold). Higher is better"
-        + (f" except for {', '.join(lower)} (lower is better)." if lower else "."),
+        + (f" except for {', '.join(lower)} (lower is better)." if lower else ".")
+        + (f" {', '.join(neutral)}: no direction (no bold, no {DAGGER})." if neutral else ""),
         f"{DAGGER}: not above the random baseline (a uniformly random map) on the same images: "
         "the method localises no better than chance. Trivial baselines matter: a constant map "
         "scores pointing game 1 on every non-empty mask under the tie rule.",
