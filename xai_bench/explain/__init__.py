@@ -5,9 +5,12 @@ registry that `method=<name>` configs build from. Importing this package registe
 # imported for their registration
 from xai_bench.explain import attention, baselines, cam, chefer, gradients  # noqa: F401
 from xai_bench.explain.base import (
+    FAMILIES,
     METHODS,
+    MODEL_KINDS,
     ExplainMethod,
     Explanation,
+    Passes,
     build_method,
     normalize,
     register_method,
@@ -18,9 +21,12 @@ from xai_bench.explain.cam import gradcam_differentiable
 from xai_bench.explain.gradients import guided_backprop_differentiable
 
 __all__ = [
+    "FAMILIES",
     "METHODS",
+    "MODEL_KINDS",
     "ExplainMethod",
     "Explanation",
+    "Passes",
     "build_method",
     "gradcam_differentiable",
     "guided_backprop_differentiable",

@@ -30,6 +30,21 @@ from xai_bench.utils.errors import ConfigError
 Target = str | int | torch.Tensor | None
 UPSAMPLE_MODES = ("nearest", "bilinear")
 NORMALIZE_MODES = ("minmax", "none")
+# what a method is, for the catalogue (docs/methods.md) and the benchmark's floors
+FAMILIES = ("attention", "cam", "gradient", "sampling", "perturbation", "lrp", "baseline")
+MODEL_KINDS = ("vit", "cnn")
+
+
+@dataclass(frozen=True)
+class Passes:
+    """Model passes one explanation spends per image, the forward that resolves the target
+    included: forwards and backwards (a backward to the input or to a layer, weights frozen).
+    A pass over k perturbed copies of an image counts k. Declared by each method, counted
+    with hooks by tests/test_explain_catalog.py, and the floor `scripts/bench_explain.py`
+    measures a method against."""
+
+    forwards: float = 0
+    backwards: float = 0
 
 
 @dataclass
@@ -159,6 +174,9 @@ class ExplainMethod:
     """
 
     name: ClassVar[str] = ""
+    # one of FAMILIES, and the model kinds (MODEL_KINDS) the method explains
+    family: ClassVar[str] = ""
+    models: ClassVar[tuple[str, ...]] = MODEL_KINDS
     default_upsample: ClassVar[str] = "bilinear"
     default_relu: ClassVar[bool] = False
     needs_grad: ClassVar[bool] = True
@@ -185,6 +203,11 @@ class ExplainMethod:
         """(B, h, w) raw maps for the `target` classes. With `target_in_forward` (and for
         class-agnostic methods) the target's values are filled in by the first model forward."""
         raise NotImplementedError
+
+    def passes(self, model: nn.Module, height: int, width: int) -> Passes:
+        """The model passes one map costs per image (see `Passes`), for these settings, this
+        model and images of height x width."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its passes")
 
     def postprocess(self, raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         maps = raw.clamp(min=0) if self.relu else raw
