@@ -110,6 +110,28 @@ def test_randomised_models_are_reproducible_and_leave_the_model_alone(vit: nn.Mo
     assert torch.equal(first[0][1]["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
 
 
+def test_each_independent_step_changes_only_its_own_parameters(vit: nn.Module) -> None:
+    """Under `independent`, step k changes exactly the parameters of layer k: with
+    granularity=modules the root step (class token, position embedding) used to reset every
+    submodule of the model through reset_parameters (22 of 32 tensors on this ViT)."""
+    import copy
+
+    vit = copy.deepcopy(vit)
+    with torch.no_grad():  # "trained": no parameter at its initial value (LayerNorm's 1 / 0)
+        for param in vit.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    before = _params(vit)
+    for granularity in ("modules", "blocks"):
+        layers = randomisation_layers(vit, granularity)
+        named = {id(p): n for n, p in vit.named_parameters()}
+        steps = randomised_models(vit, granularity=granularity, order="independent", seed=1)
+        for (name, _modules, params), (step, model) in zip(layers, steps, strict=True):
+            assert name == step
+            changed = {k for k, v in _params(model).items()
+                       if k in named.values() and not torch.equal(v, before[k])}
+            assert changed == {named[id(p)] for p in params}, (granularity, name)
+
+
 def _batch(model: nn.Module, method_name: str, images: torch.Tensor) -> EvalBatch:
     method = build_method(method_name)
     ids = torch.arange(images.shape[0])

@@ -95,15 +95,21 @@ def randomise_layer(layer: Layer, seed: int) -> None:
         seed: Seeds `reset_parameters()` and the N(0, 0.02^2) draws of the other parameters.
     """
     _, modules, params = layer
+    mine = {id(p) for p in params}
     reset: set[int] = set()
     devices = [p.device for p in params if p.device.type == "cuda"]
     with torch.random.fork_rng(devices=devices[:1]):
         torch.manual_seed(seed)
         for top in modules:
             for module in top.modules():
-                if callable(getattr(module, "reset_parameters", None)):
+                own = [id(p) for p in module.parameters(recurse=False)]
+                # only modules whose parameters are all this step's: the root step of
+                # granularity=modules holds the class token and position embedding, not the
+                # whole model below it
+                if (own and set(own) <= mine
+                        and callable(getattr(module, "reset_parameters", None))):
                     module.reset_parameters()
-                    reset.update(id(p) for p in module.parameters(recurse=False))
+                    reset.update(own)
         gen = torch.Generator().manual_seed(seed)
         for param in params:
             if id(param) not in reset:
