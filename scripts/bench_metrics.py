@@ -6,13 +6,18 @@
     python scripts/bench_metrics.py --only aopc,auc     # some rows
 
 One row per registered metric that Quantus also has (scripts/bench_metrics_quantus.py says how
-each is matched, as in tests/test_metrics_<family>.py). Map-only metrics are compared with
-Quantus directly (goal: >= 10x faster). Model-bound metrics are compared with their floor: the
-model calls they cannot avoid, the metric's declared `cost(model, H, W)` (forwards, backwards,
-explanations per image) times the measured cost of one forward, forward + backward and
-explanation on this model (goal: within 1.2x). Each row prints the peak memory (tracemalloc on
-the CPU, torch.cuda.max_memory_allocated on the GPU) and how far the two libraries' per-image
-scores are apart, so the timing compares the same computation.
+each is matched, as in tests/test_metrics_<family>.py; captum's infidelity for Infidelity). Rows
+that Quantus cannot run on the RGB model (IROF, ROAD, NonSensitivity) run BOTH libraries on a
+one-channel view of the same model, the randomisation rows on a copy whose class token and
+position embedding are buffers (scripts/bench_metrics_bridges.py); the row's note says so, and
+a peer that computes another measure is timed with the reason in the diff column. Each row runs
+in this one process on the same inputs. Map-only metrics are compared with Quantus directly
+(goal: >= 10x faster). Model-bound metrics are compared with their floor: the model calls they
+cannot avoid, the metric's declared `cost(model, H, W)` (forwards, backwards, explanations per
+image; IROF: what it `spent`) times the measured cost of one forward, forward + backward and
+explanation on the model the row runs on (goal: within 1.2x). Each row prints the peak memory
+(tracemalloc on the CPU, torch.cuda.max_memory_allocated on the GPU) and how far the two
+libraries' per-image scores are apart, so the timing compares the same computation.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ import time
 import tracemalloc
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from bench_common import device_label, pick_device, sync, timeit
+from bench_metrics_bridges import make_variant
 from bench_metrics_quantus import ROWS, Ctx, Row
 from rich.console import Console
 from rich.table import Table
@@ -107,49 +115,99 @@ def cost_text(cost: Cost) -> str:
     return " + ".join(parts) or "map only"
 
 
-def run_row(row: Row, batch: EvalBatch, ctx: Ctx, units: dict[str, float],
-            device: torch.device, args: argparse.Namespace) -> list[str]:
+@dataclass
+class Inputs:
+    """One set of inputs both libraries run on: our batch (on the device), the peer's CPU
+    numpy view of it, and the per-image cost of one model call on it."""
+
+    batch: EvalBatch
+    ctx: Ctx
+    units: dict[str, float]
+
+
+def run_row(row: Row, inputs: Inputs, device: torch.device,
+            args: argparse.Namespace) -> list[str]:
     """One table row: time, floor, memory and score difference of both libraries."""
+    batch, ctx, units = inputs.batch, inputs.ctx, inputs.units
     n, (h, w) = batch.images.shape[0], batch.maps.shape[1:]
     settings = row.ours(args)
+    patch = row.patch or nullcontext
     probe = build_metric(row.name, **settings)
     cost = probe.cost(batch.model, h, w)
     model_bound = cost != Cost()
 
     def ours() -> dict[str, torch.Tensor]:
-        metric = build_metric(row.name, **settings).to(device)
-        metric.update(batch)
-        return metric.compute()
+        with patch():
+            metric = build_metric(row.name, **settings).to(device)
+            metric.update(batch)
+            return metric.compute()
 
     repeats = 1 if model_bound else args.repeats
     ours_t = timeit(ours, device, repeats, warmup=not model_bound)
     table, _, ours_mb = peak(ours, device)
     column = row.column or next(k for k in table if k != "id")
+    cost = probe.spent(table) or cost  # IROF: the superpixels each image really had
     scores = table[column].view(-1).double().cpu().numpy()
     floor = floor_of(cost, units, n) if model_bound else None
     peer_t = peer_mb = None
     diff = row.na or "-"
     if row.quantus is not None and not row.na and not (model_bound and args.no_quantus_model):
         theirs, peer_t, peer_mb = peak(lambda: row.quantus(ctx), torch.device("cpu"))
-        theirs = np.asarray(theirs, dtype=np.float64).reshape(-1)
-        keep = (row.exclude(scores, theirs) if row.exclude
-                else np.ones_like(scores, dtype=bool))
-        diff = "none kept"
-        if keep.any():
-            gap, scale = np.abs(scores[keep] - theirs[keep]).max(), np.abs(theirs[keep]).max()
-            diff = f"{gap:.1e} (rel {gap / max(scale, 1e-12):.0e})"
-        if row.note:
-            diff += f" ({row.note})"
+        if row.incomparable:
+            diff = row.incomparable
+        else:
+            mine, theirs = (row.pair(table, theirs) if row.pair
+                            else (scores, np.asarray(theirs, dtype=np.float64).reshape(-1)))
+            mine, theirs = mine.reshape(-1), theirs.reshape(-1)
+            keep = (row.exclude(mine, theirs) if row.exclude
+                    else np.ones_like(mine, dtype=bool))
+            diff = "none kept"
+            if keep.any():
+                gap, scale = np.abs(mine[keep] - theirs[keep]).max(), np.abs(theirs[keep]).max()
+                diff = f"{gap:.1e} (rel {gap / max(scale, 1e-12):.0e})"
+            if row.note:
+                diff += f" ({row.note})"
+            if row.patch is not None and device.type == "cuda":
+                diff += " (ours drew the random layers on cuda: not Quantus' CPU draws)"
     speedup = peer_t / ours_t if peer_t else None
     if model_bound:
         goal = "ok" if ours_t / floor <= 1.2 else "MISS"
     else:
         goal = ("ok" if speedup >= 10 else "MISS") if speedup else "-"
-    return [f"{row.name}:{column}" if column != row.name else row.name, cost_text(cost),
+    label = row.label or (f"{row.name}:{column}" if column != row.name else row.name)
+    return [label, cost_text(cost),
             f"{floor:.3f}" if floor else "-", f"{ours_t:.4f}",
             f"{ours_t / floor:.2f}" if floor else "-", f"{peer_t:.3f}" if peer_t else "-",
             f"{speedup:.1f}x" if speedup else "-", goal, f"{ours_mb:.1f}",
             f"{peer_mb:.1f}" if peer_mb is not None else "-", diff]
+
+
+def make_inputs(model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor | None,
+                method: Any, device: torch.device, repeats: int,
+                args: argparse.Namespace) -> Inputs:
+    """Explain x on the model (the explained class: its prediction) and wrap the batch, the
+    peer's CPU copy and the unit costs."""
+    n = x.shape[0]
+    ids = torch.arange(n)
+    with torch.no_grad():
+        logits = model(x)
+    target = logits.argmax(-1)
+    maps = method(model, x, target=target, ids=ids.to(device)).maps
+    batch = EvalBatch(images=x, labels=target, ids=ids.to(device), maps=maps, target=target,
+                      logits=logits, model=model, method=method, masks=masks,
+                      has_mask=None if masks is None
+                      else torch.ones(n, dtype=torch.bool, device=device))
+
+    def quantus_explain(model: torch.nn.Module, inputs: np.ndarray, targets: np.ndarray,
+                        **_: Any) -> np.ndarray:
+        return method(model, torch.as_tensor(inputs), target=torch.as_tensor(targets)
+                      ).maps[:, None].cpu().numpy()
+
+    ctx = Ctx(model=copy.deepcopy(model).cpu(), x=x.cpu().numpy(), y=target.cpu().numpy(),
+              maps=maps.cpu().numpy(),
+              masks=None if masks is None else masks.cpu().numpy().astype(np.float32),
+              ids=ids, explain=quantus_explain, args=args, classes=logits.shape[-1])
+    return Inputs(batch, ctx, unit_costs(model, method, x, target, device, repeats))
 
 
 def main() -> None:
@@ -188,43 +246,39 @@ def main() -> None:
     n, size = args.images, spec["img"]
     x = torch.randn(n, 3, size, size, generator=gen).to(device)
     masks = box_masks(n, size, gen).to(device)
-    ids = torch.arange(n)
     method = build_method(args.method)
-    with torch.no_grad():
-        logits = model(x)
-    target = logits.argmax(-1)
-    maps = method(model, x, target=target, ids=ids.to(device)).maps
-    batch = EvalBatch(images=x, labels=target, ids=ids.to(device), maps=maps, target=target,
-                      logits=logits, model=model, method=method, masks=masks,
-                      has_mask=torch.ones(n, dtype=torch.bool, device=device))
-    cpu_model = copy.deepcopy(model).cpu()
+    repeats = max(3, args.repeats)
+    base = make_inputs(model, x, masks, method, device, repeats, args)
+    units = base.units
+    variants: dict[str, Inputs] = {"rgb": base}
 
-    def quantus_explain(model: torch.nn.Module, inputs: np.ndarray, targets: np.ndarray,
-                        **_: Any) -> np.ndarray:
-        return method(model, torch.as_tensor(inputs), target=torch.as_tensor(targets)
-                      ).maps[:, None].cpu().numpy()
-
-    ctx = Ctx(model=cpu_model, x=x.cpu().numpy(), y=target.cpu().numpy(),
-              maps=maps.cpu().numpy(), masks=masks.cpu().numpy().astype(np.float32), ids=ids,
-              explain=quantus_explain, args=args)
-    units = unit_costs(model, method, x, target, device, max(3, args.repeats))
+    def inputs_for(kind: str) -> Inputs:
+        """The row's inputs, built on first use: a variant of the model and images."""
+        if kind not in variants:
+            view, images = make_variant(kind, model, x, args.region)
+            variants[kind] = make_inputs(view, images,
+                                         None if kind.startswith("gray") else masks,
+                                         method, device, repeats, args)
+        return variants[kind]
 
     only = {s for s in args.only.split(",") if s}
     rows = [r for r in ROWS if r.name in METRICS and (not only or r.name in only)]
     table = Table(title=f"{spec['arch']} {size}px, {n} images, {args.method} maps; xai_bench on "
-                        f"{device_label(device)}, Quantus on cpu; per image: forward "
+                        f"{device_label(device)}, peer (Quantus 0.6; captum 0.9 for "
+                        f"infidelity) on cpu; per image: forward "
                         f"{units['forward'] * 1e3:.1f} ms, forward+backward "
                         f"{units['backward'] * 1e3:.1f} ms, explanation "
                         f"{units['explain'] * 1e3:.1f} ms")
-    for col in ("metric", "cost / image", "floor s", "xai_bench s", "x floor", "Quantus s",
-                "speed-up", "goal", "ours MiB", "Quantus MiB", "max |diff|"):
+    for col in ("metric", "cost / image", "floor s", "xai_bench s", "x floor", "peer s",
+                "speed-up", "goal", "ours MiB", "peer MiB", "max |diff|"):
         table.add_column(col, justify="left" if col in ("metric", "max |diff|") else "right")
     console = Console(width=200)
     for row in rows:
         try:
-            table.add_row(*run_row(row, batch, ctx, units, device, args))
+            table.add_row(*run_row(row, inputs_for(row.variant), device, args))
         except Exception as error:  # noqa: BLE001 - one broken row must not hide the others
-            table.add_row(row.name, *["-"] * 9, f"error: {type(error).__name__}: {error}"[:120])
+            table.add_row(row.label or row.name, *["-"] * 9,
+                          f"error: {type(error).__name__}: {error}"[:120])
     console.print(table)
     missing = sorted(set(METRICS) - {r.name for r in ROWS})
     console.print(f"not in Quantus (no row): {', '.join(missing)}")

@@ -3,19 +3,22 @@
 Each `Row` names our registered metric, its settings, the column compared, and how Quantus
 computes the same scores on the same model, images, maps and masks: settings bridged as in
 tests/test_metrics_<family>.py (features in steps of C k channel elements = k pixels, Quantus'
-np.random draws replaced by our seeded draws, np.trapz restored for numpy 2), or the reason it
-cannot (`na`).
+np.random draws replaced by our seeded draws, np.trapz restored for numpy 2; the rows that need
+more, a one-channel view of the model or the randomisation tests' layer seeding, are in
+scripts/bench_metrics_bridges.py), or the reason it cannot (`na`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import bench_metrics_bridges as B
 import numpy as np
 import torch
+from bench_metrics_bridges import _arr, _q, feed, trapz
 from torch import nn
 
 from xai_bench.utils.seeded_noise import seeded_normal, seeded_permutation, seeded_uniform
@@ -29,49 +32,37 @@ class Ctx:
     x: np.ndarray  # (B, C, H, W)
     y: np.ndarray  # (B,) the explained class (= the prediction)
     maps: np.ndarray  # (B, H, W) in [0, 1]
-    masks: np.ndarray  # (B, H, W) float {0, 1}
+    masks: np.ndarray | None  # (B, H, W) float {0, 1}
     ids: torch.Tensor  # (B,) image ids (the key of our seeded draws)
     explain: Callable[..., np.ndarray]  # Quantus explain_func (our method on the CPU model)
     args: Any  # the CLI settings
+    classes: int = 2  # the model's number of classes
+
+
+Pair = Callable[[dict[str, torch.Tensor], Any], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
 class Row:
     """One benchmark row: our metric `name` with `ours` settings (a function of the CLI args),
-    compared on `column` with `quantus(ctx)` (per-image scores); `na` says why Quantus is not
-    run; `note` what was bridged."""
+    compared on `column` with `quantus(ctx)` (per-image scores; `pair` matches our table with
+    what it returns where that is not one score per image); `na` says why the peer is not run,
+    `incomparable` why it is run and timed but its scores are not ours; `note` what was
+    bridged. `variant` names the inputs both run on (bench_metrics_bridges.make_variant; "rgb":
+    the benchmark's), `patch` a context our runs need (the randomisation tests' seeding)."""
 
     name: str
     ours: Callable[[Any], dict[str, Any]] = lambda a: {}
-    quantus: Callable[[Ctx], np.ndarray] | None = None
+    quantus: Callable[[Ctx], Any] | None = None
     column: str | None = None  # default: the metric's first column
     na: str = ""
     note: str = ""
     exclude: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = field(default=None)
-
-
-@contextmanager
-def feed(name: str, draws: Iterator[np.ndarray]) -> Iterator[None]:
-    """Replace np.random.<name> (Quantus' perturbations draw with it) by our seeded draws."""
-    original = getattr(np.random, name)
-    setattr(np.random, name, lambda *a, **k: next(draws))
-    try:
-        yield
-    finally:
-        setattr(np.random, name, original)
-
-
-@contextmanager
-def trapz() -> Iterator[None]:
-    """Quantus 0.6 calls np.trapz, which numpy 2 removed."""
-    missing = not hasattr(np, "trapz")
-    if missing:
-        np.trapz = np.trapezoid  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        if missing:
-            del np.trapz  # type: ignore[attr-defined]
+    pair: Pair | None = None
+    incomparable: str = ""
+    variant: str = "rgb"
+    patch: Callable[[], AbstractContextManager[None]] | None = None
+    label: str = ""  # the row's name in the table (default: metric[:column])
 
 
 @contextmanager
@@ -86,16 +77,6 @@ def any_step(active: bool) -> Iterator[None]:
         yield
     finally:
         asserts.assert_features_in_step = original
-
-
-def _q() -> Any:
-    import quantus
-
-    return quantus
-
-
-def _arr(out: Any) -> np.ndarray:
-    return np.asarray(out, dtype=np.float64)
 
 
 def maps_only(cls: str, masks: bool = True, per_image: bool = False,
@@ -227,6 +208,24 @@ def _finite_both(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
     return np.isfinite(ours) & np.isfinite(theirs)
 
 
+SENSITIVITY_FRACTIONS = (0.1, 0.5)
+
+
+def _sensitivity_n_settings(a: Any) -> dict[str, Any]:
+    return {"fractions": list(SENSITIVITY_FRACTIONS), "runs": a.samples}
+
+
+def _sensitivity_n(c: Ctx) -> np.ndarray:
+    from xai_bench.metrics import build_metric
+
+    metric = build_metric("sensitivity_n", **_sensitivity_n_settings(c.args))
+    return B.sensitivity_n(c, metric.sizes(*c.maps.shape[1:]))
+
+
+_LAYERS = ("every module, layers seeded as Quantus', class token / position embedding frozen "
+           "(Quantus never redraws them)")
+
+
 ROWS: list[Row] = [
     # ---- localisation / complexity: map only
     Row("pointing_game", quantus=maps_only("PointingGame", normalise=False, abs=False)),
@@ -257,9 +256,11 @@ ROWS: list[Row] = [
     Row("monotonicity", lambda a: {"features_in_step": a.features}, quantus=monotonicity,
         note="its perturb_func fixed to insert x"),
     Row("selectivity", lambda a: {"patch_size": a.patch}, quantus=selectivity),
-    Row("irof", lambda a: {"n_segments": a.segments}, na="Quantus asserts on RGB input"),
-    Row("road", lambda a: {"percentages": [30, 70]},
-        na="Quantus indexes channel elements as pixels: IndexError on RGB"),
+    Row("irof", lambda a: {"n_segments": a.segments, "fill": "min"}, quantus=B.irof,
+        variant="gray", note="1-channel view (Quantus asserts on RGB), one image at a time"),
+    Row("road", lambda a: {"percentages": list(B.ROAD_PERCENTAGES), "orders": ["morf"]},
+        quantus=B.road, variant="gray", column="road/morf",
+        note="1-channel view (Quantus: IndexError on RGB), MoRF, same noise"),
     Row("faithfulness_correlation", lambda a: {"subset_size": a.subset, "runs": a.samples},
         quantus=faithfulness_correlation),
     Row("faithfulness_estimate", lambda a: {"features_in_step": a.features},
@@ -270,21 +271,30 @@ ROWS: list[Row] = [
     Row("monotonicity_correlation", lambda a: {"features_in_step": a.features,
                                                "samples": a.samples},
         quantus=monotonicity_correlation),
-    Row("infidelity", na="Quantus' Infidelity draws differ (checked against captum)"),
-    Row("sensitivity_n", lambda a: {"fractions": [0.1, 0.5], "runs": a.samples},
-        na="Quantus' SensitivityN is not Ancona et al.'s (see docs)"),
+    Row("infidelity", lambda a: {"samples": a.samples, "std": B.INFIDELITY_STD},
+        quantus=B.infidelity, note="peer: captum's infidelity, same draws"),
+    Row("sensitivity_n", _sensitivity_n_settings, quantus=_sensitivity_n,
+        pair=B.columns(*[f"sensitivity_n@{f:g}" for f in SENSITIVITY_FRACTIONS]),
+        label="sensitivity_n (both n)",
+        note="peer: Quantus' FaithfulnessCorrelation at each n, same pixel sets"),
+    Row("sensitivity_n", _sensitivity_n_settings, label="sensitivity_n vs SensitivityN",
+        quantus=lambda c: model_call("SensitivityN", rgb=True,
+                                     features_in_step=3 * c.args.features,
+                                     normalise=False, abs=False, return_aggregate=False)(c),
+        incomparable="different measure: Quantus' SensitivityN correlates over the images, "
+                     "per n (timed only)"),
     Row("sufficiency", quantus=model_call("Sufficiency", return_aggregate=False),
         exclude=_finite_both, note="images without neighbours: Quantus 0, ours NaN (left out)"),
     # ---- robustness
     Row("max_sensitivity", lambda a: {"radius": a.radius, "samples": a.samples,
-                                      "normalise": False, "only_correct": False},
+                                      "normalise": True, "only_correct": False},
         quantus=fed("uniform", lambda c: _uniform(c, -c.args.radius, c.args.radius,
                                                   c.args.samples),
                     lambda c: model_call("MaxSensitivity", explain=True,
                                          nr_samples=c.args.samples,
                                          lower_bound=c.args.radius, normalise=False,
                                          abs=False)),
-        note="same draws; its radius streams differ from ours (not bridged)"),
+        note="same draws; / ||map|| on both sides (Quantus always divides)"),
     Row("avg_sensitivity", lambda a: {"radius": a.radius, "samples": a.samples},
         quantus=fed("uniform", lambda c: _uniform(c, -c.args.radius, c.args.radius,
                                                   c.args.samples),
@@ -313,15 +323,27 @@ ROWS: list[Row] = [
                                      discretise_func=_q().functions.discretise_func.rank)(c),
         exclude=_finite_both, note="an image alone in its class: Quantus 0, ours NaN"),
     # ---- randomisation / axiomatic
-    Row("parameter_randomisation", lambda a: {"similarity": ["spearman"]},
-        na="layer groups differ (Quantus: every named layer)"),
-    Row("random_logit", na="Quantus draws the other class with np.random (not bridged)"),
-    Row("smooth_mprt", lambda a: {"samples": a.samples},
-        na="layer groups and noise draws differ (not bridged)"),
-    Row("efficient_mprt", na="layer groups differ (Quantus: every named layer)"),
-    Row("non_sensitivity", lambda a: {"features_in_step": a.features, "fill": "black"},
-        na="Quantus broadcasts (B, steps) against (B, C H W): ValueError on RGB"),
-    Row("input_invariance", na="Quantus shifts the input, not the model's first layer bias"),
+    Row("parameter_randomisation",
+        lambda a: {"granularity": "modules", "order": "cascading", "similarity": ["spearman"]},
+        quantus=B.mprt, pair=B.by_layer, exclude=_finite_both, variant="frozen",
+        patch=B.quantus_layer_seeding, label="parameter_randomisation (every layer)",
+        note=_LAYERS),
+    Row("random_logit", lambda a: {"similarity": "spearman"}, quantus=B.random_logit,
+        note="its np.random.randint gets our other class; Spearman on both sides"),
+    Row("smooth_mprt", lambda a: {"granularity": "modules", "samples": a.samples,
+                                  "noise": B.SMOOTH_NOISE, "skip_layers": True},
+        quantus=B.smooth_mprt, pair=B.by_layer, exclude=_finite_both, variant="frozen",
+        patch=B.quantus_layer_seeding, label="smooth_mprt (last layer)",
+        note=_LAYERS + ", same noise, skip_layers"),
+    Row("efficient_mprt", lambda a: {"granularity": "modules"}, quantus=B.efficient_mprt,
+        variant="frozen", patch=B.quantus_layer_seeding, note=_LAYERS),
+    Row("non_sensitivity", lambda a: {"features_in_step": 1, "fill": "black", "eps": 1e-5},
+        quantus=B.non_sensitivity, variant="gray_blocks",
+        note="1-channel view on --region px blocks: Quantus fails on RGB and cannot group "
+             "pixels"),
+    Row("input_invariance", lambda a: {"shift": -1.0}, quantus=B.input_invariance,
+        note="Quantus shifts every element (its default skips one), patch conv registered "
+             "first"),
     Row("completeness", lambda a: {"baseline": "black", "rtol": 0.0, "atol": 0.0},
         quantus=model_call("Completeness", abs=False, normalise=False,
                            perturb_baseline="black")),
