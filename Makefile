@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	@echo "installing torch + torchvision (the registry's default pair) and xai_bench[dev] into $(VENV)"
 	set -o pipefail; $(PY) -m pip install -q torch torchvision 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	set -o pipefail; $(PY) -m pip install -q -e '.[dev]' 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
+	@# lxt (the AttnLRP oracle in tests/test_explain_attnlrp.py) without its declared deps
+	@# (transformers, bitsandbytes, open_clip): the modules the test loads need only torch
+	set -o pipefail; $(PY) -m pip install -q --no-deps lxt==2.1 2>&1 | { grep -v "$(PIP_NOISE)" || true; }
 	@$(PY) -c "import torch, torchvision, timm, pytorch_lightning, hydra, wandb, albumentations" \
 		|| { echo "error: the environment in $(VENV) is broken (see above); run 'make clean-venv install'"; exit 1; }
 	@touch $(STAMP)

@@ -4,11 +4,17 @@
     python scripts/bench_explain.py --model vit_b16          # ViT-B/16 (use a GPU)
     python scripts/bench_explain.py --methods gradcam,integrated_gradients --batch 8
 
-For every method: maps/s of xai_bench and of its peer (captum or pytorch-grad-cam; "-" where no
-pip library implements the method), and the ratio of xai_bench's time to its floor: one forward
-pass (class-agnostic attention methods) or one forward+backward pass to the input gradient,
-weights frozen (gradient methods; x n_steps
-for Integrated Gradients). Peak memory (GPU: allocator peak; CPU: process peak RSS) is shown for
+For every method: maps/s of xai_bench and of its peer (captum, pytorch-grad-cam, or lxt on a
+torchvision copy of the model for attnlrp / cp_lrp; "-" where no pip library implements the
+method), and the ratio of xai_bench's time to its floor, the cost of
+the model passes the method declares (`method.passes`: F forwards and B backwards per image, the
+target's forward included; docs/methods.md's catalogue): F x the forward floor (one no-grad
+forward of the batch) + B x the backward part (the forward+backward floor, a forward and a
+backward to the input gradient with weights frozen, minus the forward floor). A method that
+declares 1 F + 1 B is measured against one forward+backward, (1 + n_steps) F + n_steps B
+(Integrated Gradients) against a forward and n_steps forward+backwards, perturbation methods
+against their forwards at the forward floor's throughput. By default every registered method that
+explains ViTs runs. Peak memory (GPU: allocator peak; CPU: process peak RSS) is shown for
 the memory-bound Integrated Gradients.
 """
 
@@ -24,27 +30,43 @@ from pathlib import Path
 
 import torch
 from bench_common import device_label, pick_device, timeit
+from bench_lxt import VARIANTS as LXT_PEERS
+from bench_lxt import lxt_peers
 from rich.console import Console
 from rich.table import Table
 
-from xai_bench.explain import build_method
-from xai_bench.explain.vit_geometry import token_grid
+from xai_bench.explain import METHODS, build_method
+from xai_bench.explain.feature_masks import patch_mask, patch_size_for
+from xai_bench.explain.vit_geometry import is_vit, token_grid
 
 MODELS = {
     "vit_tiny": dict(arch="vit_tiny_patch16_224", img=224, kwargs={}),
     "vit_b16": dict(arch="vit_base_patch16_224", img=224, kwargs={}),
     "vit_test": dict(arch="vit_tiny_patch16_224", img=32,
                      kwargs=dict(patch_size=8, depth=2, embed_dim=32, num_heads=2)),
-}
-FLOOR = {  # which floor each method is measured against: (pass kind, passes per map batch)
-    "attention": ("forward", 1), "rollout": ("forward", 1), "random": ("forward", 0),
-    "chefer": ("forward+backward", 1), "chefer_generic": ("forward+backward", 1),
-    "gradcam": ("forward+backward", 1), "hirescam": ("forward+backward", 1),
-    "saliency": ("forward+backward", 1), "input_x_gradient": ("forward+backward", 1),
-    "guided_backprop": ("forward+backward", 1),
-    "integrated_gradients": ("forward+backward", "n_steps"),
+    # CNNs: the methods that explain CNNs (deeplift, lrp, ...) against captum / zennit
+    "resnet18": dict(arch="resnet18", img=224, kwargs={}),
+    "resnet_test": dict(arch="resnet18", img=32, kwargs={}),
 }
 IG_STEPS = 50
+# settings of the sampling / perturbation rows and their peers (10 samples;
+# occlusion: 4 x 4 windows of a quarter of the image side + the clean forward)
+BENCH_SETTINGS = {
+    "smoothgrad": {"samples": 10}, "smoothgrad_sq": {"samples": 10}, "vargrad": {"samples": 10},
+    "gradient_shap": {"samples": 10, "n_baselines": 8},
+    "occlusion": {"batch_size": 64},
+    "ablationcam": {"ablation_value": "library"},  # the peer's ablation value (same cost)
+    # 64 masks / samples, 64 perturbed images per forward (the peers': 64 per forward too)
+    "rise": {"n_masks": 64, "batch_size": 64},
+    "lime": {"samples": 64, "batch_size": 64}, "kernel_shap": {"samples": 64, "batch_size": 64},
+    "lrp": {"composite": "epsilon_plus_flat"},  # the peer: zennit's EpsilonPlusFlat
+}
+# rows whose peer is pytorch-grad-cam (its class, on blocks[-1].norm1, prefix tokens dropped)
+GRAD_CAM_PEERS = {"gradcam": "GradCAM", "hirescam": "HiResCAM",
+                  "gradcam_plusplus": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
+                  "layercam": "LayerCAM", "eigencam": "EigenCAM", "eigengradcam": "EigenGradCAM",
+                  "scorecam": "ScoreCAM", "ablationcam": "AblationCAM"}
+PERTURBED_PER_FORWARD = 64  # Score-CAM / Ablation-CAM copies per forward, ours and the peer's
 
 
 def _proc_status_mb(field: str) -> float:
@@ -72,8 +94,19 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
 
 def peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Tensor], object]]:
     """The peer library call for each method, with the same targets."""
-    from captum.attr import GuidedBackprop, InputXGradient, IntegratedGradients, Saliency
-    from pytorch_grad_cam import GradCAM, HiResCAM
+    import pytorch_grad_cam
+    from captum.attr import (
+        GradientShap,
+        GuidedBackprop,
+        InputXGradient,
+        IntegratedGradients,
+        KernelShap,
+        Lime,
+        NoiseTunnel,
+        Occlusion,
+        Saliency,
+    )
+    from pytorch_grad_cam.ablation_layer import AblationLayerVit
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     prefix, gh, gw = token_grid(model)
@@ -81,17 +114,56 @@ def peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Ten
     def reshape(t: torch.Tensor) -> torch.Tensor:
         return t[:, prefix:].reshape(t.shape[0], gh, gw, t.shape[-1]).permute(0, 3, 1, 2)
 
-    def cam(cls: type) -> Callable[[torch.Tensor, torch.Tensor], object]:
+    def cam(name: str) -> Callable[[torch.Tensor, torch.Tensor], object]:
+        cls = getattr(pytorch_grad_cam, GRAD_CAM_PEERS[name])
+        extra = ({"ablation_layer": AblationLayerVit(), "batch_size": PERTURBED_PER_FORWARD}
+                 if name == "ablationcam" else {})
+
         def run(x: torch.Tensor, t: torch.Tensor) -> object:
             with cls(model=model, target_layers=[model.blocks[-1].norm1],
-                     reshape_transform=reshape) as c:
+                     reshape_transform=reshape, **extra) as c:
+                c.batch_size = PERTURBED_PER_FORWARD  # Score-CAM reads it (default 16)
                 return c(input_tensor=x.requires_grad_(),
                          targets=[ClassifierOutputTarget(int(i)) for i in t])
         return run
 
+    def tunnel(nt_type: str) -> Callable[[torch.Tensor, torch.Tensor], object]:
+        def run(x: torch.Tensor, t: torch.Tensor) -> object:  # ~32 noisy images per pass, as ours
+            return NoiseTunnel(Saliency(model)).attribute(
+                x, nt_type=nt_type, nt_samples=10, nt_samples_batch_size=max(1, 32 // len(x)),
+                stdevs=0.5, target=t, abs=False)
+        return run
+
+    def gradient_shap(x: torch.Tensor, t: torch.Tensor) -> object:
+        lo, hi = float(x.min()), float(x.max())
+        refs = lo + (hi - lo) * torch.rand(8, *x.shape[1:], device=x.device)
+        return GradientShap(model).attribute(x, baselines=refs, n_samples=10, target=t)
+
+    def occlusion(x: torch.Tensor, t: torch.Tensor) -> object:  # 64 occluded images per pass
+        side = x.shape[-1] // 4
+        return Occlusion(model).attribute(
+            x, sliding_window_shapes=(3, side, side), strides=(3, side, side), baselines=0.0,
+            target=t, perturbations_per_eval=max(1, 64 // len(x)))
+
+    def surrogate(cls: type) -> Callable[[torch.Tensor, torch.Tensor], object]:
+        """captum Lime / KernelShap on the ViT's patch grid, least squares as ours; captum fits
+        one image at a time (64 perturbed copies of it per forward)."""
+        from captum._utils.models.linear_model import SkLearnLinearRegression
+
+        def run(x: torch.Tensor, t: torch.Tensor) -> object:
+            mask = patch_mask(len(x), x.shape[-2], x.shape[-1], patch_size_for(model, None),
+                              x.device)[0].unsqueeze(1)
+            explainer = (Lime(model, interpretable_model=SkLearnLinearRegression())
+                         if cls is Lime else KernelShap(model))
+            return explainer.attribute(x, target=t, feature_mask=mask, n_samples=64,
+                                       perturbations_per_eval=64)
+        return run
+
     return {
-        "gradcam": cam(GradCAM),
-        "hirescam": cam(HiResCAM),
+        "lime": surrogate(Lime), "kernel_shap": surrogate(KernelShap),
+        "smoothgrad": tunnel("smoothgrad"), "smoothgrad_sq": tunnel("smoothgrad_sq"),
+        "vargrad": tunnel("vargrad"), "gradient_shap": gradient_shap, "occlusion": occlusion,
+        **{name: cam(name) for name in GRAD_CAM_PEERS},
         "saliency": lambda x, t: Saliency(model).attribute(x.requires_grad_(), target=t, abs=True),
         "input_x_gradient": lambda x, t: InputXGradient(model).attribute(x.requires_grad_(),
                                                                          target=t),
@@ -99,7 +171,36 @@ def peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Ten
                                                                        target=t),
         "integrated_gradients": lambda x, t, chunk=None: IntegratedGradients(model).attribute(
             x, target=t, n_steps=IG_STEPS, internal_batch_size=chunk),
+        **lxt_peers(model),  # attnlrp, cp_lrp: lxt on a torchvision copy of the model
     }
+
+
+def cnn_peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Tensor], object]]:
+    """The peers of the CNN-only rows: captum DeepLift (zero baseline) and zennit's
+    EpsilonPlusFlat with its batch-norm canonizer (timm's residual sums stay functional: zennit
+    copies relevance there instead of splitting it; the cost is the same)."""
+    from captum.attr import DeepLift
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.composites import EpsilonPlusFlat
+
+    from xai_bench.explain.gradients import not_inplace
+
+    def deeplift(x: torch.Tensor, t: torch.Tensor) -> object:
+        with not_inplace(model):  # captum's hooks cannot take timm's in-place ReLUs
+            return DeepLift(model).attribute(x.requires_grad_(), baselines=torch.zeros_like(x),
+                                             target=t)
+
+    def lrp(x: torch.Tensor, t: torch.Tensor) -> object:
+        x = x.requires_grad_()
+        with EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()]).context(model) as zmodel:
+            out = zmodel(x)
+            start = torch.nn.functional.one_hot(t, out.shape[1]).to(out) * out.detach()
+            return torch.autograd.grad(out, x, grad_outputs=start)[0]
+
+    return {"deeplift": deeplift, "lrp": lrp}
+
+
+PEER_NAMES = {"deeplift": "captum", "lrp": "zennit"}  # rows whose peer is cnn_peers'
 
 
 def main() -> None:
@@ -107,7 +208,8 @@ def main() -> None:
     parser.add_argument("--model", default="vit_tiny", choices=sorted(MODELS))
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--methods", default=",".join(FLOOR))
+    parser.add_argument("--methods", default=None,
+                        help="default: every registered method that explains the model's kind")
     parser.add_argument("--ig-internal-batch", type=int, default=16,
                         help="interpolated images per pass")
     parser.add_argument("--ig-batch", type=int, default=4, help="images for the IG memory table")
@@ -121,6 +223,9 @@ def main() -> None:
 
     spec = MODELS[args.model]
     model = build_model(spec["arch"], 2, spec["img"], **spec["kwargs"]).to(device).eval()
+    kind = "vit" if is_vit(model) else "cnn"
+    if args.methods is None:
+        args.methods = ",".join(n for n, c in METHODS.items() if kind in c.models)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, spec["img"], spec["img"], generator=g).to(device)
     with torch.no_grad():
@@ -145,7 +250,7 @@ def main() -> None:
 
     floors = {"forward": timeit(fwd, device, args.repeats),
               "forward+backward": timeit(fwd_bwd, device, args.repeats)}
-    peer_calls = peers(model)
+    peer_calls = peers(model) if kind == "vit" else cnn_peers(model)
     ig_chunk = args.ig_internal_batch
     table = Table(title=f"{spec['arch']} {spec['img']}px, {bs} images, {device_label(device)}")
     for col in ("method", "xai_bench maps/s", "peer", "peer maps/s", "speed-up", "floor",
@@ -157,12 +262,14 @@ def main() -> None:
 
     for name in [m for m in args.methods.split(",") if m]:
         kwargs = ({"n_steps": IG_STEPS, "internal_batch_size": ig_chunk}
-                  if name == "integrated_gradients" else {})
+                  if name == "integrated_gradients" else dict(BENCH_SETTINGS.get(name, {})))
+        if name == "occlusion":
+            kwargs.update(window=spec["img"] // 4, stride=spec["img"] // 4)
         method = build_method(name, **kwargs)
         ours_t = timeit(lambda m=method: m(model, x, target=target), device, args.repeats)
-        kind, passes = FLOOR.get(name, ("forward+backward", 1))
-        passes = IG_STEPS if passes == "n_steps" else passes
-        floor_t = floors[kind] * passes
+        passes = method.passes(model, spec["img"], spec["img"])
+        floor_t = (floors["forward"] * passes.forwards
+                   + (floors["forward+backward"] - floors["forward"]) * passes.backwards)
         peer = peer_calls.get(name)
         if name == "integrated_gradients":
             peer_t = timeit(lambda p=peer: p(x.clone(), target, ig_chunk), device, args.repeats)
@@ -171,11 +278,13 @@ def main() -> None:
                       if peer else None)
         table.add_row(
             name, f"{bs / ours_t:.1f}",
-            "grad-cam" if name in ("gradcam", "hirescam") else ("captum" if peer else "-"),
+            "grad-cam" if name in GRAD_CAM_PEERS else
+            (PEER_NAMES[name] if peer and name in PEER_NAMES else
+             ("lxt" if name in LXT_PEERS and peer else ("captum" if peer else "-"))),
             f"{bs / peer_t:.1f}" if peer_t else "-",
             f"{peer_t / ours_t:.2f}x" if peer_t else "-",
-            f"{kind} x{passes}" if passes else "-",
-            f"{ours_t / floor_t:.2f}" if passes else "-",
+            f"{passes.forwards:g} F + {passes.backwards:g} B",
+            f"{ours_t / floor_t:.2f}" if floor_t > 0 else "-",
         )
     console = Console(width=150)
     console.print(table)

@@ -3,7 +3,23 @@ registry that `method=<name>` configs build from. Importing this package registe
 """
 
 # imported for their registration
-from xai_bench.explain import attention, baselines, cam, chefer, gradients  # noqa: F401
+from xai_bench.explain import (  # noqa: F401
+    attention,
+    attnlrp,
+    baselines,
+    cam,
+    cam_family,
+    cam_perturbation,
+    chefer,
+    deeplift,
+    fullgrad,
+    gradients,
+    lrp_cnn,
+    noise_tunnel,
+    occlusion,
+    perturbation,
+    shap,
+)
 from xai_bench.explain.base import (
     FAMILIES,
     METHODS,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from xai_bench.explain.base import ExplainMethod, register_method
+from xai_bench.explain.base import ExplainMethod, Passes, register_method
 from xai_bench.explain.vit_geometry import capture_attention, token_grid
 from xai_bench.utils.errors import ConfigError
 
@@ -112,6 +112,8 @@ class AttentionMap(ExplainMethod):
     as in the study.
     """
 
+    family = "attention"
+    models = ("vit",)
     default_upsample = "nearest"
     needs_grad = False
 
@@ -130,11 +132,17 @@ class AttentionMap(ExplainMethod):
             model(images)
         return cls_row_to_grid(reduce_heads(attns[layer], self.head_reduction), prefix, gh, gw)
 
+    def passes(self, model: nn.Module, height: int, width: int) -> Passes:
+        """One forward, which also resolves the target (the map is class-agnostic)."""
+        return Passes(forwards=1)
+
 
 @register_method("rollout")
 class AttentionRollout(ExplainMethod):
     """Abnar & Zuidema attention rollout: CLS row of prod_b rownorm(A_b + I), b >= start_layer."""
 
+    family = "attention"
+    models = ("vit",)
     default_upsample = "bilinear"
     needs_grad = False
 
@@ -160,6 +168,10 @@ class AttentionRollout(ExplainMethod):
                     target: torch.Tensor) -> torch.Tensor:
         prefix, gh, gw = check_cls_model(model)
         return cls_row_to_grid(self.rollout(model, images), prefix, gh, gw)
+
+    def passes(self, model: nn.Module, height: int, width: int) -> Passes:
+        """One forward, which also resolves the target (the map is class-agnostic)."""
+        return Passes(forwards=1)
 
 
 def attention_and_grads(model: nn.Module, images: torch.Tensor,
@@ -187,7 +199,8 @@ class CheferGeneric(ExplainMethod):
     """
 
     target_in_forward = True
-
+    family = "attention"
+    models = ("vit",)
     default_upsample = "bilinear"
     needs_grad = True
 
@@ -209,3 +222,7 @@ class CheferGeneric(ExplainMethod):
         prefix, gh, gw = check_cls_model(model)
         resolve_layer(self.start_layer, len(model.blocks), "start_layer")
         return cls_row_to_grid(self.relevance(model, images, target), prefix, gh, gw)
+
+    def passes(self, model: nn.Module, height: int, width: int) -> Passes:
+        """One forward (it resolves the target too) and one backward to the attention maps."""
+        return Passes(forwards=1, backwards=1)

@@ -12,18 +12,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from xai_bench.explain.base import ExplainMethod, register_method
+from xai_bench.explain.base import ExplainMethod, Passes, register_method
 from xai_bench.utils.errors import ConfigError
 from xai_bench.utils.seeded_noise import seeded_uniform
 
 
+class BaselineMap(ExplainMethod):
+    """What the trivial maps share: no gradients, any model, and one forward per image (the
+    evaluation reads the target and the logits from it; the map itself needs no model)."""
+
+    family = "baseline"
+    needs_grad = False
+
+    def passes(self, model: nn.Module, height: int, width: int) -> Passes:
+        return Passes(forwards=1)
+
+
 @register_method("random")
-class RandomMap(ExplainMethod):
+class RandomMap(BaselineMap):
     """Uniform random (B, H, W) map. With image ids (as the evaluation passes them) each
     image's map is a function of (seed, id) alone, whatever the batch or rank; without, each
     call draws the same maps for the same seed and batch shape."""
-
-    needs_grad = False
 
     def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -40,13 +49,11 @@ class RandomMap(ExplainMethod):
 
 
 @register_method("centre")
-class CentrePrior(ExplainMethod):
+class CentrePrior(BaselineMap):
     """A centred Gaussian exp(-(dy^2 + dx^2) / (2 sigma^2)), peak 1, with dy, dx each pixel
     centre's offset from the image centre as a fraction of the height / width: sigma = `sigma` x
     the side, isotropic on square images (the study's 224 x 224). The photographer's bias
     (lesions are usually framed in the middle) with no model at all."""
-
-    needs_grad = False
 
     def __init__(self, *args: Any, sigma: float = 0.25, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -67,11 +74,9 @@ class CentrePrior(ExplainMethod):
 
 
 @register_method("uniform")
-class UniformMap(ExplainMethod):
+class UniformMap(BaselineMap):
     """A constant map: every pixel is a maximum, so it shows how lenient the pointing game's
     tie rule is, and its IoU at q% equals the mask's area (the box covers the image)."""
-
-    needs_grad = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("normalize", "none")  # min-max of a constant is all zeros: keep ones

@@ -6,6 +6,8 @@ One implementation with a mode (one forward, one backward of the summed target l
             layer is followed by Flatten -> Linear, the Grad-CAM vs HiResCAM faithfulness
             study; equal to Grad-CAM times h*w when the layer is followed by global average
             pooling and a linear head)
+The rest of the CAM family (explain/cam_family.py) adds its modes to `WEIGHTINGS` below:
+Grad-CAM++, XGrad-CAM, LayerCAM, EigenGrad-CAM (gradients) and EigenCAM (activations only).
 
 Layer: a dotted module path, or the default: `blocks[-1].norm1` for ViTs (the study's choice;
 its (B, N, C) tokens become (B, C, gh, gw) after dropping the prefix tokens) and
@@ -21,6 +23,7 @@ study's configuration (docs/methods.md).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,6 +33,7 @@ from torch import nn
 from xai_bench.explain.base import (
     ExplainMethod,
     Explanation,
+    Passes,
     Target,
     model_state,
     normalize,
@@ -41,7 +45,6 @@ from xai_bench.explain.gradients import frozen_params
 from xai_bench.explain.vit_geometry import explicit_attention, is_vit, tokens_to_grid
 from xai_bench.utils.errors import ConfigError
 
-CAM_MODES = ("gradcam", "hirescam")
 EIGEN_SIGNS = ("align", "svd", "library", "max_abs")
 ORDERS = ("standard", "gradcam_lib")
 AUG_FACTORS = (0.9, 1.0, 1.1)  # the library's default ttach Multiply factors
@@ -80,12 +83,10 @@ def _as_map(t: torch.Tensor, model: nn.Module) -> torch.Tensor:
     )
 
 
-def layer_activations_and_grads(model: nn.Module, images: torch.Tensor, target: Target,
-                                layer: str | nn.Module | None = None, create_graph: bool = False
-                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(activations, d sum_b logit_{b,t_b} / d activations) as (B, C, h, w), the logits and the
-    resolved target, from one forward and one backward. With `create_graph` both stay connected
-    to the graph (second-order gradients)."""
+def layer_output(model: nn.Module, images: torch.Tensor, layer: str | nn.Module | None = None,
+                 create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the layer's raw output: a (B, C, h, w) map or ViT (B, N, C) tokens, the logits) from one
+    forward; the layer must run exactly once."""
     module = resolve_layer(model, layer)
     store: list[torch.Tensor] = []
 
@@ -101,7 +102,16 @@ def layer_activations_and_grads(model: nn.Module, images: torch.Tensor, target: 
     if len(store) != 1:
         raise ConfigError(f"the CAM layer ran {len(store)} times in one forward; "
                           "choose a layer used once.")
-    act = store[0]
+    return store[0], logits
+
+
+def layer_activations_and_grads(model: nn.Module, images: torch.Tensor, target: Target,
+                                layer: str | nn.Module | None = None, create_graph: bool = False
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(activations, d sum_b logit_{b,t_b} / d activations) as (B, C, h, w), the logits and the
+    resolved target, from one forward and one backward. With `create_graph` both stay connected
+    to the graph (second-order gradients)."""
+    act, logits = layer_output(model, images, layer, create_graph)
     if not act.requires_grad:
         raise ConfigError("the CAM layer's output does not depend on anything that requires grad.")
     tgt = resolve_target(target, logits.detach())
@@ -146,16 +156,30 @@ def eigen_projection(weighted: torch.Tensor, sign: str = "align") -> torch.Tenso
     return proj.view(batch, height, width)
 
 
-def cam_from(acts: torch.Tensor, grads: torch.Tensor, mode: str = "gradcam",
+def _gradcam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    return grads.mean(dim=(2, 3), keepdim=True) * acts
+
+
+def _hirescam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    return grads * acts
+
+
+# mode -> (activations, gradients) -> weighted activations (B, C, h, w), summed over channels
+# (or eigen-projected) into the map; explain/cam_family.py registers the family's other modes
+Weighting = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+WEIGHTINGS: dict[str, Weighting] = {"gradcam": _gradcam, "hirescam": _hirescam}
+EIGEN_ONLY: set[str] = set()  # modes whose map is always the eigen projection (EigenCAM)
+
+
+def cam_from(acts: torch.Tensor, grads: torch.Tensor | None, mode: str = "gradcam",
              eigen_smooth: bool = False, eigen_sign: str = "align") -> torch.Tensor:
-    """(B, C, h, w) activations and gradients -> (B, h, w) Grad-CAM / HiResCAM map."""
-    if mode == "gradcam":
-        weighted = grads.mean(dim=(2, 3), keepdim=True) * acts
-    elif mode == "hirescam":
-        weighted = grads * acts
-    else:
-        raise ConfigError(f"CAM mode must be one of {CAM_MODES}; got {mode!r}.")
-    return eigen_projection(weighted, eigen_sign) if eigen_smooth else weighted.sum(dim=1)
+    """(B, C, h, w) activations and gradients -> (B, h, w) map of a `WEIGHTINGS` mode."""
+    if mode not in WEIGHTINGS:
+        raise ConfigError(f"CAM mode must be one of {tuple(WEIGHTINGS)}; got {mode!r}.")
+    weighted = WEIGHTINGS[mode](acts, grads)
+    if eigen_smooth or mode in EIGEN_ONLY:
+        return eigen_projection(weighted, eigen_sign)
+    return weighted.sum(dim=1)
 
 
 def gradcam_with_graph(model: nn.Module, images: torch.Tensor, target: Target = "predicted",
@@ -184,11 +208,14 @@ def gradcam_differentiable(model: nn.Module, images: torch.Tensor, target: Targe
 
 
 class CAM(ExplainMethod):
-    """Shared Grad-CAM / HiResCAM method (see the module docstring for the settings)."""
+    """Shared CAM method (see the module docstring for the settings): one forward, and one
+    backward where the mode uses gradients; the CAM family's subclasses set `mode`."""
 
     target_in_forward = True
+    family = "cam"
 
     mode: ClassVar[str] = "gradcam"
+    uses_gradients: ClassVar[bool] = True  # False: activations only (no backward)
     default_relu = True
     default_upsample = "bilinear"
     default_eigen_smooth: ClassVar[bool] = False
@@ -217,6 +244,23 @@ class CAM(ExplainMethod):
         if self.differentiable and self.eigen_smooth and self.eigen_sign == "library":
             raise ConfigError("eigen_sign=library runs numpy and cannot be differentiable; "
                               "use svd or align.")
+        if self.differentiable and not self.uses_gradients:
+            raise ConfigError(f"{self.name or type(self).__name__} uses no gradients: "
+                              "differentiable=true is for the gradient-weighted CAMs.")
+
+    def core_passes(self, model: nn.Module, height: int, width: int) -> Passes:
+        """Passes of one raw map of one image, no augmentation: one forward (it resolves the
+        target too) and, where the mode uses gradients, one backward to the layer."""
+        return Passes(forwards=1, backwards=1 if self.uses_gradients else 0)
+
+    def passes(self, model: nn.Module, height: int, width: int) -> Passes:
+        """The core passes; with aug_smooth a no-grad forward for the target, then the core
+        passes for each of the 6 views."""
+        core = self.core_passes(model, height, width)
+        if self.aug_smooth:
+            views = 2 * len(AUG_FACTORS)
+            return Passes(forwards=1 + views * core.forwards, backwards=views * core.backwards)
+        return core
 
     # -- raw maps ---------------------------------------------------------------------------
 
@@ -225,6 +269,11 @@ class CAM(ExplainMethod):
             cam, _ = gradcam_with_graph(model, images, target, self.layer, self.mode,
                                         self.eigen_smooth, self.eigen_sign)
             return cam
+        if not self.uses_gradients:
+            with torch.no_grad():
+                out, _ = layer_output(model, images, self.layer)
+            return cam_from(_as_map(out, model), None, self.mode, self.eigen_smooth,
+                            self.eigen_sign)
         with frozen_params(model):
             x = images.detach().requires_grad_(True)
             acts, grads, _, _ = layer_activations_and_grads(model, x, target, self.layer)
@@ -283,14 +332,15 @@ class CAM(ExplainMethod):
 
 @register_method("gradcam")
 class GradCAM(CAM):
-    """Grad-CAM: channel weights = spatial mean of the gradients."""
+    """Grad-CAM (Selvaraju et al. 2017): channel weights = spatial mean of the gradients."""
 
     mode = "gradcam"
 
 
 @register_method("hirescam")
 class HiResCAM(CAM):
-    """HiResCAM: element-wise gradient x activation, summed over channels."""
+    """HiResCAM (Draelos & Carin 2020): element-wise gradient x activation, summed over
+    channels."""
 
     mode = "hirescam"
 

@@ -5,15 +5,19 @@ probabilities, A_b = mean_heads((grad_A_b * R_A_b).clamp(min=0)), C = prod_b (I 
 `start_layer` without row normalisation, map = C[CLS, patches].
 
 The paper's code needs a re-implemented ViT whose every layer has a `relprop`. Here the timm
-model's own modules and weights are run block by block (so the logits are the model's), the
-activations are kept, and the relevance is propagated back by hand with the paper's rules:
+model runs its own forward (its logits; that forward also resolves the target) with hooks that
+keep the activations, one backward gives d(logit)/dA, and the relevance is propagated back by
+hand, from the last block down to `start_layer`'s attention, with the paper's rules:
   Linear           alpha=1, beta=0 (z+) rule, biases ignored
   matmul (A@v, q@k^T)  gradient x input on both operands, each operand gets half
   residual add     split in proportion to the z-contributions, rescaled per image so each
                    branch gets its |share| of the incoming total (conserved)
   clone (skip)     the two branches' relevances add up
   LayerNorm, GELU, softmax, dropout, LayerScale, drop-path, the attention scale: identity
-Everything is batched: per-image sums in the residual rule, no loop over images.
+Everything is batched: per-image sums in the residual rule, no loop over images; only the
+CLS row of C is formed (vector x matrix per block). Why the relevance pass is not a modified
+backward as in explain/attnlrp.py: the map needs BOTH the plain gradient and the relevance at
+every attention map, so a backward carrying the relevance would not replace the gradient's.
 """
 
 from __future__ import annotations
@@ -29,20 +33,21 @@ from torch import nn
 
 from xai_bench.explain.attention import (
     check_cls_model,
-    cls_row_to_grid,
     generic_relevance,
     resolve_layer,
 )
-from xai_bench.explain.base import ExplainMethod, register_method
+from xai_bench.explain.base import ExplainMethod, Passes, register_method
+from xai_bench.explain.vit_geometry import explicit_attention
 from xai_bench.utils.errors import ConfigError
 
 EPS = 1e-9
 
 
 def safe_divide(num: torch.Tensor, den: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """num / den with den pushed away from 0 by eps (keeping its sign); 0 where den == 0."""
-    stable = den + eps * torch.where(den >= 0, 1.0, -1.0).to(den.dtype)
-    return torch.where(den == 0, 0.0, num / stable)
+    """num / den with den pushed away from 0 by eps (keeping its sign); 0 where den == 0.
+
+    Written num * sign(den) / (|den| + eps): the same value (negation is exact), no branches."""
+    return num * den.sign() / (den.abs() + eps)
 
 
 def relprop_linear(x: torch.Tensor, weight: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
@@ -60,18 +65,20 @@ def relprop_add(a: torch.Tensor, b: torch.Tensor,
     dims = tuple(range(1, rel.dim()))
     s = safe_divide(rel, a + b)
     ra, rb = a * s, b * s
-    a_sum, b_sum = ra.sum(dim=dims, keepdim=True), rb.sum(dim=dims, keepdim=True)
-    total = rel.sum(dim=dims, keepdim=True)
-    a_fact = safe_divide(a_sum.abs(), a_sum.abs() + b_sum.abs()) * total
-    b_fact = safe_divide(b_sum.abs(), a_sum.abs() + b_sum.abs()) * total
-    return ra * safe_divide(a_fact, a_sum), rb * safe_divide(b_fact, b_sum)
+    sums = torch.stack([ra.sum(dim=dims), rb.sum(dim=dims)])  # (2, B): both branches at once
+    total = rel.sum(dim=dims)
+    shares = safe_divide(sums.abs(), sums.abs().sum(dim=0)) * total
+    fa, fb = safe_divide(shares, sums).view(2, -1, *([1] * (rel.dim() - 1))).unbind(0)
+    return ra * fa, rb * fb
 
 
-def relprop_matmul(a: torch.Tensor, b: torch.Tensor,
-                   rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """out = a @ b: gradient x input for each operand (each then sums to the total), halved."""
+def relprop_matmul(a: torch.Tensor, b: torch.Tensor, rel: torch.Tensor,
+                   need_b: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """out = a @ b: gradient x input for each operand (each then sums to the total), halved
+    (b's relevance: None without `need_b`)."""
     s = safe_divide(rel, a @ b)
-    return 0.5 * a * (s @ b.transpose(-2, -1)), 0.5 * b * (a.transpose(-2, -1) @ s)
+    rel_b = 0.5 * b * (a.transpose(-2, -1) @ s) if need_b else None
+    return 0.5 * a * (s @ b.transpose(-2, -1)), rel_b
 
 
 @dataclass
@@ -121,35 +128,51 @@ def check_supported(model: nn.Module) -> None:
 
 def forward_with_tape(model: nn.Module, images: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, list[BlockTape]]:
-    """Run the timm ViT with its own modules, keeping activations: (logits, final tokens, tapes).
+    """Run the model (its own forward, so its forward hooks see it and the logits are its own)
+    with hooks keeping every block's activations: (logits, final tokens, tapes).
 
-    Mirrors VisionTransformer.forward in eval mode (the distilled DeiT head averages its two
-    heads, as timm does at inference).
+    Attention is computed explicitly meanwhile (timm's fused kernel never forms the
+    probabilities); the fused flags are restored afterwards.
     """
-    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
-    tapes: list[BlockTape] = []
-    for blk in model.blocks:
+    seen: list[dict[str, torch.Tensor]] = [{} for _ in model.blocks]
+    final: dict[str, torch.Tensor] = {}
+    handles = [model.norm.register_forward_hook(lambda _m, _i, out: final.update(tokens=out))]
+
+    def keep(rec: dict[str, torch.Tensor], key: str, pre: bool = False) -> Any:
+        if pre:
+            return lambda _m, args: rec.update({key: args[0]})
+        return lambda _m, _i, out: rec.update({key: out})
+
+    for blk, rec in zip(model.blocks, seen, strict=True):
         attn_mod: Attention = blk.attn
-        x_in = x
-        h1 = blk.norm1(x_in)
-        bsz, n, _ = h1.shape
-        qkv = attn_mod.qkv(h1).reshape(bsz, n, 3, attn_mod.num_heads,
-                                       attn_mod.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        q, k = attn_mod.q_norm(q) * attn_mod.scale, attn_mod.k_norm(k)
-        probs = attn_mod.attn_drop((q @ k.transpose(-2, -1)).softmax(dim=-1))
-        o_in = attn_mod.norm((probs @ v).transpose(1, 2).reshape(bsz, n, attn_mod.attn_dim))
-        y_attn = blk.drop_path1(blk.ls1(attn_mod.proj_drop(attn_mod.proj(o_in))))
-        x_mid = x_in + y_attn
-        mlp: Mlp = blk.mlp
-        h2 = blk.norm2(x_mid)
-        m = mlp.norm(mlp.drop1(mlp.act(mlp.fc1(h2))))
-        y_mlp = blk.drop_path2(blk.ls2(mlp.drop2(mlp.fc2(m))))
-        x = x_mid + y_mlp
-        tapes.append(BlockTape(x_in, h1, q, k, v, probs, o_in, y_attn, x_mid, h2, m, y_mlp))
-    tokens = model.norm(x)
-    logits = head_forward(model, tokens)
-    return logits, tokens, tapes
+        handles += [blk.register_forward_pre_hook(keep(rec, "x_in", pre=True)),
+                    blk.norm1.register_forward_hook(keep(rec, "h1")),
+                    attn_mod.qkv.register_forward_hook(keep(rec, "qkv")),
+                    attn_mod.attn_drop.register_forward_pre_hook(keep(rec, "attn", pre=True)),
+                    attn_mod.proj.register_forward_pre_hook(keep(rec, "o_in", pre=True)),
+                    blk.drop_path1.register_forward_hook(keep(rec, "y_attn")),
+                    blk.norm2.register_forward_hook(keep(rec, "h2")),
+                    blk.mlp.fc2.register_forward_pre_hook(keep(rec, "m", pre=True)),
+                    blk.drop_path2.register_forward_hook(keep(rec, "y_mlp"))]
+    try:
+        with explicit_attention(model):
+            logits = model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    tapes = []
+    for blk, rec in zip(model.blocks, seen, strict=True):
+        attn_mod = blk.attn
+        qkv = rec["qkv"].detach()
+        bsz, n, _ = qkv.shape
+        q, k, v = qkv.reshape(bsz, n, 3, attn_mod.num_heads,
+                              attn_mod.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        with torch.no_grad():
+            q, k = attn_mod.q_norm(q) * attn_mod.scale, attn_mod.k_norm(k)
+            x_mid = rec["x_in"] + rec["y_attn"]
+        tapes.append(BlockTape(rec["x_in"], rec["h1"], q, k, v, rec["attn"], rec["o_in"],
+                               rec["y_attn"], x_mid, rec["h2"], rec["m"], rec["y_mlp"]))
+    return logits, final["tokens"], tapes
 
 
 def head_inputs(model: nn.Module, tokens: torch.Tensor) -> list[torch.Tensor]:
@@ -161,13 +184,6 @@ def head_inputs(model: nn.Module, tokens: torch.Tensor) -> list[torch.Tensor]:
     if hasattr(model, "head_dist"):
         return [model.head_drop(tokens[:, 0]), model.head_drop(tokens[:, 1])]
     return [model.head_drop(model.fc_norm(tokens[:, 0]))]
-
-
-def head_forward(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    pooled = head_inputs(model, tokens)
-    if len(pooled) == 1:
-        return model.head(pooled[0])
-    return (model.head(pooled[0]) + model.head_dist(pooled[1])) / 2
 
 
 def relprop_head(model: nn.Module, tokens: torch.Tensor, rel_out: torch.Tensor) -> torch.Tensor:
@@ -186,9 +202,10 @@ def relprop_head(model: nn.Module, tokens: torch.Tensor, rel_out: torch.Tensor) 
     return rel_tokens
 
 
-def relprop_block(blk: nn.Module, tape: BlockTape,
-                  rel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relevance at the block input and at the attention probabilities, from the block output."""
+def relprop_block(blk: nn.Module, tape: BlockTape, rel: torch.Tensor,
+                  need_input: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Relevance at the block input (None without `need_input`: the pass stops at the
+    attention) and at the attention probabilities, from the block output."""
     # x_out = x_mid + y_mlp
     rel_mid_skip, rel_y_mlp = relprop_add(tape.x_mid, tape.y_mlp, rel)
     rel_m = relprop_linear(tape.m, blk.mlp.fc2.weight, rel_y_mlp)  # ls2/drop/norm: identity
@@ -199,6 +216,8 @@ def relprop_block(blk: nn.Module, tape: BlockTape,
     rel_o = relprop_linear(tape.o_in, blk.attn.proj.weight, rel_y_attn)
     bsz, heads, n, d = tape.v.shape
     rel_o = rel_o.reshape(bsz, n, heads, d).transpose(1, 2)
+    if not need_input:
+        return None, relprop_matmul(tape.attn, tape.v, rel_o, need_b=False)[0]
     rel_attn, rel_v = relprop_matmul(tape.attn, tape.v, rel_o)
     rel_q, rel_k = relprop_matmul(tape.q, tape.k.transpose(-2, -1), rel_attn)  # softmax: identity
     rel_qkv = torch.stack([rel_q, rel_k.transpose(-2, -1), rel_v])  # (3, B, H, N, d)
@@ -208,29 +227,37 @@ def relprop_block(blk: nn.Module, tape: BlockTape,
 
 
 def lrp_attention(
-    model: nn.Module, images: torch.Tensor, target: torch.Tensor
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    model: nn.Module, images: torch.Tensor, target: torch.Tensor, start_layer: int = 0,
+    input_relevance: bool = True,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
     """(attention probs, their gradients, their LRP relevances, relevance at the block-0 input).
 
-    One forward with the model's modules, one autograd pass for d(target logit)/dA (the batch
+    One forward of the model (its forward hooks see it: a caller's target hook resolves
+    `target` in place before it is read), one autograd pass for d(target logit)/dA (the batch
     sum gives per-image gradients), then the relevance pass from R_out = one_hot(target).
+    Blocks before `start_layer` get zero gradients and relevances; without `input_relevance`
+    the relevance pass stops at block `start_layer`'s attention (and None is returned).
     """
     check_supported(model)
     with torch.enable_grad():
         logits, tokens, tapes = forward_with_tape(model, images.detach().requires_grad_(True))
         score = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()
-        grads = torch.autograd.grad(score, [t.attn for t in tapes], allow_unused=True)
-    grads = [torch.zeros_like(t.attn) if g is None else g.detach()
-             for t, g in zip(tapes, grads, strict=True)]
+        grads = torch.autograd.grad(score, [t.attn for t in tapes[start_layer:]],
+                                    allow_unused=True)
+    grads = [torch.zeros_like(t.attn) for t in tapes[:start_layer]] + [
+        torch.zeros_like(t.attn) if g is None else g.detach()
+        for t, g in zip(tapes[start_layer:], grads, strict=True)]
     with torch.no_grad():
         tokens = tokens.detach()
         tapes = [BlockTape(*(getattr(t, f).detach() for f in BlockTape.__dataclass_fields__))
                  for t in tapes]
         rel_out = F.one_hot(target.to(logits.device), logits.shape[1]).to(logits.dtype)
-        rel = relprop_head(model, tokens, rel_out)  # model.norm: identity
-        rel_attns: list[torch.Tensor] = [torch.empty(0)] * len(tapes)
-        for i in reversed(range(len(tapes))):
-            rel, rel_attns[i] = relprop_block(model.blocks[i], tapes[i], rel)
+        rel: torch.Tensor | None = relprop_head(model, tokens, rel_out)  # model.norm: identity
+        rel_attns = [torch.zeros_like(t.attn) if i < start_layer and not input_relevance
+                     else t.attn for i, t in enumerate(tapes)]  # each replaced below
+        for i in reversed(range(start_layer if not input_relevance else 0, len(tapes))):
+            rel, rel_attns[i] = relprop_block(model.blocks[i], tapes[i], rel,
+                                              need_input=input_relevance or i > start_layer)
     return [t.attn for t in tapes], grads, rel_attns, rel
 
 
@@ -248,8 +275,11 @@ def transformer_attribution(grads: list[torch.Tensor], rel_attns: list[torch.Ten
 class CheferLRP(ExplainMethod):
     """The study's ViT method: Chefer CVPR 2021 transformer attribution (LRP x gradient rollout)."""
 
+    family = "lrp"
+    models = ("vit",)
     default_upsample = "bilinear"
     needs_grad = True
+    target_in_forward = True  # the taped forward is the model's own: it gives the target
 
     def __init__(self, start_layer: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -258,11 +288,24 @@ class CheferLRP(ExplainMethod):
     def attribution(self, model: nn.Module, images: torch.Tensor,
                     target: torch.Tensor) -> torch.Tensor:
         """The full (B, N, N) rolled-out matrix C."""
-        resolve_layer(self.start_layer, len(model.blocks), "start_layer")
-        _, grads, rel_attns, _ = lrp_attention(model, images, target)
-        return transformer_attribution(grads, rel_attns, self.start_layer)
+        start = resolve_layer(self.start_layer, len(model.blocks), "start_layer")
+        _, grads, rel_attns, _ = lrp_attention(model, images, target, start, False)
+        return transformer_attribution(grads, rel_attns, start)
 
     def explain_raw(self, model: nn.Module, images: torch.Tensor,
                     target: torch.Tensor) -> torch.Tensor:
+        """Row 0 of C only: e_0^T prod_b (I + A_b), vector by matrix from the last block down."""
         prefix, gh, gw = check_cls_model(model)
-        return cls_row_to_grid(self.attribution(model, images, target), prefix, gh, gw)
+        start = resolve_layer(self.start_layer, len(model.blocks), "start_layer")
+        _, grads, rel_attns, _ = lrp_attention(model, images, target, start, False)
+        row = torch.zeros_like(rel_attns[0][:, 0, 0])  # (B, N)
+        row[:, 0] = 1
+        for grad, rel in list(zip(grads, rel_attns, strict=True))[start:][::-1]:
+            cam = (grad * rel).clamp(min=0).mean(dim=1)
+            row = row + (row.unsqueeze(1) @ cam).squeeze(1)
+        return row[:, prefix:].reshape(row.shape[0], gh, gw)
+
+    def passes(self, model: nn.Module, height: int, width: int) -> Passes:
+        """The taped forward (the model's own: it resolves the target) and one backward to the
+        attention maps (the relevance pass by hand is not a model pass)."""
+        return Passes(forwards=1, backwards=1)

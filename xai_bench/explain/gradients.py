@@ -1,5 +1,5 @@
-"""Pixel-level attribution methods: gradients, Integrated Gradients, Guided Backprop, DeepLIFT,
-LRP (the baselines live in xai_bench.explain.baselines).
+"""Pixel-level attribution methods: gradients, Integrated Gradients, Guided Backprop (DeepLIFT:
+explain.deeplift; LRP for CNNs: explain.lrp_cnn; the baselines: explain.baselines).
 
 Every method first computes channel-resolved attributions (B, C, H, W) (`attribute`, compared
 against captum in the tests) and then reduces the channels to a (B, H, W) raw map at input
@@ -13,7 +13,7 @@ Channel reduction (settings `abs`, `channel_reduction` in max | sum | mean):
                     attribution total) and ranks positive evidence highest after min-max.
 
 Saliency, Input x Gradient, IG and Guided Backprop are written by hand (one batched pass; IG
-in bounded chunks); DeepLIFT and LRP call captum, whose per-module rules are what we want.
+in bounded chunks).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch import nn
 
 from xai_bench.explain.base import (
     ExplainMethod,
+    Passes,
     Target,
     model_state,
     register_method,
@@ -280,6 +281,7 @@ def guided_backprop_differentiable(model: nn.Module, images: torch.Tensor, targe
 class PixelMethod(ExplainMethod):
     """Shared settings of the input-resolution methods: `abs` and `channel_reduction`."""
 
+    family = "gradient"
     default_abs: ClassVar[bool] = False
     default_reduction: ClassVar[str] = "sum"
 
@@ -302,6 +304,10 @@ class PixelMethod(ExplainMethod):
                     target: torch.Tensor) -> torch.Tensor:
         return reduce_channels(self.attribute(model, images, target), self.channel_reduction,
                                self.abs)
+
+    def passes(self, model: nn.Module, height: int, width: int) -> Passes:
+        """One forward (with `target_in_forward` it resolves the target too) and one backward."""
+        return Passes(forwards=1, backwards=1)
 
 
 @register_method("saliency")
@@ -355,6 +361,11 @@ class IntegratedGradients(PixelMethod):
             return integrated_gradients_attr(model, images, target, self.baseline, self.n_steps,
                                              self.method, self.internal_batch_size)
 
+    def passes(self, model: nn.Module, height: int, width: int) -> Passes:
+        """A no-grad forward for the target, then a forward and a backward per step (however
+        `internal_batch_size` chunks them)."""
+        return Passes(forwards=1 + self.n_steps, backwards=self.n_steps)
+
 
 @register_method("guided_backprop")
 class GuidedBackprop(PixelMethod):
@@ -373,78 +384,3 @@ class GuidedBackprop(PixelMethod):
                   target: torch.Tensor) -> torch.Tensor:
         with frozen_params(model):
             return guided_backprop_attr(model, images, target, gelu_rule=self.gelu_rule)
-
-
-def _require_cnn(model: nn.Module, method: str, alternative: str) -> None:
-    if is_vit(model):
-        raise ConfigError(f"method={method} is for CNNs (its rules need nn.ReLU modules); "
-                          f"{type(model).__name__} is a transformer: use method={alternative}.")
-
-
-@register_method("deeplift")
-class DeepLift(PixelMethod):
-    """captum DeepLift (rescale rule) from a constant baseline (0), CNNs only."""
-
-    def __init__(self, *args: Any, baseline: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.baseline = float(baseline)
-
-    def attribute(self, model: nn.Module, images: torch.Tensor,
-                  target: torch.Tensor) -> torch.Tensor:
-        from captum.attr import DeepLift as CaptumDeepLift
-
-        _require_cnn(model, "deeplift", "integrated_gradients or chefer")
-        x = images.detach().requires_grad_(True)  # captum warns when it has to set this itself
-        with frozen_params(model), not_inplace(model), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Ss]etting forward, backward hooks.*")
-            base = torch.full_like(x, self.baseline).detach()
-            return CaptumDeepLift(model).attribute(x, baselines=base, target=target).detach()
-
-
-# Leaf modules captum's LRP has no rule for but that only pass values through.
-_LRP_PASS_THROUGH: tuple[type[nn.Module], ...] = (nn.Identity, nn.Flatten)
-
-
-@register_method("lrp")
-class LRP(PixelMethod):
-    """captum LRP with the epsilon rule on conv / linear / batch-norm / pooling layers and on
-    pass-through modules (nn.Identity, nn.Flatten: z = x, so the epsilon rule hands the relevance
-    through; captum's IdentityRule cannot reshape). CNNs only (transformers: method=chefer).
-    Residual additions are functional, so relevance is split there as the gradient splits (no
-    exact conservation)."""
-
-    def __init__(self, *args: Any, epsilon: float = 1e-9, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.epsilon = float(epsilon)
-
-    def attribute(self, model: nn.Module, images: torch.Tensor,
-                  target: torch.Tensor) -> torch.Tensor:
-        from captum.attr import LRP as CaptumLRP
-        from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
-        from captum.attr._utils.lrp_rules import EpsilonRule
-
-        _require_cnn(model, "lrp", "chefer")
-        leaves = [m for m in model.modules() if not list(m.children())]
-        unsupported = sorted({type(m).__name__ for m in leaves
-                              if type(m) not in SUPPORTED_LAYERS_WITH_RULES
-                              and type(m) not in SUPPORTED_NON_LINEAR_LAYERS
-                              and not isinstance(m, _LRP_PASS_THROUGH)})
-        if unsupported:
-            raise ConfigError(f"method=lrp has no rule for the modules {unsupported} of "
-                              f"{type(model).__name__}; "
-                              "use deeplift or integrated_gradients for this model.")
-        ruled: list[nn.Module] = []
-        for module in leaves:
-            if isinstance(module, _LRP_PASS_THROUGH) or type(module) in SUPPORTED_LAYERS_WITH_RULES:
-                module.rule = EpsilonRule(epsilon=self.epsilon)
-            else:
-                continue
-            ruled.append(module)
-        try:
-            with frozen_params(model), not_inplace(model):
-                x = images.detach().requires_grad_(True)
-                return CaptumLRP(model).attribute(x, target=target).detach()
-        finally:
-            for module in ruled:
-                if "rule" in module.__dict__:
-                    del module.rule
