@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -17,11 +18,14 @@ def sync(device: torch.device) -> None:
 
 def timeit(fn: Callable[[], object], device: torch.device, repeats: int,
            warmup: bool = True) -> float:
-    """Median wall-clock seconds of `fn()` over `repeats` runs, after one warm-up run."""
+    """Median wall-clock seconds of `fn()` over `repeats` runs, after one warm-up run. A full
+    garbage collection before each run: otherwise the first run that allocates many Python
+    objects pays the collection debt of everything before it (the script's imports)."""
     if warmup:
         fn()
     times = []
     for _ in range(max(1, repeats)):
+        gc.collect()
         sync(device)
         start = time.perf_counter()
         fn()

@@ -140,6 +140,29 @@ def test_non_sensitivity_by_hand_on_a_linear_model() -> None:
                                    features_in_step=3).tolist() == [1.0]
 
 
+def test_non_sensitivity_forwards_the_evaluation_batch_size_by_default() -> None:
+    """Default: forwards of B images (the size the run chose for its device); any batch_size
+    gives the same counts; the clean images and each group once (the declared cost)."""
+    model = _cnn()
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))
+    images = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    batch = _batch(model, build_method("saliency"), images)
+    groups = -(-SIZE * SIZE // 7)
+    scores = {}
+    for batch_size in (None, 3, 1000):
+        sizes.clear()
+        settings = {} if batch_size is None else {"batch_size": batch_size}  # None: the default
+        scores[batch_size] = _scores("non_sensitivity", batch, eps=1e-2, features_in_step=7,
+                                     **settings)["non_sensitivity"]
+        assert sum(sizes) == 5 * (groups + 1)
+        expected = 5 if batch_size is None else min(batch_size, 5 * (groups + 1))
+        assert max(sizes) == expected and sizes.count(expected) == len(sizes) - (
+            sum(sizes) % expected > 0)
+    assert torch.equal(scores[None], scores[3]) and torch.equal(scores[None], scores[1000])
+    assert scores[None].max() > 0  # not vacuous
+
+
 # ----------------------------------------------------------------------------------------------
 # input_invariance
 

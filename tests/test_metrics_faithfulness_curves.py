@@ -323,12 +323,13 @@ def test_irof_by_hand() -> None:
     torch.testing.assert_close(FC.irof(ratios, counts)[0], 4 - area)
 
 
-def test_noisy_linear_imputation_by_hand_on_rgb() -> None:
+@pytest.mark.parametrize("solver", ["cg", "direct"])
+def test_noisy_linear_imputation_by_hand_on_rgb(solver: str) -> None:
     # one removed pixel in a 3 x 3 image: the mean of its 8 neighbours, 1/6 edge, 1/12 corner
     x = torch.arange(27, dtype=torch.float32).view(1, 3, 3, 3) ** 2
     removed = torch.zeros(1, 3, 3, dtype=torch.bool)
     removed[0, 1, 1] = True
-    out = noisy_linear_imputation(x, removed)
+    out = noisy_linear_imputation(x, removed, solver=solver)
     for c in range(3):
         v = x[0, c]
         edge = (v[0, 1] + v[1, 0] + v[1, 2] + v[2, 1]) / 6
@@ -345,7 +346,7 @@ def test_noisy_linear_imputation_by_hand_on_rgb() -> None:
     rhs = torch.tensor([12 / 6 + 24 / 12, 6 / 6 + 24 / 6 + 12 / 12 + 36 / 12],
                        dtype=torch.float64)
     a, b = torch.linalg.solve(a_mat, rhs).tolist()
-    out2 = noisy_linear_imputation(x2, removed2, noise=torch.full_like(x2, 0.5))
+    out2 = noisy_linear_imputation(x2, removed2, noise=torch.full_like(x2, 0.5), solver=solver)
     torch.testing.assert_close(out2[0, 0, 0, :2], torch.tensor([a + 0.5, b + 0.5]))
     torch.testing.assert_close(out2[0, 0, 1], x2[0, 0, 1])
 
@@ -430,6 +431,10 @@ def test_a_score_does_not_depend_on_the_batch(name: str, settings: dict) -> None
     ("road", {"orders": "up"}, "orders"),
     ("road", {"noise": -0.1}, "noise"),
     ("road", {"output": "logit"}, "output"),
+    ("road", {"solver": "lu"}, "solver"),
+    ("road", {"tol": 0}, "tol"),
+    ("road", {"max_iter": 0}, "max_iter"),
+    ("road", {"precision": "half"}, "precision"),
 ])
 def test_invalid_settings_raise_config_errors(name: str, settings: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

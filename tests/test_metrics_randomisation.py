@@ -14,7 +14,9 @@ How the comparisons share quantus' randomness:
 
 from __future__ import annotations
 
+import copy
 import itertools
+import pickle
 from typing import Any
 
 import numpy as np
@@ -323,6 +325,76 @@ def test_efficient_mprt_matches_quantus(monkeypatch: pytest.MonkeyPatch) -> None
                                explain_func=explain, device="cpu"))
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
     assert np.abs(theirs).max() > 0.01  # not vacuous
+
+
+_FULLY_RANDOMISED = F_rand.fully_randomised  # the builder, before a test counts its calls
+
+
+def _uncached_efficient_mprt(model: nn.Module, method: Any, batch: EvalBatch) -> torch.Tensor:
+    randomised = _FULLY_RANDOMISED(model, "blocks", 0)
+    maps = method(randomised, batch.images, target=batch.target, ids=batch.ids).maps
+    return F_rand.efficient_mprt(batch.maps, maps, 100).float()
+
+
+def test_efficient_mprt_builds_the_randomised_model_once_per_model_state(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second batch reuses the randomised model; another model, new weights, another mode
+    or a write into the copy rebuild it; every score equals the uncached computation; reset()
+    frees the copy."""
+    built: list[nn.Module] = []
+
+    def counting(model: nn.Module, granularity: str = "blocks", seed: int = 0) -> nn.Module:
+        built.append(model)
+        return _FULLY_RANDOMISED(model, granularity, seed)
+
+    monkeypatch.setattr(F_rand, "fully_randomised", counting)
+    method = build_method("saliency")
+    model, other = _cnn(), _cnn()
+    with torch.no_grad():
+        other[0].weight.mul_(-1.5)
+    metric = build_metric("efficient_mprt")
+    images = _images(6)
+    halves = [_batch(model, method, images[:3], torch.arange(3)),
+              _batch(model, method, images[3:], torch.arange(3, 6))]
+    for batch in halves:
+        metric.update(batch)
+    assert built == [model]  # the second batch reused it
+    expected = torch.cat([_uncached_efficient_mprt(model, method, b) for b in halves])
+    assert torch.equal(metric.compute()["efficient_mprt"], expected)
+
+    def scored(batch: EvalBatch) -> torch.Tensor:
+        metric.reset()
+        metric.update(batch)
+        return metric.compute()["efficient_mprt"]
+
+    scored(halves[0])  # reset() freed the copy
+    assert built == [model, model] and metric._randomised._entry is not None
+    another = _batch(other, method, images[:3], torch.arange(3))
+    assert torch.equal(scored(another), _uncached_efficient_mprt(other, method, another))
+    assert built[-1] is other  # another model: rebuilt
+    with torch.no_grad():
+        other[3].weight.mul_(0.5)  # new weights in place (an optimiser step, load_state_dict)
+    changed = _batch(other, method, images[:3], torch.arange(3))
+    assert torch.equal(scored(changed), _uncached_efficient_mprt(other, method, changed))
+    assert len(built) == 4
+    other.train()  # another mode
+    assert torch.equal(scored(changed), _uncached_efficient_mprt(other, method, changed))
+    assert len(built) == 5
+    other.eval()
+    halves = [changed, _batch(other, method, images[3:], torch.arange(3, 6))]
+    metric.reset()
+    metric.update(halves[0])
+    with torch.no_grad():  # something (a method) wrote into the copy: it is rebuilt
+        metric._randomised._entry[2][1].running_mean.add_(1.0)
+    metric.update(halves[1])
+    assert len(built) == 7
+    expected = torch.cat([_uncached_efficient_mprt(other, method, b) for b in halves])
+    assert torch.equal(metric.compute()["efficient_mprt"], expected)
+    metric.reset()
+    assert metric._randomised._entry is None
+    metric.update(changed)
+    assert copy.deepcopy(metric)._randomised._entry is None  # copies rebuild on demand
+    assert pickle.loads(pickle.dumps(metric._randomised))._entry is None
 
 
 # ----------------------------------------------------------------------------------------------

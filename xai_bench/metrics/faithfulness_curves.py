@@ -18,6 +18,7 @@ from xai_bench.metrics.base import Cost, EvalBatch, check_choice, register_metri
 from xai_bench.metrics.faithfulness import _as_list, _ModelMetric
 from xai_bench.metrics.functional import faithfulness_curves as F_curves
 from xai_bench.metrics.functional.faithfulness import FILLS
+from xai_bench.metrics.functional.road_imputation import PRECISIONS, SOLVERS
 from xai_bench.utils.errors import ConfigError
 
 
@@ -181,7 +182,9 @@ class ROAD(_ModelMetric):
     imputed by noisy linear imputation for each q in `percentages`; per order, the mean over q
     of the explained class's correctness (or probability). Columns `<key>/morf` (lower is
     better) and `<key>/lerf` (higher is better), and `<key>/<order>@q` with `per_percentage`.
-    The imputation is a sparse solve on the CPU per step (batched over the images)."""
+    The imputation is one solve per step for the whole batch: `solver` cg (multigrid-
+    preconditioned conjugate gradients on the model's device, to relative residual `tol`
+    within `max_iter` iterations, in `precision`) or direct (scipy on the CPU)."""
 
     higher_is_better = None  # per column, see column_higher_is_better
     ORDERS: ClassVar[tuple[str, ...]] = ("morf", "lerf")
@@ -191,7 +194,8 @@ class ROAD(_ModelMetric):
                  orders: Sequence[str] | str = ("morf", "lerf"), noise: float = 0.01,
                  output: str = "accuracy", per_percentage: bool = False,
                  only_correct: bool = False, seed: int = 0, batch_size: int | None = None,
-                 **kwargs: Any) -> None:
+                 solver: str = "cg", tol: float = 1e-7, max_iter: int = 100,
+                 precision: str = "float32", **kwargs: Any) -> None:
         super().__init__(key, only_correct, **kwargs)
         values = _as_list(percentages)
         if not values or any(isinstance(q, bool) or not isinstance(q, int | float)
@@ -209,14 +213,20 @@ class ROAD(_ModelMetric):
         self.per_percentage = bool(per_percentage)
         self.seed = int(seed)
         self.batch_size = _batch_size(batch_size, f"{key}.batch_size")
+        self.solver = check_choice(solver, SOLVERS, f"{key}.solver")
+        if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 < tol < 1:
+            raise ConfigError(f"{key}.tol must be a number in (0, 1); got {tol!r}.")
+        self.tol = float(tol)
+        self.max_iter = _positive_int(max_iter, f"{key}.max_iter")
+        self.precision = check_choice(precision, tuple(PRECISIONS), f"{key}.precision")
         columns = [f"{key}/{o}" for o in self.orders]
         if self.per_percentage:
             columns += [f"{key}/{o}@{q:g}" for o in self.orders for q in self.percentages]
         self._add_columns(columns)
 
     def cost(self, model: torch.nn.Module, height: int, width: int) -> Cost:
-        """One forward per percentage and order (plus, not counted here, one sparse solve per
-        percentage and order on the CPU)."""
+        """One forward per percentage and order (plus, not counted here, one imputation solve
+        per percentage and order)."""
         return Cost(forwards=len(self.percentages) * len(self.orders))
 
     def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
@@ -225,7 +235,8 @@ class ROAD(_ModelMetric):
             curve = F_curves.road_curve(
                 batch.model, batch.images, batch.maps, batch.target,
                 percentages=self.percentages, order=order, noise=self.noise, output=self.output,
-                seed=self.seed, ids=batch.ids, batch_size=self.batch_size)
+                seed=self.seed, ids=batch.ids, batch_size=self.batch_size, solver=self.solver,
+                tol=self.tol, max_iter=self.max_iter, precision=self.precision)
             scores[f"{self.key}/{order}"] = curve.mean(dim=1)
             if self.per_percentage:
                 for index, q in enumerate(self.percentages):

@@ -139,7 +139,9 @@ class EfficientMPRT(ImageMetric):
     """Efficient MPRT (Hedström et al. 2024, "Sanity checks revisited"): the relative rise of
     the map's discrete entropy (`n_bins` equal-width bins) from the trained to the fully
     randomised model, (H_random - H) / H. A map that becomes noise when the model does rises;
-    one that keeps its structure does not. Higher is better; NaN for a map in a single bin."""
+    one that keeps its structure does not. Higher is better; NaN for a map in a single bin.
+    The randomised model is built once and reused by the next batches while the model's
+    weights and modes stay the same (`functional.randomisation.RandomisedModelCache`)."""
 
     higher_is_better = True
     needs = frozenset({"method"})
@@ -151,13 +153,21 @@ class EfficientMPRT(ImageMetric):
                                         f"{key}.granularity")
         self.n_bins = _positive(n_bins, f"{key}.n_bins")
         self.seed = int(seed)
+        # built on the first batch, reused while the model and its weights stay the same
+        self._randomised = F_rand.RandomisedModelCache(self.granularity, self.seed)
         self._add_columns([key])
 
     def cost(self, model: torch.nn.Module, height: int, width: int) -> Cost:
         """One explanation on the fully randomised model."""
         return Cost(explanations=1)
 
+    def reset(self) -> None:
+        """Clear the scores and free the randomised model."""
+        super().reset()
+        if hasattr(self, "_randomised"):
+            self._randomised.clear()
+
     def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
-        randomised = F_rand.fully_randomised(batch.model, self.granularity, self.seed)
+        randomised = self._randomised.get(batch.model)
         maps = batch.method(randomised, batch.images, target=batch.target, ids=batch.ids).maps
         return {self.key: F_rand.efficient_mprt(batch.maps, maps, self.n_bins)}

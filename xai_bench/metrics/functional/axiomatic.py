@@ -32,6 +32,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from xai_bench.metrics.functional.perturbed import step_scores, target_prob
 from xai_bench.utils.errors import ConfigError
 
 __all__ = [
@@ -83,6 +84,10 @@ def non_sensitivity(model: nn.Module, images: Tensor, maps: Tensor, target: Tens
                     batch_size: int | None = None) -> Tensor:
     """(B,) number of pixel groups where the map and the model disagree about mattering.
 
+    The clean images and one copy per group without it are scored by
+    `functional.perturbed.step_scores` (group-major, `batch_size` images per forward, each
+    copy built by one slice assignment when its forward needs it).
+
     Args:
         model: The classifier (run under no_grad, in its current mode).
         images: (B, C, H, W) inputs.
@@ -91,7 +96,8 @@ def non_sensitivity(model: nn.Module, images: Tensor, maps: Tensor, target: Tens
         eps: Threshold for a zero attribution and for an unchanged probability.
         features_in_step: Consecutive pixels (row-major) removed together.
         fill: What removed pixels become (FILLS).
-        batch_size: Perturbed images per forward (None: B).
+        batch_size: Perturbed images per forward (None: B; on a CPU small forwards are
+            fastest per image, on a GPU larger ones).
 
     Returns:
         (B,) float32 counts in [0, ceil(H W / features_in_step)]; NaN for a NaN map.
@@ -100,29 +106,28 @@ def non_sensitivity(model: nn.Module, images: Tensor, maps: Tensor, target: Tens
         raise ConfigError(f"features_in_step must be >= 1; got {features_in_step}.")
     if batch_size is not None and int(batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1 or null; got {batch_size}.")
-    batch, _, height, width = images.shape
+    batch, channels, height, width = images.shape
     step = int(features_in_step)
     groups = math.ceil(height * width / step)
-    group_of = (torch.arange(height * width, device=images.device) // step).view(height, width)
-    fill_values = fill_value(images, fill)
-    per = int(batch_size) if batch_size is not None else batch
-    total = (groups + 1) * batch  # row 0: the clean images, then one row per group
-    probs = torch.empty(total, dtype=torch.float32, device=images.device)
-    with torch.no_grad():
-        for start in range(0, total, per):
-            rows = torch.arange(start, min(start + per, total), device=images.device)
-            group, image = rows // batch - 1, rows % batch
-            removed = (group_of.unsqueeze(0) == group.view(-1, 1, 1)).unsqueeze(1)
-            x = torch.where(removed, fill_values[image], images[image])
-            probs[start:start + rows.numel()] = _output(model(x), target[image], "probability")
-    probs = probs.view(groups + 1, batch)
-    insensitive = (probs[1:] - probs[:1]).abs() < eps  # (groups, B)
+    clean = images.detach()
+    fills = fill_value(clean, fill).view(-1, 1, 1)
+
+    def without_group(index: int, lo: int, hi: int) -> Tensor:
+        """Images lo:hi with every channel of group index - 1 set to the fill."""
+        x = clean[lo:hi].clone(memory_format=torch.contiguous_format)
+        first = (index - 1) * step
+        x.view(hi - lo, channels, height * width)[:, :, first:first + step] = fills[lo:hi]
+        return x
+
+    probs = step_scores(model, [batch] * (groups + 1), without_group, target, batch_size,
+                        target_prob, clean=clean)  # (B, 1 + groups): column 0 the clean images
+    insensitive = (probs[:, 1:] - probs[:, :1]).abs() < eps  # (B, groups)
     flat_maps = maps.detach().abs().flatten(1)
     padded = torch.full((batch, groups * step), -math.inf, device=maps.device,
                         dtype=flat_maps.dtype)
     padded[:, : height * width] = flat_maps
-    zero_attribution = (padded.view(batch, groups, step).amax(dim=2) < eps).T
-    score = (insensitive ^ zero_attribution.to(insensitive.device)).sum(dim=0).float()
+    zero_attribution = padded.view(batch, groups, step).amax(dim=2) < eps
+    score = (insensitive ^ zero_attribution.to(insensitive.device)).sum(dim=1).float()
     return score.masked_fill(torch.isnan(flat_maps).any(dim=1).to(score.device), float("nan"))
 
 

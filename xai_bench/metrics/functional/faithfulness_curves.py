@@ -100,6 +100,29 @@ def _prepare(images: Tensor, maps: Tensor, target: Tensor, fill: str, ids: Tenso
     return _ids_cpu(ids, images.shape[0]), target.to(images.device)
 
 
+def _cumulative_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Tensor,
+                      features_in_step: int, fill: str, seed: int, ids: Tensor | None,
+                      batch_size: int | None, most_relevant_first: bool) -> Tensor:
+    """p_k after the first k f ranked pixels changed: removed into the fill (most relevant
+    first, Pixel-Flipping) or shown on the fill (least relevant first, Monotonicity)."""
+    _check_positive("features_in_step", features_in_step)
+    ids_c, target = _prepare(images, maps, target, fill, ids, batch_size)
+    batch, _, height, width = images.shape
+    step_px, n_pix = int(features_in_step), height * width
+    rank = _pixel_rank(maps, descending=most_relevant_first)
+    fill_of = _fill_fn(fill, images, ids_c, seed)
+
+    def build(step: int, lo: int, hi: int) -> Tensor:
+        changed = rank[lo:hi] < min((step + 1) * step_px, n_pix)
+        fill_value, image = fill_of(step + 1, lo, hi), images[lo:hi]
+        if most_relevant_first:
+            return torch.where(changed, fill_value, image)
+        return torch.where(changed, image, fill_value)
+
+    n_steps = math.ceil(n_pix / step_px)
+    return step_scores(model, [batch] * n_steps, build, target, batch_size)
+
+
 def pixel_flipping_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Tensor,
                          features_in_step: int = 224, fill: str = "min", seed: int = 0,
                          ids: Tensor | None = None, batch_size: int | None = None) -> Tensor:
@@ -115,19 +138,8 @@ def pixel_flipping_curve(model: nn.Module, images: Tensor, maps: Tensor, target:
     Returns:
         (B, n) p_k for k = 1..n.
     """
-    _check_positive("features_in_step", features_in_step)
-    ids_c, target = _prepare(images, maps, target, fill, ids, batch_size)
-    batch, _, height, width = images.shape
-    step_px, n_pix = int(features_in_step), height * width
-    rank = _pixel_rank(maps, descending=True)
-    fill_of = _fill_fn(fill, images, ids_c, seed)
-
-    def build(step: int, lo: int, hi: int) -> Tensor:
-        removed = rank[lo:hi] < min((step + 1) * step_px, n_pix)
-        return torch.where(removed, fill_of(step + 1, lo, hi), images[lo:hi])
-
-    n_steps = math.ceil(n_pix / step_px)
-    return step_scores(model, [batch] * n_steps, build, target, batch_size)
+    return _cumulative_curve(model, images, maps, target, features_in_step, fill, seed, ids,
+                             batch_size, most_relevant_first=True)
 
 
 def monotonicity_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Tensor,
@@ -141,19 +153,8 @@ def monotonicity_curve(model: nn.Module, images: Tensor, maps: Tensor, target: T
     Returns:
         (B, n) p_k for k = 1..n (k f pixels of x shown).
     """
-    _check_positive("features_in_step", features_in_step)
-    ids_c, target = _prepare(images, maps, target, fill, ids, batch_size)
-    batch, _, height, width = images.shape
-    step_px, n_pix = int(features_in_step), height * width
-    rank = _pixel_rank(maps, descending=False)
-    fill_of = _fill_fn(fill, images, ids_c, seed)
-
-    def build(step: int, lo: int, hi: int) -> Tensor:
-        shown = rank[lo:hi] < min((step + 1) * step_px, n_pix)
-        return torch.where(shown, images[lo:hi], fill_of(step + 1, lo, hi))
-
-    n_steps = math.ceil(n_pix / step_px)
-    return step_scores(model, [batch] * n_steps, build, target, batch_size)
+    return _cumulative_curve(model, images, maps, target, features_in_step, fill, seed, ids,
+                             batch_size, most_relevant_first=False)
 
 
 def curve_auc(curve: Tensor) -> Tensor:
@@ -283,9 +284,10 @@ def road_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Tensor,
                percentages: Sequence[float] = (10, 20, 30, 40, 50, 60, 70, 80, 90),
                order: str = "morf", noise: float = 0.01, output: str = "accuracy",
                seed: int = 0, ids: Tensor | None = None,
-               batch_size: int | None = None) -> Tensor:
-    """ROAD's curve (above). Each step's imputation is one block-diagonal sparse solve for the
-    whole batch on the CPU (`road_imputation`), then its images are forwarded.
+               batch_size: int | None = None, solver: str = "cg", tol: float = 1e-7,
+               max_iter: int = 100, precision: str = "float32") -> Tensor:
+    """ROAD's curve (above). Each step's imputation is solved for the whole batch at once
+    (`road_imputation`; `cg` on the images' device), then its images are forwarded.
 
     Args:
         percentages: q in [0, 100), the percentages of pixels imputed.
@@ -293,6 +295,7 @@ def road_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Tensor,
         noise: Standard deviation of the Gaussian noise added to imputed pixels (seeded per
             image id; stream = percentage index, LeRF offset by 2^20).
         output: "accuracy" (argmax = y) or "probability" (p).
+        solver, tol, max_iter, precision: The imputation's (`noisy_linear_imputation`).
         model, images, maps, target, seed, ids, batch_size: As for `pixel_flipping_curve`.
 
     Returns:
@@ -308,7 +311,7 @@ def road_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Tensor,
     if noise is None or float(noise) < 0:
         raise ConfigError(f"noise must be a float >= 0; got {noise!r}.")
     batch, channels, height, width = images.shape
-    rank = _pixel_rank(maps, descending=(order == "morf"))[:, 0].cpu()
+    rank = _pixel_rank(maps, descending=(order == "morf"))[:, 0]
     counts = [int(height * width * q / 100) for q in values]  # quantus' rounding (floor)
     base = 0 if order == "morf" else _LERF_STREAM
     cache: dict[int, Tensor] = {}
@@ -319,8 +322,10 @@ def road_curve(model: nn.Module, images: Tensor, maps: Tensor, target: Tensor,
             draws = None
             if float(noise) > 0:
                 draws = float(noise) * seeded_normal(ids_c, (channels, height, width), seed=seed,
-                                                     stream=base + step, device="cpu")
-            cache[step] = noisy_linear_imputation(images, rank < counts[step], draws)
+                                                     stream=base + step, device=images.device)
+            cache[step] = noisy_linear_imputation(images, rank < counts[step], draws,
+                                                  solver=solver, tol=tol, max_iter=max_iter,
+                                                  precision=precision)
         return cache[step][lo:hi]
 
     score = _hit if output == "accuracy" else target_prob
