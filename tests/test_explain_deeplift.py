@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import DeepLift as CaptumDeepLift
+from tiny_models import TinyCNN, tiny_cnn
 from torch import nn
 
 from xai_bench.explain.base import build_method
@@ -19,24 +20,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:captum.*")
 TARGET = torch.tensor([0, 1, 1])
 
 
-class TinyCNN(nn.Module):
-    """Conv -> ReLU -> Conv -> ReLU -> average pool -> flatten -> Linear (no max pool)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1, self.r1 = nn.Conv2d(3, 6, 3, padding=1), nn.ReLU()
-        self.c2, self.r2 = nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(2)
-        self.fc = nn.Linear(32, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.r2(self.c2(self.r1(self.c1(x))))).flatten(1))
-
 
 @pytest.fixture(scope="module")
 def cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return TinyCNN().double().eval()
+    return tiny_cnn()
 
 
 def _images(batch: int = 3, size: int = 16, seed: int = 1) -> torch.Tensor:

@@ -11,11 +11,11 @@ from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 from captum.attr import InputXGradient as CaptumInputXGradient
 from captum.attr import IntegratedGradients as CaptumIG
 from captum.attr import Saliency as CaptumSaliency
+from tiny_models import tiny_vit
 from torch import nn
 
 from xai_bench.explain import gradients as G
 from xai_bench.explain.base import build_method
-from xai_bench.models import build_model
 from xai_bench.utils.errors import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:captum.*")
@@ -45,9 +45,7 @@ def cnn() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def vit() -> nn.Module:
-    torch.manual_seed(0)
-    return build_model("vit_tiny_patch16_224", 2, 32, patch_size=8, depth=2, embed_dim=32,
-                       num_heads=2).double().eval()
+    return tiny_vit()
 
 
 def _images(batch: int = 3, size: int = 16, seed: int = 1) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 import torchvision
 from captum.attr import LRP as CaptumLRP
 from captum.attr._utils.lrp_rules import EpsilonRule
+from tiny_models import TinyCNN
 from torch import nn
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.composites import (
@@ -30,19 +31,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 TARGET = torch.tensor([0, 1, 1])
 LOW, HIGH = -2.0, 2.5
 
-
-class TinyCNN(nn.Module):
-    """Conv -> ReLU -> Conv -> ReLU -> average pool -> flatten -> Linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1, self.r1 = nn.Conv2d(3, 6, 3, padding=1), nn.ReLU()
-        self.c2, self.r2 = nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(2)
-        self.fc = nn.Linear(32, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.r2(self.c2(self.r1(self.c1(x))))).flatten(1))
 
 
 def _images(batch: int = 3, size: int = 16, seed: int = 1) -> torch.Tensor:

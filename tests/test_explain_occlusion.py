@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.attr import Occlusion as CaptumOcclusion
+from tiny_models import tiny_vit
 from torch import nn
 
 from xai_bench.explain import occlusion as O
 from xai_bench.explain.base import build_method
-from xai_bench.models import build_model
 from xai_bench.utils.errors import ConfigError
 
 TARGET = torch.tensor([0, 1, 1])
@@ -34,9 +34,7 @@ def cnn() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def vit() -> nn.Module:
-    torch.manual_seed(0)
-    return build_model("vit_tiny_patch16_224", 2, 32, patch_size=8, depth=2, embed_dim=32,
-                       num_heads=2).double().eval()
+    return tiny_vit()
 
 
 def _images(size: int) -> torch.Tensor:

@@ -13,13 +13,13 @@ from captum._utils.models.linear_model import SkLearnLinearRegression, SkLearnRi
 from captum.attr import KernelShap as CaptumKernelShap
 from captum.attr import Lime as CaptumLime
 from skimage.transform import resize
+from tiny_models import tiny_vit
 from torch import nn
 
 from xai_bench.explain import perturbation as P
 from xai_bench.explain.base import build_method
 from xai_bench.explain.feature_masks import feature_mask
 from xai_bench.explain.surrogate import shap_samples
-from xai_bench.models import build_model
 from xai_bench.utils.errors import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -54,9 +54,7 @@ def cnn() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def vit() -> nn.Module:
-    torch.manual_seed(0)
-    return build_model("vit_tiny_patch16_224", 2, 32, patch_size=8, depth=2, embed_dim=32,
-                       num_heads=2).double().eval()
+    return tiny_vit()
 
 
 def _images(batch: int, size: int, seed: int = 1) -> torch.Tensor:

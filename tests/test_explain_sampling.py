@@ -17,11 +17,11 @@ from captum.attr import IntegratedGradients as CaptumIG
 from captum.attr import NoiseTunnel as CaptumNoiseTunnel
 from captum.attr import Saliency as CaptumSaliency
 from scipy import ndimage
+from tiny_models import tiny_cnn, tiny_vit
 from torch import nn
 
 from xai_bench.explain import shap
 from xai_bench.explain.base import build_method
-from xai_bench.models import build_model
 from xai_bench.utils.errors import ConfigError
 from xai_bench.utils.seeded_noise import seeded_normal
 
@@ -31,31 +31,15 @@ TARGET = torch.tensor([0, 1, 1])
 IDS = torch.tensor([11, 4, 7])
 
 
-class TinyCNN(nn.Module):
-    """Conv -> ReLU -> Conv -> ReLU -> pool -> Linear (nn.ReLU modules: guided backprop)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.c1, self.r1 = nn.Conv2d(3, 6, 3, padding=1), nn.ReLU()
-        self.c2, self.r2 = nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(2)
-        self.fc = nn.Linear(32, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.r2(self.c2(self.r1(self.c1(x))))).flatten(1))
-
 
 @pytest.fixture(scope="module")
 def cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return TinyCNN().double().eval()
+    return tiny_cnn()
 
 
 @pytest.fixture(scope="module")
 def vit() -> nn.Module:
-    torch.manual_seed(0)
-    return build_model("vit_tiny_patch16_224", 2, 32, patch_size=8, depth=2, embed_dim=32,
-                       num_heads=2).double().eval()
+    return tiny_vit()
 
 
 def _images(size: int) -> torch.Tensor:
