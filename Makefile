@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.xai_bench-installed
 PYTEST_ARGS ?=
+# test workers (pytest-xdist): one per core; a file's tests stay on one worker, so module-scoped
+# fixtures (a trained run) are built once. WORKERS=0 runs in one process.
+WORKERS ?= auto
+XDIST := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile)
 # this machine's pip config lists local index folders that may not exist: drop that noise
 PIP_NOISE := is ignored: it is neither
 export PIP_ROOT_USER_ACTION := ignore
@@ -32,10 +36,10 @@ demo: install
 
 # The whole test suite (slow tests included: real training runs, DDP, sweeps).
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check xai_bench tests scripts
