@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
@@ -16,6 +17,14 @@ from xai_bench.tracking.resolvers import register_resolvers
 
 # the entry points register conf/'s resolvers when imported; tests compose configs without them
 register_resolvers()
+
+# `make test` runs one pytest-xdist worker per core: each worker's torch, and the CLI runs it
+# starts (they inherit the variable), get their share of the cores; two workers of two threads
+# each on two cores slow torch down several-fold
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1)))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
