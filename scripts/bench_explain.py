@@ -271,7 +271,7 @@ def main() -> None:
         floor_t = (floors["forward"] * passes.forwards
                    + (floors["forward+backward"] - floors["forward"]) * passes.backwards)
         peer = peer_calls.get(name)
-        if name == "integrated_gradients":
+        if name == "integrated_gradients" and peer:
             peer_t = timeit(lambda p=peer: p(x.clone(), target, ig_chunk), device, args.repeats)
         else:
             peer_t = (timeit(lambda p=peer: p(x.clone(), target), device, args.repeats)
@@ -288,7 +288,7 @@ def main() -> None:
         )
     console = Console(width=150)
     console.print(table)
-    if "integrated_gradients" in args.methods:
+    if "integrated_gradients" in args.methods and "integrated_gradients" in peer_calls:
         console.print(ig_memory_table(model, x[: args.ig_batch], target[: args.ig_batch], ig_chunk,
                                       peer_calls, device, args.repeats, args.model))
 
