@@ -220,6 +220,17 @@ def require_cnn(model: nn.Module, method: str, alternative: str) -> None:
                           f"use method={alternative}.")
 
 
+def check_deeplift_model(model: nn.Module, method: str, vit_alternative: str,
+                         alternative: str) -> None:
+    """ConfigErrors before any pass: a transformer (-> `vit_alternative`), or leaf modules
+    DeepLIFT has no rule for (-> `alternative`)."""
+    require_cnn(model, method, vit_alternative)
+    unsupported = unsupported_modules(model)
+    if unsupported:
+        raise ConfigError(f"method={method} has no DeepLIFT rule for the modules {unsupported} "
+                          f"of {type(model).__name__}; use {alternative} for this model.")
+
+
 @register_method("deeplift")
 class DeepLift(PixelMethod):
     """DeepLIFT, Rescale rule (Shrikumar et al. 2017), from a constant `baseline` (0: the
@@ -239,9 +250,6 @@ class DeepLift(PixelMethod):
 
     def attribute(self, model: nn.Module, images: torch.Tensor,
                   target: torch.Tensor) -> torch.Tensor:
-        require_cnn(model, "deeplift", "integrated_gradients (or chefer / attnlrp)")
-        unsupported = unsupported_modules(model)
-        if unsupported:
-            raise ConfigError(f"method=deeplift has no rule for the modules {unsupported} of "
-                              f"{type(model).__name__}; use integrated_gradients for this model.")
+        check_deeplift_model(model, "deeplift", "integrated_gradients (or chefer / attnlrp)",
+                             "integrated_gradients")
         return deeplift_attr(model, images, self.baseline, target)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_bench.explain.base import Passes, register_method
-from xai_bench.explain.deeplift import deeplift_attr, require_cnn, unsupported_modules
+from xai_bench.explain.deeplift import check_deeplift_model, deeplift_attr
 from xai_bench.explain.gradients import PixelMethod, _selected, frozen_params
 from xai_bench.explain.noise_tunnel import (
     check_sampling,
@@ -174,11 +174,7 @@ class DeepLiftShap(BaselineDistribution):
 
     def attribute(self, model: nn.Module, images: torch.Tensor,
                   target: torch.Tensor) -> torch.Tensor:
-        require_cnn(model, "deeplift_shap", "gradient_shap")
-        unsupported = unsupported_modules(model)
-        if unsupported:
-            raise ConfigError(f"method=deeplift_shap has no DeepLIFT rule for the modules "
-                              f"{unsupported} of {type(model).__name__}; use gradient_shap.")
+        check_deeplift_model(model, "deeplift_shap", "gradient_shap", "gradient_shap")
         x = images.detach()
         bases = self.baseline_images(x)
         target = target.to(x.device)
