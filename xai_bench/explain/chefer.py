@@ -50,13 +50,26 @@ def safe_divide(num: torch.Tensor, den: torch.Tensor, eps: float = EPS) -> torch
     return num * den.sign() / (den.abs() + eps)
 
 
-def relprop_linear(x: torch.Tensor, weight: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-    """alpha=1, beta=0: relevance flows along the positive contributions x_i w_ji > 0 only."""
-    pw, nw = weight.clamp(min=0), weight.clamp(max=0)
-    px, nx = x.clamp(min=0), x.clamp(max=0)
-    z = F.linear(px, pw) + F.linear(nx, nw)
-    s = safe_divide(rel, z)
-    return px * (s @ pw) + nx * (s @ nw)
+def relprop_linear(x: torch.Tensor, weight: torch.Tensor, rel: torch.Tensor,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """alpha=1, beta=0: relevance flows along the positive contributions x_i w_ji > 0 only.
+
+    With (x w)+ = (x w + |x| |w|) / 2, the positive part z+ = (x W^T + |x| |W|^T) / 2 needs one
+    matmul beyond the layer's own product `out` (x W^T, bias excluded; taped by the caller or
+    recomputed), and the redistribution x+ (s W+) + x- (s W-) = (x (s W) + |x| (s |W|)) / 2 one
+    matmul of s by [W, |W|]: three matmuls per layer instead of four. Where |x| |W|^T says that
+    z+ is within rounding of zero (every contribution <= 0), z+ is 0 and so is the relevance
+    passed on, as in the four-matmul form.
+    """
+    pos = x.abs()
+    wabs = weight.abs()
+    total = F.linear(pos, wabs)  # sum_i |x_i w_ji|
+    z = ((F.linear(x, weight) if out is None else out) + total) * 0.5
+    zero = z <= total * (8 * torch.finfo(z.dtype).eps)
+    s = (rel / (z + EPS)).masked_fill_(zero, 0)
+    both = s @ torch.cat([weight, wabs], dim=1)  # (.., 2 in): s W and s |W| in one matmul
+    grad, grad_abs = both.split(weight.shape[1], dim=-1)
+    return (x * grad + pos * grad_abs) * 0.5
 
 
 def relprop_add(a: torch.Tensor, b: torch.Tensor,
@@ -72,11 +85,11 @@ def relprop_add(a: torch.Tensor, b: torch.Tensor,
     return ra * fa, rb * fb
 
 
-def relprop_matmul(a: torch.Tensor, b: torch.Tensor, rel: torch.Tensor,
-                   need_b: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """out = a @ b: gradient x input for each operand (each then sums to the total), halved
-    (b's relevance: None without `need_b`)."""
-    s = safe_divide(rel, a @ b)
+def relprop_matmul(a: torch.Tensor, b: torch.Tensor, rel: torch.Tensor, need_b: bool = True,
+                   out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """out = a @ b (taped by the caller or recomputed): gradient x input for each operand (each
+    then sums to the total), halved (b's relevance: None without `need_b`)."""
+    s = safe_divide(rel, a @ b if out is None else out)
     rel_b = 0.5 * b * (a.transpose(-2, -1) @ s) if need_b else None
     return 0.5 * a * (s @ b.transpose(-2, -1)), rel_b
 
@@ -97,6 +110,11 @@ class BlockTape:
     h2: torch.Tensor  # fc1 input
     m: torch.Tensor  # fc2 input
     y_mlp: torch.Tensor  # MLP branch output added to x_mid
+    # the linear layers' products x W^T without their biases (the z+ rule's x W^T)
+    z_qkv: torch.Tensor
+    z_proj: torch.Tensor
+    z_fc1: torch.Tensor
+    z_fc2: torch.Tensor
 
 
 def check_supported(model: nn.Module) -> None:
@@ -150,6 +168,9 @@ def forward_with_tape(model: nn.Module, images: torch.Tensor
                     attn_mod.qkv.register_forward_hook(keep(rec, "qkv")),
                     attn_mod.attn_drop.register_forward_pre_hook(keep(rec, "attn", pre=True)),
                     attn_mod.proj.register_forward_pre_hook(keep(rec, "o_in", pre=True)),
+                    attn_mod.proj.register_forward_hook(keep(rec, "proj")),
+                    blk.mlp.fc1.register_forward_hook(keep(rec, "fc1")),
+                    blk.mlp.fc2.register_forward_hook(keep(rec, "fc2")),
                     blk.drop_path1.register_forward_hook(keep(rec, "y_attn")),
                     blk.norm2.register_forward_hook(keep(rec, "h2")),
                     blk.mlp.fc2.register_forward_pre_hook(keep(rec, "m", pre=True)),
@@ -170,9 +191,16 @@ def forward_with_tape(model: nn.Module, images: torch.Tensor
         with torch.no_grad():
             q, k = attn_mod.q_norm(q) * attn_mod.scale, attn_mod.k_norm(k)
             x_mid = rec["x_in"] + rec["y_attn"]
+            z = [_unbiased(rec[key].detach(), layer) for key, layer in (
+                ("qkv", attn_mod.qkv), ("proj", attn_mod.proj), ("fc1", blk.mlp.fc1),
+                ("fc2", blk.mlp.fc2))]
         tapes.append(BlockTape(rec["x_in"], rec["h1"], q, k, v, rec["attn"], rec["o_in"],
-                               rec["y_attn"], x_mid, rec["h2"], rec["m"], rec["y_mlp"]))
+                               rec["y_attn"], x_mid, rec["h2"], rec["m"], rec["y_mlp"], *z))
     return logits, final["tokens"], tapes
+
+
+def _unbiased(out: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    return out if layer.bias is None else out - layer.bias
 
 
 def head_inputs(model: nn.Module, tokens: torch.Tensor) -> list[torch.Tensor]:
@@ -208,21 +236,22 @@ def relprop_block(blk: nn.Module, tape: BlockTape, rel: torch.Tensor,
     attention) and at the attention probabilities, from the block output."""
     # x_out = x_mid + y_mlp
     rel_mid_skip, rel_y_mlp = relprop_add(tape.x_mid, tape.y_mlp, rel)
-    rel_m = relprop_linear(tape.m, blk.mlp.fc2.weight, rel_y_mlp)  # ls2/drop/norm: identity
-    rel_h2 = relprop_linear(tape.h2, blk.mlp.fc1.weight, rel_m)  # act: identity
+    rel_m = relprop_linear(tape.m, blk.mlp.fc2.weight, rel_y_mlp, tape.z_fc2)  # ls2: identity
+    rel_h2 = relprop_linear(tape.h2, blk.mlp.fc1.weight, rel_m, tape.z_fc1)  # act: identity
     rel_mid = rel_mid_skip + rel_h2  # norm2: identity; clone: sum
     # x_mid = x_in + y_attn
     rel_in_skip, rel_y_attn = relprop_add(tape.x_in, tape.y_attn, rel_mid)
-    rel_o = relprop_linear(tape.o_in, blk.attn.proj.weight, rel_y_attn)
+    rel_o = relprop_linear(tape.o_in, blk.attn.proj.weight, rel_y_attn, tape.z_proj)
     bsz, heads, n, d = tape.v.shape
     rel_o = rel_o.reshape(bsz, n, heads, d).transpose(1, 2)
+    o = tape.o_in.reshape(bsz, n, heads, d).transpose(1, 2)  # attn @ v, as the forward made it
     if not need_input:
-        return None, relprop_matmul(tape.attn, tape.v, rel_o, need_b=False)[0]
-    rel_attn, rel_v = relprop_matmul(tape.attn, tape.v, rel_o)
+        return None, relprop_matmul(tape.attn, tape.v, rel_o, need_b=False, out=o)[0]
+    rel_attn, rel_v = relprop_matmul(tape.attn, tape.v, rel_o, out=o)
     rel_q, rel_k = relprop_matmul(tape.q, tape.k.transpose(-2, -1), rel_attn)  # softmax: identity
     rel_qkv = torch.stack([rel_q, rel_k.transpose(-2, -1), rel_v])  # (3, B, H, N, d)
     rel_qkv = rel_qkv.permute(1, 3, 0, 2, 4).reshape(bsz, n, 3 * heads * d)
-    rel_h1 = relprop_linear(tape.h1, blk.attn.qkv.weight, rel_qkv)
+    rel_h1 = relprop_linear(tape.h1, blk.attn.qkv.weight, rel_qkv, tape.z_qkv)
     return rel_in_skip + rel_h1, rel_attn
 
 
