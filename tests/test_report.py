@@ -353,9 +353,12 @@ def _write_all(sweep: Path, out: Path, **kwargs: Any) -> dict[str, Path]:
 def test_csv_long_format(sweep: Path, tmp_path: Path) -> None:
     files = _write_all(sweep, tmp_path / "out", compare="study")
     rows = list(csv.DictReader(files["csv"].open()))
-    assert list(rows[0]) == ["dataset", "init", "method", "kind", "metric", "value", "ci_low",
-                             "ci_high", "n", "n_runs", "runs_min", "runs_max", "best",
-                             "beats_random", "published", "delta", "accuracy"]
+    # the table's columns, then the significance section's (tests/test_report_significance.py)
+    assert list(rows[0])[:19] == ["dataset", "init", "method", "kind", "metric", "value",
+                                  "ci_low", "ci_high", "n", "n_runs", "runs_min", "runs_max",
+                                  "best", "beats_random", "published", "delta", "accuracy",
+                                  "beats_random_rule", "section"]
+    assert {r["section"] for r in rows} == {"table"}  # no significance given
     assert len(rows) == 4 * 6 * 6  # rows x (3 methods + 3 baselines) x (5 metrics + iou@mean)
     first = rows[0]
     assert (first["dataset"], first["init"], first["method"], first["kind"], first["metric"]) == (
@@ -503,7 +506,8 @@ def test_cli_writes_report_and_wandb_run(sweep: Path, tmp_path: Path) -> None:
     for path in runs[0].rglob("*.table.json"):
         data = json.loads(path.read_text())
         tables[path.name.rsplit("_", 2)[0]] = data["data"]
-    assert len(tables["table"]) == len(list(csv.DictReader((out / "report.csv").open())))
+    cells = [r for r in csv.DictReader((out / "report.csv").open()) if r["section"] == "table"]
+    assert len(tables["table"]) == len(cells)
     assert len(tables["trust"]) == 5
 
 

@@ -4,6 +4,8 @@ Thin entry point: Hydra composes conf/report.yaml; the evaluation runs below `sw
 reference study's table (xai_bench.report.study), written as report.csv/.md/.tex
 (xai_bench.report.writers) and index.html with plots and overlay galleries
 (xai_bench.report.html) in `out` (default <sweep>/report), and logged to W&B (job_type report).
+The significance section (xai_bench.report.significance) tests the runs' per-image records and
+decides the table's dagger.
 """
 
 from __future__ import annotations
@@ -17,9 +19,24 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xai_bench.report.html import copy_galleries, write_html, write_plots
-from xai_bench.report.study import SweepScan, common_group, scan_sweep, study_table, sweep_facts
+from xai_bench.report.significance import Significance, analyse, apply_dagger, settings_from
+from xai_bench.report.significance_writers import write_cd_figures
+from xai_bench.report.study import (
+    StudyTable,
+    SweepScan,
+    common_group,
+    scan_sweep,
+    study_table,
+    sweep_facts,
+)
 from xai_bench.report.trust import TrustedModel, read_trust, write_trust_csv
-from xai_bench.report.writers import log_to_loggers, write_csv, write_markdown, write_tex
+from xai_bench.report.writers import (
+    log_to_loggers,
+    metric_title,
+    write_csv,
+    write_markdown,
+    write_tex,
+)
 from xai_bench.tracking import resolved_config, write_config
 from xai_bench.tracking.resolvers import register_resolvers
 from xai_bench.tracking.task import task_wrapper
@@ -84,6 +101,22 @@ def trust_or_warn(scan: SweepScan, extra: Any) -> list[TrustedModel]:
     return models
 
 
+def significance_or_none(cfg: DictConfig, scan: SweepScan, table: StudyTable,
+                         out: Path) -> Significance | None:
+    """The paired tests, rankings and agreement (`significance.enabled`), the dagger they decide,
+    the CD diagrams under <out>/assets/significance/."""
+    node = cfg.get("significance")
+    settings = settings_from(OmegaConf.to_container(node) if OmegaConf.is_config(node) else node)
+    if not settings.enabled:
+        return None
+    significance = analyse(scan.runs, table, settings)
+    tested = apply_dagger(table, significance, scan.runs)
+    write_cd_figures(significance, out, metric_title)
+    log.info("significance: %d paired tests, dagger decided by the test in %d cells",
+             len(significance.comparisons), tested)
+    return significance
+
+
 @task_wrapper
 def report(cfg: DictConfig) -> dict[str, Any]:
     """Collect, aggregate, write the files and the page, log to W&B; returns the written paths."""
@@ -99,10 +132,12 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     facts = sweep_facts(scan, table)
     trust = trust_or_warn(scan, cfg.get("meta_evaluations"))
     digits = int(cfg.get("digits", 2))
+    sig = significance_or_none(cfg, scan, table, out)
     files = {
-        "csv": write_csv(table, out / "report.csv"),
-        "md": write_markdown(table, facts, out / "report.md", scan.incomplete, digits, trust),
-        "tex": write_tex(table, facts, out / "report.tex", scan.incomplete, digits, trust),
+        "csv": write_csv(table, out / "report.csv", sig),
+        "md": write_markdown(table, facts, out / "report.md", scan.incomplete, digits, trust,
+                             sig),
+        "tex": write_tex(table, facts, out / "report.tex", scan.incomplete, digits, trust, sig),
     }
     trust_csv = write_trust_csv(trust, out / "trust.csv")
     if trust_csv is not None:
@@ -110,7 +145,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     plots = write_plots(table, out)
     galleries = copy_galleries(scan.runs, table, out, int(cfg.get("galleries") or 0))
     files["html"] = write_html(table, facts, out, plots, galleries, scan.incomplete, digits,
-                               trust)
+                               trust, sig)
 
     with open_dict(cfg):  # the W&B group: the evaluation runs' own, unless one was given
         cfg.group = cfg.get("group") or common_group(scan.runs)
@@ -119,7 +154,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_loggers(cfg.get("logger"))
     for logger in loggers:
         logger.log_hyperparams(config)
-    log_to_loggers(loggers, table, plots, trust)
+    log_to_loggers(loggers, table, plots, trust, sig)
     log.info("%d evaluation runs, %d incomplete, %d meta-evaluations; report folder: %s",
              len(scan.runs), len(scan.incomplete), len(trust), out)
     print(f"Open the report: {files['html']}")

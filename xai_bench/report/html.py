@@ -1,6 +1,7 @@
-"""The study as a static web page: index.html with the tables, bar plots per dataset and overlay
-galleries, in one self-contained folder (images copied under assets/, relative links only), so
-it can be zipped, copied off a cluster or opened from disk. No JavaScript."""
+"""The study as a static web page: index.html with the tables, the significance section (with
+its critical-difference diagrams), bar plots per dataset and overlay galleries, in one
+self-contained folder (images copied under assets/, relative links only), so it can be zipped,
+copied off a cluster or opened from disk. No JavaScript."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from xai_bench.report.significance import Significance  # noqa: E402
+from xai_bench.report.significance_writers import significance_html  # noqa: E402
 from xai_bench.report.study import Cell, EvalRun, SkippedRun, StudyTable  # noqa: E402
 from xai_bench.report.trust import TrustedModel, trust_html  # noqa: E402
 from xai_bench.report.writers import (  # noqa: E402
@@ -41,6 +44,7 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0
 table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.9em}
 th,td{border-bottom:1px solid #ddd;padding:0.3em 0.6em;text-align:right;white-space:nowrap}
 th:nth-child(-n+2),td:nth-child(-n+2){text-align:left}
+table.pairs th:nth-child(3),table.pairs td:nth-child(3){text-align:left}
 td.baseline,th.baseline{background:#f3f3f3;color:#555}
 .detail{color:#777;font-size:0.85em}
 dl.facts{display:grid;grid-template-columns:max-content auto;gap:0.2em 1em}
@@ -257,8 +261,10 @@ def write_html(table: StudyTable, facts: Sequence[tuple[str, str]], out: Path,
                plots: dict[str, Path],
                galleries: dict[tuple[str, str], dict[str, list[GalleryImage]]],
                incomplete: Sequence[SkippedRun] = (), digits: int = 2,
-               trust: Sequence[TrustedModel] = ()) -> Path:
-    """<out>/index.html; `plots`: dataset -> PNG below `out`; `trust`: the meta-evaluations."""
+               trust: Sequence[TrustedModel] = (),
+               significance: Significance | None = None) -> Path:
+    """<out>/index.html; `plots`: dataset -> PNG below `out`; `trust`: the meta-evaluations;
+    `significance`: the tests (its CD diagrams already written below `out`)."""
     lines = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>Interpretability study report</title>", f"<style>{CSS}</style></head><body>",
              "<h1>Interpretability study report</h1>", '<dl class="facts">']
@@ -269,6 +275,7 @@ def write_html(table: StudyTable, facts: Sequence[tuple[str, str]], out: Path,
     for metric in table.metrics:
         lines += _html_table(table, metric, digits)
     lines += trust_html(trust, out, digits)
+    lines += significance_html(significance, table, out, metric_title, digits)
     lines += ["<h2>Notes</h2>", "<ul>",
               *(f"<li>{html.escape(n)}</li>" for n in footnotes(table, incomplete)), "</ul>"]
     lines.append("<h2>Plots</h2>")

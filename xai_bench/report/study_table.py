@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -30,6 +31,8 @@ __all__ = [
     "StudyTable",
     "combine",
     "load_published",
+    "mark_beats_random_by_test",
+    "set_seed_intervals",
     "study_table",
 ]
 
@@ -42,8 +45,10 @@ IOU_MODES = ("mean", "max")
 
 @dataclass
 class Cell:
-    """One method's (or baseline's) score on one row: a single run keeps its bootstrap interval;
-    several runs (seeds, checkpoints) give their mean, with the range across runs instead."""
+    """One method's (or baseline's) score on one row: a single run keeps its bootstrap interval
+    over images; several runs (seeds, checkpoints) give their mean and sd across runs, with a
+    hierarchical bootstrap interval (seeds, then images) where their per-image records allow it
+    (set_seed_intervals), else the range across runs."""
 
     value: float | None
     ci_low: float | None = None
@@ -52,8 +57,16 @@ class Cell:
     n_runs: int = 1
     runs_min: float | None = None
     runs_max: float | None = None
+    sd: float | None = None  # across runs (ddof 1), when n_runs > 1
+    # what [ci_low, ci_high] is: "images" (one run's bootstrap over images), "hierarchical"
+    # (several runs: seeds, then images), "range" (several runs without matching per-image
+    # records: no interval, runs_min / runs_max shown instead)
+    interval_rule: str | None = None
     best: bool = False
     beats_random: bool | None = None
+    # what decided beats_random: "test" (the Holm-corrected paired test against random on the
+    # same images, xai_bench.report.significance) or "point" (the point estimates)
+    beats_random_rule: str | None = None
     published: float | None = None
 
     @property
@@ -80,11 +93,12 @@ def combine(stats: Sequence[dict[str, Any]]) -> Cell | None:
     ns = [int(s["n"]) for s in valued if s.get("n") is not None]
     if len(valued) == 1:
         s = valued[0]
-        return Cell(values[0], _number(s.get("ci_low")), _number(s.get("ci_high")),
-                    ns[0] if ns else None, 1, values[0], values[0])
+        low, high = _number(s.get("ci_low")), _number(s.get("ci_high"))
+        return Cell(values[0], low, high, ns[0] if ns else None, 1, values[0], values[0],
+                    interval_rule="images" if low is not None and high is not None else None)
     # the smallest n: the number of images every averaged run has
     return Cell(sum(values) / len(values), None, None, min(ns) if ns else None, len(values),
-                min(values), max(values))
+                min(values), max(values), sd=statistics.stdev(values), interval_rule="range")
 
 
 @dataclass
@@ -103,6 +117,8 @@ class StudyTable:
     # metric -> what the metrics.json files declare (metrics' `higher_is_better`; None = the
     # column has no better direction, e.g. a count or a signed gap)
     higher_is_better: dict[str, bool | None] = field(default_factory=dict)
+    # the level of the paired tests behind the cells whose beats_random_rule is "test"
+    alpha: float | None = None
 
     def direction(self, metric: str) -> bool | None:
         """True when a larger value is the better map, False when a smaller one, None when the
@@ -192,8 +208,9 @@ def _row_accuracy(runs: Sequence[EvalRun]) -> dict[tuple[str, str], float | None
 
 
 def _mark(table: StudyTable, metric: str) -> None:
-    """Best method per row (ties all marked) and whether each method beats the random baseline;
-    neither for a metric without a better direction."""
+    """Best method per row (ties all marked) and whether each method's point estimate beats the
+    random baseline's (mark_beats_random_by_test replaces it where per-image records allow a
+    paired test); neither for a metric without a better direction."""
     direction = table.direction(metric)
     if direction is None:
         return
@@ -210,6 +227,34 @@ def _mark(table: StudyTable, metric: str) -> None:
             continue
         for c in cells:
             c.beats_random = sign * c.value > sign * random.value  # type: ignore[operator]
+            c.beats_random_rule = "point"
+
+
+def mark_beats_random_by_test(table: StudyTable,
+                              decided: Mapping[tuple[str, str, str, str], bool],
+                              alpha: float) -> None:
+    """Replace the point estimate's verdict by the corrected paired test's: (dataset, init,
+    method, metric) -> whether the method is significantly above random in the better
+    direction. Noise would flip a point estimate; the test says whether the gap is real."""
+    for key, beats in decided.items():
+        cell = table.cells.get(key)
+        if cell is None or cell.value is None or table.direction(key[3]) is None:
+            continue
+        cell.beats_random = bool(beats)
+        cell.beats_random_rule = "test"
+    table.alpha = alpha
+
+
+def set_seed_intervals(table: StudyTable,
+                       intervals: Mapping[tuple[str, str, str, str], tuple[float, float]]) -> None:
+    """(dataset, init, entry, metric) -> the hierarchical bootstrap interval of a cell averaged
+    over several runs, computed from their per-image records (xai_bench.report.significance):
+    it replaces the range across runs, which says nothing about the images' noise."""
+    for key, (low, high) in intervals.items():
+        cell = table.cells.get(key)
+        if cell is None or cell.n_runs < 2 or cell.value is None:
+            continue
+        cell.ci_low, cell.ci_high, cell.interval_rule = float(low), float(high), "hierarchical"
 
 
 def study_table(

@@ -1,5 +1,6 @@
-"""The study table as files: report.csv (long format, for analysis), report.md (for reading and
-pasting), report.tex (booktabs fragments for a paper). The HTML page reuses the cell texts."""
+"""The study table as files: report.csv (long format, for analysis: the table's cells and every
+statistical test, told apart by `section`), report.md (for reading and pasting), report.tex
+(booktabs fragments for a paper). The HTML page reuses the cell texts."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from xai_bench.report.significance import Significance
+from xai_bench.report.significance_writers import (
+    PAIRED_COLUMNS,
+    RANK_COLUMNS,
+    log_significance,
+    significance_markdown,
+    significance_rows,
+    significance_tex,
+)
 from xai_bench.report.study import Cell, SkippedRun, StudyTable
 from xai_bench.report.trust import (
     TRUST_COLUMNS,
@@ -21,6 +31,7 @@ from xai_bench.tracking.run_folder import atomic_open, atomic_write_text
 
 __all__ = [
     "LONG_COLUMNS",
+    "TABLE_COLUMNS",
     "footnotes",
     "log_to_loggers",
     "long_rows",
@@ -30,11 +41,15 @@ __all__ = [
     "write_tex",
 ]
 
-LONG_COLUMNS = ("dataset", "init", "method", "kind", "metric", "value", "ci_low", "ci_high", "n",
-                "n_runs", "runs_min", "runs_max", "best", "beats_random", "published", "delta",
-                "accuracy")
+TABLE_COLUMNS = ("dataset", "init", "method", "kind", "metric", "value", "sd", "ci_low",
+                 "ci_high", "interval_rule", "n", "n_runs", "runs_min", "runs_max", "best",
+                 "beats_random", "published", "delta", "accuracy", "beats_random_rule")
+# report.csv: the table's cells (section "table") and the tests (section paired, paired_seed,
+# friedman, nemenyi, agreement: xai_bench.report.significance.significance_rows) in one file
+LONG_COLUMNS = tuple(dict.fromkeys((*TABLE_COLUMNS, "section", *PAIRED_COLUMNS, *RANK_COLUMNS)))
 DAGGER = "\u2020"
 MISSING = "\u2013"
+PLUS_MINUS = "\u00b1"
 
 
 def metric_title(metric: str) -> str:
@@ -53,7 +68,7 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def long_rows(table: StudyTable) -> list[dict[str, Any]]:
-    """One row per dataset x init x method-or-baseline x metric (tidy data)."""
+    """One row per dataset x init x method-or-baseline x metric (tidy data; section "table")."""
     rows = []
     for row in table.rows:
         for entry in table.entries:
@@ -64,11 +79,13 @@ def long_rows(table: StudyTable) -> list[dict[str, Any]]:
                 rows.append({
                     "dataset": row[0], "init": row[1], "method": entry,
                     "kind": table.kind(entry), "metric": metric, "value": cell.value,
-                    "ci_low": cell.ci_low, "ci_high": cell.ci_high, "n": cell.n,
+                    "sd": cell.sd, "ci_low": cell.ci_low, "ci_high": cell.ci_high,
+                    "interval_rule": cell.interval_rule, "n": cell.n,
                     "n_runs": cell.n_runs, "runs_min": cell.runs_min, "runs_max": cell.runs_max,
                     "best": cell.best if table.kind(entry) == "method" else None,
                     "beats_random": cell.beats_random, "published": cell.published,
                     "delta": cell.delta, "accuracy": table.accuracy.get(row),
+                    "beats_random_rule": cell.beats_random_rule, "section": "table",
                 })
     return rows
 
@@ -81,12 +98,15 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def write_csv(table: StudyTable, path: str | Path) -> Path:
+def write_csv(table: StudyTable, path: str | Path,
+              significance: Significance | None = None) -> Path:
+    """The table's cells, then every test (docs/report.md lists the columns per section)."""
     path = Path(path)
+    rows = long_rows(table) + (significance_rows(significance) if significance else [])
     with atomic_open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LONG_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=LONG_COLUMNS, restval="")
         writer.writeheader()
-        for row in long_rows(table):
+        for row in rows:
             writer.writerow({k: _csv_value(v) for k, v in row.items()})
     return path
 
@@ -96,21 +116,25 @@ def write_csv(table: StudyTable, path: str | Path) -> Path:
 
 
 def cell_parts(cell: Cell | None, digits: int = 2) -> tuple[str, str, str]:
-    """(value, mark, detail): the number, a dagger when it does not beat random, and the
-    interval / range over runs / published value as one bracketed text."""
+    """(value, mark, detail): the number (several runs: mean ± sd across them), a dagger when
+    it does not beat random, and the interval (one run: over images; several: seeds, then
+    images) or else the range over runs, and the published value, as one bracketed text."""
     if cell is None or cell.value is None:
         return MISSING, "", ""
     mark = DAGGER if cell.beats_random is False else ""
+    value = fmt(cell.value, digits)
     details = []
-    if cell.n_runs > 1:
+    if cell.n_runs > 1 and cell.sd is not None:
+        value += f" {PLUS_MINUS} {fmt(cell.sd, digits)}"
+    if cell.ci_low is not None and cell.ci_high is not None:
+        details.append(f"[{fmt(cell.ci_low, digits)}, {fmt(cell.ci_high, digits)}]")
+    elif cell.n_runs > 1:
         spread = (f": {fmt(cell.runs_min, digits)}{MISSING}{fmt(cell.runs_max, digits)}"
                   if cell.runs_min is not None else "")
         details.append(f"({cell.n_runs} runs{spread})")
-    elif cell.ci_low is not None and cell.ci_high is not None:
-        details.append(f"[{fmt(cell.ci_low, digits)}, {fmt(cell.ci_high, digits)}]")
     if cell.published is not None:
         details.append(f"(pub. {fmt(cell.published, digits)})")
-    return fmt(cell.value, digits), mark, " ".join(details)
+    return value, mark, " ".join(details)
 
 
 def header_cells(table: StudyTable) -> list[str]:
@@ -127,16 +151,11 @@ def footnotes(table: StudyTable, incomplete: Sequence[SkippedRun] = ()) -> list[
         "Bold: the best method of the row (baselines excluded; ties all bold). Higher is better"
         + (f" except for {', '.join(lower)} (lower is better)." if lower else ".")
         + (f" {', '.join(neutral)}: no direction (no bold, no {DAGGER})." if neutral else ""),
-        f"{DAGGER}: not above the random baseline (a uniformly random map) on the same images: "
-        "the method localises no better than chance. Trivial baselines matter: a constant map "
-        "scores pointing game 1 on every non-empty mask under the tie rule.",
+        _dagger_note(table),
         "[a, b]: bootstrap interval over images. Baselines are scored by every evaluation run on "
         "its images; runs of one checkpoint share them.",
     ]
-    if table.averaged:
-        notes.append("(k runs: min-max): the mean of k runs (seeds or checkpoints) of the same "
-                     "dataset, initialisation and method; the range across runs replaces the "
-                     "bootstrap interval.")
+    notes += _seed_notes(table)
     if table.compare == "study":
         notes.append("pub.: the reference study's published value (its Grad-CAM beside "
                      "gradcam_study, else gradcam); delta = ours - published in report.csv.")
@@ -145,6 +164,53 @@ def footnotes(table: StudyTable, incomplete: Sequence[SkippedRun] = ()) -> list[
         notes.append(f"{len(incomplete)} evaluation run(s) incomplete, left out: "
                      + "; ".join(f"{s.run_dir.name} ({s.reason})" for s in incomplete))
     return notes
+
+
+def _seed_notes(table: StudyTable) -> list[str]:
+    """What a cell averaged over several runs shows: its interval, or the range across runs."""
+    if not table.averaged:
+        return []
+    rules = [c.interval_rule for c in table.cells.values() if c.n_runs > 1]
+    notes = [f"m {PLUS_MINUS} s: the mean of the runs (seeds or checkpoints) of the same "
+             "dataset, initialisation and method, and their standard deviation across runs "
+             "(n_runs and sd in report.csv)."]
+    if "hierarchical" in rules:
+        notes.append(f"m {PLUS_MINUS} s [a, b] ({rules.count('hierarchical')} cells): the "
+                     "interval is a hierarchical bootstrap over the runs' per-image records "
+                     "(seeds resampled, then images; docs/statistics.md).")
+    if rules.count("range") or None in rules:
+        notes.append(f"m {PLUS_MINUS} s (k runs: min{MISSING}max) "
+                     f"({rules.count('range') + rules.count(None)} cells): the range across the "
+                     "k runs is shown instead of an interval (no per-image records matching "
+                     "every run: older run folders, another aggregate than the mean, or "
+                     "significance.enabled=false).")
+    return notes
+
+
+def _dagger_note(table: StudyTable) -> str:
+    """What the dagger means, and which rule decided it: the paired test where the runs wrote
+    per-image records, the point estimate elsewhere."""
+    rules = [c.beats_random_rule for c in table.cells.values() if c.beats_random is not None]
+    tested, point = rules.count("test"), rules.count("point")
+    alpha = f"{table.alpha:g}" if table.alpha is not None else "0.05"
+    test_rule = ("the Holm-corrected paired test against random on the same images (Wilcoxon "
+                 "signed-rank; sign test for 0/1 metrics such as the pointing game) is not "
+                 f"significant at alpha {alpha}, or its mean difference is not in the better "
+                 "direction (docs/statistics.md)")
+    point_rule = "the point estimate does not beat random's"
+    if tested and not point:
+        rule = f"decided by the test: {test_rule}"
+    elif tested:
+        rule = (f"decided by the test for {tested} cells: {test_rule}; by the point estimate for "
+                f"{point} cells without per-image records (older run folders or "
+                "significance.enabled=false): " + point_rule)
+    else:
+        rule = (f"decided by the point estimate ({point_rule}; no per-image records were "
+                "tested: older run folders, or significance.enabled=false)")
+    return (f"{DAGGER}: not above the random baseline (a uniformly random map) on the same "
+            f"images, {rule}: the method localises no better than chance. Trivial baselines "
+            "matter: a constant map scores pointing game 1 on every non-empty mask under the tie "
+            "rule.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,12 +244,14 @@ def markdown_table(table: StudyTable, metric: str, digits: int = 2) -> list[str]
 
 def write_markdown(table: StudyTable, facts: Sequence[tuple[str, str]], path: str | Path,
                    incomplete: Sequence[SkippedRun] = (), digits: int = 2,
-                   trust: Sequence[TrustedModel] = ()) -> Path:
+                   trust: Sequence[TrustedModel] = (),
+                   significance: Significance | None = None) -> Path:
     lines = ["# Interpretability study report", ""]
     lines += [f"- **{_md_escape(label)}**: {_md_escape(text)}" for label, text in facts]
     for metric in table.metrics:
         lines += ["", f"## {metric_title(metric)}", "", *markdown_table(table, metric, digits)]
     lines += trust_markdown(trust, digits)
+    lines += significance_markdown(significance, table, metric_title, digits)
     lines += ["", "## Notes", ""] + [f"- {_md_escape(n)}" for n in footnotes(table, incomplete)]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -193,7 +261,8 @@ def write_markdown(table: StudyTable, facts: Sequence[tuple[str, str]], path: st
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                "^": r"\textasciicircum{}", DAGGER: r"$^\dagger$", MISSING: "--"}
+                "^": r"\textasciicircum{}", DAGGER: r"$^\dagger$", MISSING: "--",
+                PLUS_MINUS: r"$\pm$"}
 
 
 def tex_escape(text: str) -> str:
@@ -248,13 +317,16 @@ def tex_table(table: StudyTable, metric: str, digits: int = 2) -> list[str]:
 
 def write_tex(table: StudyTable, facts: Sequence[tuple[str, str]], path: str | Path,
               incomplete: Sequence[SkippedRun] = (), digits: int = 2,
-              trust: Sequence[TrustedModel] = ()) -> Path:
+              trust: Sequence[TrustedModel] = (),
+              significance: Significance | None = None) -> Path:
     lines = ["% Interpretability study report: one booktabs table per metric; \\input{} it in a",
-             "% document with \\usepackage{booktabs}.",
+             "% document with \\usepackage{booktabs} (and graphicx and tikz for the "
+             "significance section).",
              *(f"% {tex_escape(label)}: {tex_escape(text)}" for label, text in facts), ""]
     for metric in table.metrics:
         lines += tex_table(table, metric, digits)
     lines += trust_tex(trust, tex_escape, digits)
+    lines += significance_tex(significance, table, tex_escape, metric_title, digits)
     lines += [f"% {tex_escape(n)}" for n in footnotes(table, incomplete)]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -280,15 +352,16 @@ def wide_rows(table: StudyTable, metric: str) -> tuple[list[str], list[list[Any]
 
 
 def log_to_loggers(loggers: Sequence[Any], table: StudyTable, plots: dict[str, Path],
-                   trust: Sequence[TrustedModel] = ()) -> None:
-    """The long table (key report/table), one wide table per metric (report/<metric>), the
-    meta-evaluation's verdicts (report/trust) and the plots (report/plots) to every logger that
-    takes them."""
+                   trust: Sequence[TrustedModel] = (),
+                   significance: Significance | None = None) -> None:
+    """The long table (key report/table: the cells), one wide table per metric
+    (report/<metric>), the meta-evaluation's verdicts (report/trust), the plots (report/plots)
+    and the significance section's tables and CD diagrams to every logger that takes them."""
     rows = long_rows(table)
     for logger in loggers:
         if hasattr(logger, "log_table"):
-            logger.log_table(key="report/table", columns=list(LONG_COLUMNS),
-                             data=[[row[c] for c in LONG_COLUMNS] for row in rows])
+            logger.log_table(key="report/table", columns=list(TABLE_COLUMNS),
+                             data=[[row[c] for c in TABLE_COLUMNS] for row in rows])
             if trust:
                 logger.log_table(key="report/trust", columns=list(TRUST_COLUMNS),
                                  data=trust_rows(trust))
@@ -298,3 +371,4 @@ def log_to_loggers(loggers: Sequence[Any], table: StudyTable, plots: dict[str, P
         if hasattr(logger, "log_image") and plots:
             logger.log_image(key="report/plots", images=[str(p) for p in plots.values()],
                              caption=list(plots))
+    log_significance(loggers, significance)
