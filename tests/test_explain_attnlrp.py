@@ -136,10 +136,11 @@ def explicit_lrp(vit: nn.Module, x: torch.Tensor, target: torch.Tensor, eps: flo
         return (r_x0[:, 1:] * p / x0[:, 1:]).sum(-1).reshape(b, 4, 4)
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("eps", [0.0, 0.05])
 @pytest.mark.parametrize("variant", ["attnlrp", "cp_lrp"])
-def test_one_block_hand_computation(variant: str, eps: float) -> None:
-    vit, x = tiny_vit(depth=1, seed=3, fused=False), images(2, seed=4)
+def test_one_block_hand_computation(variant: str, eps: float, fused: bool) -> None:
+    vit, x = tiny_vit(depth=1, seed=3, fused=fused), images(2, seed=4)
     target = torch.tensor([1, 2])
     ref = explicit_lrp(vit, x, target, eps, conservative=variant == "cp_lrp")
     ours = build_method(variant, epsilon=eps)(vit, x, target=target).raw
@@ -233,6 +234,26 @@ def test_epsilon_rule_of_a_linear_and_a_conv_layer() -> None:
         s = rel_out / (z + 0.3 * torch.where(z >= 0, 1.0, -1.0).double())
         (expected,) = torch.autograd.grad(layer(x), x, s)  # W^T s
         torch.testing.assert_close(x * grad, x * expected)
+
+
+def test_mlp_activation_carries_fc1s_epsilon_rule() -> None:
+    """fc1's epsilon rule folded into the GELU's identity ratio, f(z) / (z + eps sign z), gives
+    the relevance of the two rules applied one after the other, zero pre-activations included
+    (there both give 0: the epsilon rule's z / (z + eps) is 0)."""
+    from xai_bench.explain.lrp_rules import activation_identity, linear_epsilon
+
+    g = torch.Generator().manual_seed(11)
+    fc1, act = nn.Linear(5, 6).double(), nn.GELU()
+    with torch.no_grad():  # output 2: exactly 0 for every input
+        fc1.weight[2].zero_()
+        fc1.bias[2] = 0.0
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+    grad_out = torch.randn(4, 6, generator=g, dtype=torch.float64)  # R_out / GELU output
+    (grad,) = torch.autograd.grad(activation_identity(act, 0.3)(fc1(x)), x, grad_out)
+    apart = activation_identity(act)(linear_epsilon(fc1, 0.3)(x))
+    (expected,) = torch.autograd.grad(apart, x, grad_out)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(x * grad, x * expected, rtol=1e-12, atol=1e-14)
 
 
 def test_pixel_level_sums_to_the_token_level_through_an_unbiased_patch_embedding() -> None:

@@ -17,6 +17,10 @@ explain/lrp_rules.py for how each becomes a backward):
   residual adds, attention scale, LayerScale, mean pooling
                     linear: the plain gradient (z-proportional split)
 
+Cost: fc1's epsilon rule rides in the GELU's identity ratio (one elementwise pass over the MLP's
+widest tensor instead of several), and CP-LRP computes its constant probabilities explicitly,
+so its attention backward is one matmul (A^T g) instead of the fused kernel's full backward.
+
 The relevance starts as the target logit (gradient 1 at it, lxt's convention), so a feature
 that raises the logit is positive whatever the logit's sign. The map is the relevance summed
 over channels either at the patch embedding's output (level=tokens: one value per patch, the
@@ -101,9 +105,10 @@ def attention_forward(attn: Attention, conservative: bool,
             qkv = epsilon_linear(x, weight, bias, eps, uniform)
             q, k, v = qkv.reshape(bsz, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
-        if attn.fused_attn:
+        if attn.fused_attn and not conservative:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        else:
+        else:  # CP-LRP: probabilities without grad; the backward is one matmul, A^T g, where
+            # the fused kernel's backward would recompute them and the unused q and k gradients
             scores = (q * attn.scale) @ k.transpose(-2, -1)
             scores = maybe_add_mask(scores, resolve_self_attn_mask(n, scores, attn_mask, is_causal))
             out = attn.attn_drop(scores.softmax(dim=-1)) @ v
@@ -118,16 +123,19 @@ def rule_patches(model: nn.Module, method: str, conservative: bool, eps: float,
     """The rule-carrying forward of every module that needs one; a module without a rule here
     (another norm or activation, ...) is refused."""
     patches: dict[nn.Module, Callable[..., Any]] = {}
-    qkv = {blk.attn.qkv for blk in model.blocks}  # its rules are in the attention's forward
+    # the qkv projection's rules are in the attention's forward; fc1's epsilon rule in the
+    # MLP activation's ratio (timm's Mlp applies act right after fc1)
+    folded = {blk.attn.qkv for blk in model.blocks} | {blk.mlp.fc1 for blk in model.blocks}
+    mlp_acts = {blk.mlp.act for blk in model.blocks}
     for name, module in model.named_modules():
         if isinstance(module, Attention):
             patches[module] = attention_forward(module, conservative, eps)
         elif isinstance(module, nn.LayerNorm):
             patches[module] = norm_identity(module)
         elif isinstance(module, ACTIVATIONS):
-            patches[module] = activation_identity(module)
+            patches[module] = activation_identity(module, eps if module in mlp_acts else 0.0)
         elif isinstance(module, nn.Linear):
-            if eps > 0 and module not in qkv:
+            if eps > 0 and module not in folded:
                 patches[module] = linear_epsilon(module, eps)
         elif module is model.patch_embed.proj:
             if pixels and eps > 0:

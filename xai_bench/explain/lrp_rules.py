@@ -12,6 +12,7 @@ duration of one explanation, so one forward and one backward give the relevance 
 
   epsilon rule (linear layers)   R_x = x * W^T (R_z / (z + eps sign z)): g_z *= z / (z + eps sign z)
   identity rule (GELU, ...)      R_x = R_y:           g_x = g_y * f(x) / x
+    after an epsilon layer       both in one ratio:   g_z = g_y * f(z) / (z + eps sign z)
   identity rule (LayerNorm std)  the std is a constant: g_x = rstd * (g w - mean(g w))
   uniform rule (a matmul)        each operand gets half: g *= 1/2 on each operand's path
   conservative (CP-LRP)          the attention probabilities are constant: q and k detached
@@ -72,9 +73,15 @@ class _EpsilonLinear(Function):
 
 def rule_grad(grad: torch.Tensor, z: torch.Tensor | None, eps: float,
               scale: torch.Tensor | None) -> torch.Tensor:
-    """grad * z / (z + eps sign z) (written |z| / (|z| + eps): no sign needed) * scale."""
+    """grad * z / (z + eps sign z) (written |z| / (|z| + eps): no sign needed) * scale.
+
+    Four elementwise passes, in place on this function's own temporaries (never on `grad`:
+    autograd may hand the same tensor to a residual branch): the rule runs on every linear
+    layer's output, so each pass is a few percent of the whole backward."""
     if z is not None:
-        grad = grad * (z.abs() / (z.abs() + eps))
+        factor = z.abs()
+        grad = factor.div_(factor + eps).mul_(grad)
+        return grad if scale is None else grad.mul_(scale)
     return grad if scale is None else grad * scale
 
 
@@ -97,27 +104,33 @@ def epsilon_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 class _IdentityRule(Function):
-    """y = f(x) elementwise; relevance passes unchanged: g_x = g_y * f(x) / x."""
+    """y = f(x) elementwise; relevance passes unchanged: g_x = g_y * f(x) / x. With eps > 0
+    the epsilon rule of the linear layer that produced x is folded in: g_x = g_y * f(x) /
+    (x + eps sign x), one ratio instead of f(x) / x times x / (x + eps sign x)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
-                at_zero: float) -> torch.Tensor:
+                at_zero: float, eps: float) -> torch.Tensor:
         y = fn(x)
         if ctx.needs_input_grad[0]:
-            # 0 / 0 at x = 0 becomes the ratio's limit there (f'(0): 1/2 for every GELU variant)
-            ctx.save_for_backward(torch.nan_to_num_(y / x, nan=at_zero))
+            if eps > 0:  # |x| + eps with x's sign (the stabiliser; never zero)
+                ratio = y / x.abs().add_(eps).copysign_(x)
+            else:  # 0 / 0 at x = 0 becomes the ratio's limit (f'(0): 1/2 for every GELU)
+                ratio = torch.nan_to_num_(y / x, nan=at_zero)
+            ctx.save_for_backward(ratio)
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (ratio,) = ctx.saved_tensors
-        return grad * ratio, None, None
+        return grad * ratio, None, None, None
 
 
 def identity_rule(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
-                  at_zero: float = 0.5) -> torch.Tensor:
-    """f(x) with the identity rule in the backward (elementwise nonlinearities)."""
-    return _IdentityRule.apply(x, fn, at_zero)
+                  at_zero: float = 0.5, eps: float = 0.0) -> torch.Tensor:
+    """f(x) with the identity rule in the backward (elementwise nonlinearities); eps > 0 also
+    applies the epsilon rule of the linear layer whose output x is."""
+    return _IdentityRule.apply(x, fn, at_zero, float(eps))
 
 
 class _LayerNormIdentity(Function):
@@ -158,10 +171,14 @@ def conv_epsilon(module: nn.Conv2d, eps: float) -> Callable[[torch.Tensor], torc
     return lambda x: output_rule(original(x), eps)
 
 
-def activation_identity(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A forward for an elementwise activation module with the identity rule."""
+def activation_identity(module: nn.Module,
+                        eps: float = 0.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A forward for an elementwise activation module with the identity rule; eps > 0 also
+    carries the epsilon rule of the linear layer feeding it (an MLP's fc1, then left
+    unpatched): both rules scale the gradient at the same tensor, and one ratio is two
+    elementwise passes fewer over it."""
     original = module.forward
-    return lambda x: identity_rule(x, original)
+    return lambda x: identity_rule(x, original, eps=eps)
 
 
 def norm_identity(module: nn.LayerNorm) -> Callable[[torch.Tensor], torch.Tensor]:
