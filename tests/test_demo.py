@@ -76,7 +76,8 @@ def test_methods_localise_the_lesion_and_fail_parameter_randomisation(demo_run: 
     assert "Open the report:" in proc.stdout
     rows = list(csv.DictReader((sweep / "report" / "report.csv").open()))
     for method in METHODS:
-        (row,) = [r for r in rows if r["method"] == method and r["metric"] == "pointing_game"]
+        (row,) = [r for r in rows if r["method"] == method and r["metric"] == "pointing_game"
+                  and r["section"] == "table"]
         assert float(row["value"]) == pytest.approx(results[method]["pointing_game"]["value"])
         assert row["dataset"] == "synthetic" and row["init"] == "random"
     html = (sweep / "report" / "index.html").read_text()

@@ -354,10 +354,10 @@ def test_csv_long_format(sweep: Path, tmp_path: Path) -> None:
     files = _write_all(sweep, tmp_path / "out", compare="study")
     rows = list(csv.DictReader(files["csv"].open()))
     # the table's columns, then the significance section's (tests/test_report_significance.py)
-    assert list(rows[0])[:19] == ["dataset", "init", "method", "kind", "metric", "value",
-                                  "ci_low", "ci_high", "n", "n_runs", "runs_min", "runs_max",
-                                  "best", "beats_random", "published", "delta", "accuracy",
-                                  "beats_random_rule", "section"]
+    assert list(rows[0])[:21] == ["dataset", "init", "method", "kind", "metric", "value", "sd",
+                                  "ci_low", "ci_high", "interval_rule", "n", "n_runs",
+                                  "runs_min", "runs_max", "best", "beats_random", "published",
+                                  "delta", "accuracy", "beats_random_rule", "section"]
     assert {r["section"] for r in rows} == {"table"}  # no significance given
     assert len(rows) == 4 * 6 * 6  # rows x (3 methods + 3 baselines) x (5 metrics + iou@mean)
     first = rows[0]
@@ -365,6 +365,11 @@ def test_csv_long_format(sweep: Path, tmp_path: Path) -> None:
         "cp_child", "random", "gradcam_study", "method", "pointing_game")
     assert ((float(first["value"]), float(first["ci_low"]), first["n"], first["n_runs"])
             == (0.40, 0.35, "50", "1"))
+    assert (first["sd"], first["interval_rule"]) == ("", "images")
+    attention = next(r for r in rows if (r["init"], r["method"], r["metric"])
+                     == ("random", "attention", "pointing_game"))
+    assert (float(attention["sd"]) == pytest.approx(0.0707107, abs=1e-6)
+            and attention["interval_rule"] == "range" and attention["ci_low"] == "")
     assert ((first["best"], first["beats_random"], float(first["published"]))
             == ("false", "false", 0.64))
     assert (float(first["delta"]) == pytest.approx(-0.24)
@@ -386,9 +391,11 @@ def test_markdown(sweep: Path, tmp_path: Path) -> None:
               "random (baseline) | centre (baseline) | uniform (baseline) |")
     assert header in text
     assert ("| cp_child | random | 0.85 | 0.40† [0.35, 0.45] (pub. 0.64) | "
-            "**0.75** (2 runs: 0.70–0.80) (pub. 0.96) | "
-            "0.60 [0.55, 0.65] (pub. 0.54) | 0.52 (2 runs: 0.50–0.54) | "
-            "0.45 (2 runs: 0.45–0.45) | 1.00 (2 runs: 1.00–1.00) |") in text
+            "**0.75 ± 0.07** (2 runs: 0.70–0.80) (pub. 0.96) | "
+            "0.60 [0.55, 0.65] (pub. 0.54) | 0.52 ± 0.03 (2 runs: 0.50–0.54) | "
+            "0.45 ± 0.00 (2 runs: 0.45–0.45) | 1.00 ± 0.00 (2 runs: 1.00–1.00) |") in text
+    # no significance section: no per-image records tested, the range across the runs
+    assert "(20 cells): the range across the k runs is shown instead of an interval" in text
     assert ("| kvasir | dino | 0.88 | 0.55† [0.50, 0.60] (pub. 0.72) | "
             "**0.75** [0.70, 0.80] (pub. 0.96) |") in text
     assert "13_kvasir-dino-rollout (failed: RuntimeError: CUDA out of memory)" in text
@@ -402,7 +409,7 @@ def test_tex_fragments(sweep: Path, tmp_path: Path) -> None:
     assert (r"dataset & init & test acc. & gradcam\_study & attention & chefer & random & centre & "
             r"uniform \\") in text
     assert (r"cp\_child & random & 0.85 & 0.40$^\dagger$ {\scriptsize [0.35, 0.45]} & "
-            r"\textbf{0.75} {\scriptsize (2 runs: 0.70--0.80)} &") in text
+            r"\textbf{0.75 $\pm$ 0.07} {\scriptsize (2 runs: 0.70--0.80)} &") in text
     assert r"\label{tab:iou-5}" in text
     body = "\n".join(line for line in text.splitlines() if not line.startswith("%"))
     assert re.search(r"(?<!\\)_", body.replace(r"\label{tab:pointing-game}", "")) is None

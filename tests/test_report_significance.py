@@ -1,8 +1,10 @@
 """The report's significance section, on fake sweeps whose per_image.csv plant the answer: chefer
 clearly above the random baseline (significant: no dagger), attention a hair above it (the point
 estimate beats random, the corrected paired test does not: dagger), two seeds per row; the
-Friedman ranks and CD diagrams across rows, the agreement matrix, report.csv's long form, the
-fallback for run folders without per-image records, and the CLI with its W&B tables."""
+batched tests equal the per-test path; three seeds: mean +- sd across seeds with the
+hierarchical interval; the Friedman ranks and CD diagrams across rows, the agreement matrix,
+report.csv's long form, the fallback for run folders without per-image records, and the CLI
+with its W&B tables."""
 
 from __future__ import annotations
 
@@ -21,11 +23,14 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from xai_bench.report.html import write_html, write_plots
+from xai_bench.report.paired_batch import paired_tests
 from xai_bench.report.significance import (
     NEEDS_ROWS,
     Settings,
+    _aligned,
     analyse,
     apply_dagger,
+    collect_replicates,
     settings_from,
 )
 from xai_bench.report.significance_writers import metric_summary, write_cd_figures
@@ -38,7 +43,7 @@ from xai_bench.report.writers import (
     write_markdown,
     write_tex,
 )
-from xai_bench.stats.paired import holm, paired_test, paired_test_seeds
+from xai_bench.stats.paired import hierarchical_bootstrap, holm, paired_test, paired_test_seeds
 from xai_bench.tracking.wandb_offline import offline_run_dirs, read_offline_run
 from xai_bench.utils.errors import ConfigError
 
@@ -194,6 +199,102 @@ def test_tests_match_the_stats_functions_and_holm_runs_per_family(analysed) -> N
              and (c.a, c.b, c.metric) == ("chefer", "random", "iou@10")]
     assert [c.seed for c in seeds] == ["1", "2"]  # the training runs' seeds
     assert _same(seeds[0].test, paired_test(*pairs[0], samples=200))
+
+
+def _identical(ours, expected) -> bool:
+    """Bit for bit (NaN equal to NaN)."""
+    return repr(astuple(ours)) == repr(astuple(expected))
+
+
+def test_batched_tests_equal_the_per_test_path(analysed) -> None:
+    """analyse runs a metric's tests in one batch (paired_batch); each equals paired_test_seeds
+    (seeds combined) or paired_test (one seed) called on its own."""
+    scan, table, sig = analysed
+    replicates, _notes = collect_replicates(scan.runs, table.metrics)
+    assert len(sig.comparisons) == 2 * 3 * 12 * 3  # metrics x rows x pairs x (combined + 2 seeds)
+    for c in sig.comparisons:
+        seeds, xs, ys = _aligned(replicates[c.row], c.a, c.b, c.metric)
+        options = {"binary": sig.binary[c.metric], "samples": SETTINGS.samples}
+        if c.seed is None:
+            expected = paired_test_seeds(xs, ys, **options)
+        else:
+            i = seeds.index(c.seed)
+            expected = paired_test(xs[i], ys[i], **options)
+        assert _identical(c.test, expected), (c.row, c.a, c.b, c.metric, c.seed)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_paired_tests_batch_equals_one_call_each(binary: bool) -> None:
+    """Shapes and paths mixed in one batch: exact Wilcoxon (n <= 50), sign flips (ties or zeros,
+    n <= 13), the normal approximation, missing scores, 1-3 seeds, a comparison without pairs."""
+    rng = np.random.default_rng(1)
+    jobs = []
+    for n in (8, 30, 60):
+        for seeds in (1, 2, 3):
+            for kind in ("plain", "zeros", "ties", "nan"):
+                a, b = rng.uniform(size=(seeds, n)), rng.uniform(size=(seeds, n))
+                if binary:
+                    a, b = (a > 0.5).astype(float), (b > 0.4).astype(float)
+                if kind == "zeros":
+                    b[:, :3] = a[:, :3]
+                elif kind == "ties":
+                    a, b = np.round(a, 1), np.round(b, 1)
+                elif kind == "nan":
+                    a[0, 2] = b[-1, 5] = np.nan
+                jobs.append((list(a), list(b)))
+    jobs.append(([np.full(5, np.nan)], [np.ones(5)]))
+    batched = paired_tests(jobs, binary=binary, samples=300, seed=3)
+    for (xs, ys), test in zip(jobs, batched, strict=True):
+        assert _identical(test, paired_test_seeds(xs, ys, binary=binary, samples=300, seed=3))
+
+
+def test_three_seeds_show_mean_sd_and_the_hierarchical_interval(tmp_path: Path) -> None:
+    """A cell of three seeds: mean +- sd across the seeds (numpy's std, ddof 1, of the per-seed
+    values), its interval the hierarchical bootstrap of the same per-image records; a row
+    without records keeps the range across runs, and the footnotes say which is which."""
+    root = make_sweep(tmp_path / "sweep", rows=ROWS[:2], seeds=(1, 2, 3),
+                      without_per_image=[ROWS[1]])
+    scan, table, sig = _analysed(root)
+    for entry in ("chefer", "random"):
+        cell = table.cell(ROWS[0], "chefer" if entry == "chefer" else "random", "iou@10")
+        runs = sorted((r for r in scan.runs if (r.dataset, r.init) == ROWS[0]
+                       and (r.method == entry or entry == "random" and r.method == "chefer")),
+                      key=lambda r: r.checkpoint)
+        assert len(runs) == cell.n_runs == 3
+        stats_of = [r.metrics if r.method == entry else r.baselines[entry] for r in runs]
+        means = [s["iou@10"]["value"] for s in stats_of]
+        assert cell.value == pytest.approx(np.mean(means))
+        assert cell.sd == pytest.approx(np.std(means, ddof=1), rel=1e-12) and cell.sd > 0
+        per_seed = []
+        for run in runs:
+            rows = list(csv.DictReader((run.run_dir / "per_image.csv").open()))
+            per_seed.append(np.array([float(r["iou@10"]) for r in rows if r["method"] == entry]))
+        expected = hierarchical_bootstrap(per_seed, level=SETTINGS.level,
+                                          samples=SETTINGS.samples, seed=SETTINGS.seed)
+        assert (cell.ci_low, cell.ci_high) == expected
+        assert cell.interval_rule == "hierarchical" and cell.ci_low < cell.value < cell.ci_high
+    fallback = table.cell(ROWS[1], "chefer", "iou@10")
+    assert fallback.interval_rule == "range" and fallback.ci_low is None and fallback.sd > 0
+    files = _write(scan, table, sig, tmp_path / "out")
+    md = files["md"].read_text()
+    cell = table.cell(ROWS[0], "chefer", "iou@10")
+    assert (f"**{cell.value:.2f} \u00b1 {cell.sd:.2f}** [{cell.ci_low:.2f}, {cell.ci_high:.2f}]"
+            in md)
+    assert f"{fallback.value:.2f} \u00b1 {fallback.sd:.2f}** (3 runs: " in md
+    notes = " ".join(footnotes(table))
+    assert "standard deviation across runs" in notes
+    assert "(12 cells): the interval is a hierarchical bootstrap" in notes
+    assert "(12 cells): the range across the k runs is shown instead" in notes
+    tex = files["tex"].read_text()
+    assert rf"\textbf{{{cell.value:.2f} $\pm$ {cell.sd:.2f}}}" in tex
+    assert "\u00b1" not in "\n".join(x for x in tex.splitlines() if not x.startswith("%"))
+    assert f"{cell.value:.2f} \u00b1 {cell.sd:.2f}</strong>" in files["html"].read_text()
+    rows = [r for r in csv.DictReader(files["csv"].open()) if r["section"] == "table"]
+    chefer = next(r for r in rows if (r["dataset"], r["init"], r["method"], r["metric"])
+                  == (*ROWS[0], "chefer", "iou@10"))
+    assert (float(chefer["sd"]), float(chefer["ci_low"]), chefer["interval_rule"],
+            chefer["n_runs"]) == (pytest.approx(cell.sd), cell.ci_low, "hierarchical", "3")
+    assert {r["interval_rule"] for r in rows} == {"hierarchical", "range"}
 
 
 def test_runs_without_per_image_records_fall_back_to_the_point_estimate(tmp_path: Path) -> None:

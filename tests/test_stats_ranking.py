@@ -338,3 +338,17 @@ def test_cd_diagram_tikz_clips_a_cd_wider_than_the_axis() -> None:
     res = friedman_nemenyi(np.array([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]]), list("abc"))
     assert 1.0 + res.cd > 3
     assert "wider than the axis" in cd_diagram_tikz(res, "t")
+
+
+def test_cd_diagram_tikz_puts_less_than_in_math_mode() -> None:
+    """LaTeX's text mode prints < and > as inverted marks (OT1 encoding): the title's
+    "p < 0.001" and a name with < or > are written $<$ / $>$."""
+    rng = np.random.default_rng(0)
+    scores = np.array([4.0, 3.0, 2.0, 1.0]) + rng.normal(0, 0.1, (30, 4))
+    res = friedman_nemenyi(scores, ["a<b", "c>d", "e", "f"])
+    assert res.p_value < 0.001
+    tikz = cd_diagram_tikz(res, "iou > 0")
+    assert r"iou $>$ 0: Friedman p $<$ 0.001" in tikz
+    assert r"{a$<$b (" in tikz and r"{c$>$d (" in tikz
+    assert re.search(r"(?<!\$)[<>]|[<>](?!\$)", tikz) is None
+    assert _balanced(tikz)

@@ -131,13 +131,15 @@ def cd_diagram_png(result: RankTest, path: str | Path, title: str) -> Path:
     return path
 
 
+# < and > in text mode print as inverted marks in LaTeX's default OT1 font encoding: math mode
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                "^": r"\textasciicircum{}"}
+                "^": r"\textasciicircum{}", "<": r"$<$", ">": r"$>$"}
 
 
 def _tex(text: str) -> str:
-    """LaTeX-escape a method name or title (kept here so this module needs no writer)."""
+    """LaTeX-escape a method name or title, the title's "p < 0.001" included (kept here so this
+    module needs no writer)."""
     return "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
 
 

@@ -11,6 +11,8 @@ xai_bench.stats.paired.paired_test_seeds states, and tested alone too. Holm's co
 "not above the random baseline" is the corrected test against random where per-image records
 exist. Across the grid: Friedman / Nemenyi ranks over the rows (Friedman 1937, Nemenyi 1963,
 Demsar 2006), Kendall's tau between metrics (Kendall 1938). docs/statistics.md explains each.
+The tests of one metric run batched (paired_batch); the same records give the table's
+several-seed cells their hierarchical interval (seeds, then images).
 """
 
 from __future__ import annotations
@@ -25,9 +27,14 @@ from typing import Any
 import numpy as np
 
 from xai_bench.report.eval_runs import EvalRun
-from xai_bench.report.study_table import StudyTable, mark_beats_random_by_test
+from xai_bench.report.paired_batch import bootstrap_intervals, paired_tests, seed_cell_scores
+from xai_bench.report.study_table import (
+    StudyTable,
+    mark_beats_random_by_test,
+    set_seed_intervals,
+)
 from xai_bench.stats.agreement import ranking_agreement
-from xai_bench.stats.paired import PairedTest, holm, is_binary, paired_test, paired_test_seeds
+from xai_bench.stats.paired import PairedTest, holm, is_binary
 from xai_bench.stats.ranking import RankTest, friedman_nemenyi
 from xai_bench.tracking.records import read_plain_config
 from xai_bench.tracking.run_folder import run_of
@@ -285,29 +292,58 @@ def _family(tests: Sequence[tuple[str, str, str | None, PairedTest]], table: Stu
             for (a, b, seed, test), p in zip(tests, corrected, strict=True)]
 
 
-def _row_tests(replicates: Sequence[Replicate], table: StudyTable, row: Row, metric: str,
-               binary: bool, settings: Settings) -> list[Comparison]:
-    options = {"binary": binary, "level": settings.level, "samples": settings.samples,
-               "seed": settings.seed}
+# (a, b, seed or None, a's per-seed scores, b's): one comparison, paired_test_seeds' arguments
+Job = tuple[str, str, str | None, list[np.ndarray], list[np.ndarray]]
+
+
+def _row_jobs(replicates: Sequence[Replicate], table: StudyTable, metric: str
+              ) -> list[list[Job]]:
+    """The row's Holm families: the comparisons with the seeds combined, then (several seeds)
+    each seed's alone."""
     methods = table.methods
     pairs = [(a, b) for i, a in enumerate(methods) for b in methods[i + 1:]]
     pairs += [(a, b) for a in methods for b in table.baselines]
-    combined: list[tuple[str, str, str | None, PairedTest]] = []
-    per_seed: dict[str, list[tuple[str, str, str | None, PairedTest]]] = {}
+    combined: list[Job] = []
+    per_seed: dict[str, list[Job]] = {}
     for a, b in pairs:
         seeds, xs, ys = _aligned(replicates, a, b, metric)
         if not seeds:
             continue
-        if len(seeds) == 1:
-            combined.append((a, b, None, paired_test(xs[0], ys[0], **options)))
-            continue
-        combined.append((a, b, None, paired_test_seeds(xs, ys, **options)))
-        for seed, x, y in zip(seeds, xs, ys, strict=True):
-            per_seed.setdefault(seed, []).append((a, b, seed, paired_test(x, y, **options)))
-    out = _family(combined, table, row, metric, settings.alpha)
-    for tests in per_seed.values():
-        out += _family(tests, table, row, metric, settings.alpha)
+        combined.append((a, b, None, xs, ys))
+        for seed, x, y in zip(seeds, xs, ys, strict=True) if len(seeds) > 1 else ():
+            per_seed.setdefault(seed, []).append((a, b, seed, [x], [y]))
+    return [combined, *per_seed.values()]
+
+
+def _metric_tests(replicates: Mapping[Row, Sequence[Replicate]], table: StudyTable, metric: str,
+                  binary: bool, settings: Settings) -> list[Comparison]:
+    """Every family of one metric, row by row; the tests run in one batch (paired_batch: the
+    same results as paired_test_seeds one comparison at a time)."""
+    families = [(row, family) for row in table.rows
+                for family in _row_jobs(replicates.get(row, []), table, metric)]
+    tests = iter(paired_tests([(xs, ys) for _row, family in families for *_, xs, ys in family],
+                              binary=binary, level=settings.level, samples=settings.samples,
+                              seed=settings.seed))
+    out: list[Comparison] = []
+    for row, family in families:
+        out += _family([(a, b, seed, next(tests)) for a, b, seed, _x, _y in family], table, row,
+                       metric, settings.alpha)
     return out
+
+
+def _seed_intervals(replicates: Mapping[Row, Sequence[Replicate]], table: StudyTable,
+                    settings: Settings) -> dict[tuple[str, str, str, str], tuple[float, float]]:
+    """The hierarchical bootstrap interval (seeds, then images) of each cell averaged over
+    several runs whose per-image records match it (paired_batch.seed_cell_scores); the other
+    cells keep the range across runs."""
+    arrays: dict[tuple[str, str, str, str], np.ndarray] = {}
+    for key, cell in table.cells.items():
+        if cell.interval_rule == "range" and cell.value is not None:
+            _seeds, xs, _ = _aligned(replicates.get(key[:2], []), key[2], key[2], key[3])
+            if (values := seed_cell_scores(xs, cell.value, cell.n_runs, _TOLERANCE)) is not None:
+                arrays[key] = values
+    return bootstrap_intervals(arrays, level=settings.level, samples=settings.samples,
+                               seed=settings.seed)  # type: ignore[return-value]
 
 
 def _binary(replicates: Mapping[Row, Sequence[Replicate]], metric: str) -> bool:
@@ -370,14 +406,14 @@ def _agreement(table: StudyTable) -> tuple[tuple[list[str], np.ndarray, np.ndarr
 
 
 def analyse(runs: Sequence[EvalRun], table: StudyTable, settings: Settings) -> Significance:
-    """The paired tests of every row and metric, the rankings and the agreement."""
+    """The paired tests of every row and metric, the rankings and the agreement; the table's
+    cells averaged over several seeds get their hierarchical interval from the same records."""
     replicates, notes = collect_replicates(runs, table.metrics)
+    set_seed_intervals(table, _seed_intervals(replicates, table, settings))
     binary = {m: _binary(replicates, m) for m in table.metrics}
     comparisons: list[Comparison] = []
     for metric in table.metrics:
-        for row in table.rows:
-            comparisons += _row_tests(replicates.get(row, []), table, row, metric,
-                                      binary[metric], settings)
+        comparisons += _metric_tests(replicates, table, metric, binary[metric], settings)
     rankings = {m: _ranking(table, m, settings.alpha) for m in table.metrics
                 if table.direction(m) is not None}
     agreement, message = _agreement(table)

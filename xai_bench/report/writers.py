@@ -177,10 +177,11 @@ def _seed_notes(table: StudyTable) -> list[str]:
     if "hierarchical" in rules:
         notes.append(f"m {PLUS_MINUS} s [a, b] ({rules.count('hierarchical')} cells): the "
                      "interval is a hierarchical bootstrap over the runs' per-image records "
-                     "(seeds resampled, then images; docs/statistics.md).")
-    if rules.count("range") or None in rules:
+                     "(the seeds resampled, then the images, one draw shared by the drawn seeds; "
+                     "docs/statistics.md).")
+    if "range" in rules:
         notes.append(f"m {PLUS_MINUS} s (k runs: min{MISSING}max) "
-                     f"({rules.count('range') + rules.count(None)} cells): the range across the "
+                     f"({rules.count('range')} cells): the range across the "
                      "k runs is shown instead of an interval (no per-image records matching "
                      "every run: older run folders, another aggregate than the mean, or "
                      "significance.enabled=false).")
