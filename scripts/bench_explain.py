@@ -60,6 +60,9 @@ BENCH_SETTINGS = {
     "rise": {"n_masks": 64, "batch_size": 64},
     "lime": {"samples": 64, "batch_size": 64}, "kernel_shap": {"samples": 64, "batch_size": 64},
     "lrp": {"composite": "epsilon_plus_flat"},  # the peer: zennit's EpsilonPlusFlat
+    # 8 uniform baselines (the default), 16 references per pass: on the CPU a pass of 32 ResNet
+    # images of 224 px (100 MB activations) runs ~10 % slower per image than the floor's batch
+    "deeplift_shap": {"batch_size": 16},
 }
 # rows whose peer is pytorch-grad-cam (its class, on blocks[-1].norm1, prefix tokens dropped)
 GRAD_CAM_PEERS = {"gradcam": "GradCAM", "hirescam": "HiResCAM",
@@ -92,6 +95,17 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     return _proc_status_mb("VmHWM") - base
 
 
+def captum_ig(model: torch.nn.Module) -> Callable[..., object]:
+    """captum IntegratedGradients, IG_STEPS steps, `chunk` interpolated images per pass (None:
+    captum's default, every step of every image in one pass)."""
+    from captum.attr import IntegratedGradients
+
+    def run(x: torch.Tensor, t: torch.Tensor, chunk: int | None = None) -> object:
+        return IntegratedGradients(model).attribute(x, target=t, n_steps=IG_STEPS,
+                                                    internal_batch_size=chunk)
+    return run
+
+
 def peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Tensor], object]]:
     """The peer library call for each method, with the same targets."""
     import pytorch_grad_cam
@@ -99,7 +113,6 @@ def peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Ten
         GradientShap,
         GuidedBackprop,
         InputXGradient,
-        IntegratedGradients,
         KernelShap,
         Lime,
         NoiseTunnel,
@@ -169,26 +182,49 @@ def peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Ten
                                                                          target=t),
         "guided_backprop": lambda x, t: GuidedBackprop(model).attribute(x.requires_grad_(),
                                                                        target=t),
-        "integrated_gradients": lambda x, t, chunk=None: IntegratedGradients(model).attribute(
-            x, target=t, n_steps=IG_STEPS, internal_batch_size=chunk),
+        "integrated_gradients": captum_ig(model),
         **lxt_peers(model),  # attnlrp, cp_lrp: lxt on a torchvision copy of the model
     }
 
 
 def cnn_peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch.Tensor], object]]:
-    """The peers of the CNN-only rows: captum DeepLift (zero baseline) and zennit's
-    EpsilonPlusFlat with its batch-norm canonizer (timm's residual sums stay functional: zennit
-    copies relevance there instead of splitting it; the cost is the same)."""
-    from captum.attr import DeepLift
+    """The peers of the CNN rows: captum DeepLift (zero baseline), DeepLiftShap (our baselines),
+    Saliency and IntegratedGradients; zennit's EpsilonPlusFlat with its batch-norm canonizer
+    (timm's residual sums stay functional: zennit copies relevance there instead of splitting
+    it; the cost is the same); pytorch-grad-cam's GradCAM on our layer and FullGrad."""
+    import pytorch_grad_cam
+    from captum.attr import DeepLift, DeepLiftShap, Saliency
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.composites import EpsilonPlusFlat
 
+    from xai_bench.explain.cam import resolve_layer
     from xai_bench.explain.gradients import not_inplace
 
     def deeplift(x: torch.Tensor, t: torch.Tensor) -> object:
         with not_inplace(model):  # captum's hooks cannot take timm's in-place ReLUs
             return DeepLift(model).attribute(x.requires_grad_(), baselines=torch.zeros_like(x),
                                              target=t)
+
+    class PerImageBaselines(DeepLiftShap):
+        """captum's DeepLiftShap with each image's own baselines (ours: (B, n, C, H, W)) in
+        place of one set shared by the batch; the same expansion, passes and averaging."""
+
+        bases: torch.Tensor
+
+        def _expand_inputs_baselines_targets(self, baselines: tuple, inputs: tuple,
+                                             target: object, extra: object) -> tuple:
+            exp_inp, _, exp_tgt, exp_extra = super()._expand_inputs_baselines_targets(
+                baselines, inputs, target, extra)
+            return exp_inp, (self.bases.flatten(0, 1).requires_grad_(),), exp_tgt, exp_extra
+
+    def deeplift_shap(x: torch.Tensor, t: torch.Tensor) -> object:
+        ours = build_method("deeplift_shap", **BENCH_SETTINGS.get("deeplift_shap", {}))
+        explainer = PerImageBaselines(model)
+        explainer.bases = ours.baseline_images(x)
+        with not_inplace(model):
+            return explainer.attribute(x.requires_grad_(), baselines=explainer.bases[0],
+                                       target=t)
 
     def lrp(x: torch.Tensor, t: torch.Tensor) -> object:
         x = x.requires_grad_()
@@ -197,10 +233,32 @@ def cnn_peers(model: torch.nn.Module) -> dict[str, Callable[[torch.Tensor, torch
             start = torch.nn.functional.one_hot(t, out.shape[1]).to(out) * out.detach()
             return torch.autograd.grad(out, x, grad_outputs=start)[0]
 
-    return {"deeplift": deeplift, "lrp": lrp}
+    def grad_cam(cls: str, layers: list[torch.nn.Module]) -> Callable[..., object]:
+        def run(x: torch.Tensor, t: torch.Tensor) -> object:
+            with getattr(pytorch_grad_cam, cls)(model=model, target_layers=layers) as c:
+                return c(input_tensor=x.requires_grad_(),
+                         targets=[ClassifierOutputTarget(int(i)) for i in t])
+        return run
+
+    return {"deeplift": deeplift, "deeplift_shap": deeplift_shap, "lrp": lrp,
+            "gradcam": grad_cam("GradCAM", [resolve_layer(model, None)]),  # ours: feature_layer
+            "fullgrad": grad_cam("FullGrad", []),  # it finds its own conv / BatchNorm layers
+            "saliency": lambda x, t: Saliency(model).attribute(x.requires_grad_(), target=t,
+                                                                abs=True),
+            "integrated_gradients": captum_ig(model)}
 
 
-PEER_NAMES = {"deeplift": "captum", "lrp": "zennit"}  # rows whose peer is cnn_peers'
+# the peer column of rows whose peer is not what the row's name implies (default: captum;
+# the CAM rows grad-cam; attnlrp / cp_lrp lxt)
+PEER_NAMES = {"lrp": "zennit", "fullgrad": "grad-cam"}
+
+
+def peer_name(name: str) -> str:
+    if name in PEER_NAMES:
+        return PEER_NAMES[name]
+    if name in GRAD_CAM_PEERS:
+        return "grad-cam"
+    return "lxt" if name in LXT_PEERS else "captum"
 
 
 def main() -> None:
@@ -278,9 +336,7 @@ def main() -> None:
                       if peer else None)
         table.add_row(
             name, f"{bs / ours_t:.1f}",
-            "grad-cam" if name in GRAD_CAM_PEERS else
-            (PEER_NAMES[name] if peer and name in PEER_NAMES else
-             ("lxt" if name in LXT_PEERS and peer else ("captum" if peer else "-"))),
+            peer_name(name) if peer else "-",
             f"{bs / peer_t:.1f}" if peer_t else "-",
             f"{peer_t / ours_t:.2f}x" if peer_t else "-",
             f"{passes.forwards:g} F + {passes.backwards:g} B",
@@ -331,7 +387,7 @@ def ig_memory_child(model: torch.nn.Module, x: torch.Tensor, target: torch.Tenso
         method = build_method("integrated_gradients", n_steps=IG_STEPS, internal_batch_size=chunk)
         print(peak_memory_mb(lambda: method(model, x, target=target), torch.device("cpu")))
     else:
-        print(peak_memory_mb(lambda: peers(model)["integrated_gradients"](x.clone(), target, None),
+        print(peak_memory_mb(lambda: captum_ig(model)(x.clone(), target, None),
                              torch.device("cpu")))
 
 

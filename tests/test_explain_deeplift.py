@@ -248,6 +248,7 @@ def test_batch_equals_single_calls_and_model_is_left_alone() -> None:
         single = method(resnet, x[i:i + 1], TARGET[i:i + 1])
         torch.testing.assert_close(single.raw[0], batch.raw[i], atol=1e-10, rtol=1e-8)
     assert all(m.inplace for m in resnet.modules() if isinstance(m, nn.ReLU))
+    assert not any("forward" in m.__dict__ for m in resnet.modules())  # max pool's own again
     assert not resnet.conv1.weight.requires_grad and resnet.fc.weight.requires_grad
     assert method.passes(resnet, 32, 32).forwards == 2
 
@@ -263,3 +264,36 @@ def test_refusals() -> None:
     normed(torch.zeros(1, 3, 8, 8))
     with pytest.raises(ConfigError, match="GroupNorm"):
         build_method("deeplift")(normed, torch.randn(1, 3, 8, 8))
+    unpooled = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.MaxPool2d(2, return_indices=True))
+    with pytest.raises(ConfigError, match="return_indices"):
+        build_method("deeplift")(unpooled, torch.randn(1, 3, 8, 8))
+
+
+class _InPlaceAfterActivation(nn.Module):
+    """conv -> ReLU, whose output the forward then shifts in place (as `x += 1` would), -> max
+    pool -> linear: the rule's activations are views, so the first try fails and DeepLIFT runs
+    again on copies of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv, self.act, self.pool = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
+        self.fc = nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.conv(x))
+        y += 0.25
+        return self.fc(self.pool(y).flatten(1))
+
+
+def test_an_activation_changed_in_place_is_copied_not_lost() -> None:
+    """Summation-to-delta and the dense equal of the same net without the in-place shift."""
+    model = _InPlaceAfterActivation().double().eval()
+    x = _images()
+    attr = DeepLift(baseline=0.3).attribute(model, x, TARGET)
+    total, gap = _gap(model, x, attr, 0.3)
+    torch.testing.assert_close(total, gap, rtol=1e-9, atol=1e-12)
+    # the shift moves both sides equally: the same multipliers as without it
+    plain = nn.Sequential(model.conv, model.act, model.pool, nn.Flatten(), model.fc)
+    ref = DeepLift(baseline=0.3).attribute(plain, x, TARGET)
+    torch.testing.assert_close(attr, ref, rtol=1e-9, atol=1e-12)

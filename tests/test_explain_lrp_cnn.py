@@ -22,6 +22,7 @@ from zennit.rules import Epsilon
 from zennit.torchvision import ResNetCanonizer
 from zennit.types import Linear as AnyLinear
 
+from xai_bench.explain import lrp_cnn
 from xai_bench.explain.base import build_method
 from xai_bench.explain.lrp_cnn import BOX_LOW, LRP
 from xai_bench.models import build_model
@@ -276,3 +277,33 @@ def test_settings_and_refusals() -> None:
     with pytest.raises(ConfigError, match="2 values"):
         build_method("lrp", composite="epsilon_gamma_box", low=[0.0, 0.0], high=[1.0, 1.0])(
             TinyCNN().eval(), torch.randn(1, 3, 8, 8))
+
+
+def test_cached_weights_follow_the_model_state() -> None:
+    """The merged / clamped weights are kept per model state: after a weight written in place, a
+    BatchNorm statistic changed or a layer replaced, the maps are a fresh computation's."""
+    torch.manual_seed(0)
+    model = _random_batch_norms(build_model("resnet18", 2, 32), eps=1e-5)
+    x, target = _images(1, 32).float(), TARGET[:1]
+    method = build_method("lrp", composite="epsilon_gamma_box")
+
+    def fresh() -> torch.Tensor:
+        lrp_cnn._WEIGHTS.clear()
+        lrp_cnn._FLAT_COUNTS.clear()
+        return method(model, x, target).raw
+
+    before = method(model, x, target).raw
+    assert len(lrp_cnn._WEIGHTS) > 0
+    torch.testing.assert_close(method(model, x, target).raw, before, rtol=0, atol=0)
+    edits = [lambda: model.layer1[0].conv1.weight.mul_(-1.5),
+             lambda: model.layer2[0].bn1.running_var.mul_(3.0),
+             lambda: setattr(model.layer3[0], "conv2", nn.Conv2d(256, 256, 3, padding=1,
+                                                                 bias=False)),
+             lambda: model.conv1.weight.mul_(0.5)]  # the first layer (the box rule)
+    for edit in edits:
+        with torch.no_grad():
+            edit()
+        cached = method(model, x, target).raw
+        assert not torch.allclose(cached, before)
+        torch.testing.assert_close(cached, fresh(), rtol=0, atol=0)
+        before = cached

@@ -148,9 +148,10 @@ def test_passes_are_counted(cnn: nn.Module) -> None:
         (build_method("smoothgrad", base="integrated_gradients", samples=2,
                       base_settings={"n_steps": 5}), 1 + 2 * 5, 2 * 5),
         (build_method("gradient_shap", samples=6, batch_size=5), 1 + 6, 6),
-        # deeplift: an image forward (with the graph) and a reference forward, one backward
+        # deeplift: an image forward (no graph) and a reference forward, one backward;
+        # deeplift_shap: one image forward for all its baselines
         (build_method("smoothgrad", base="deeplift", samples=3, batch_size=4), 1 + 3 * 2, 3),
-        (build_method("deeplift_shap", n_baselines=3, batch_size=4), 1 + 3 * 2, 3),
+        (build_method("deeplift_shap", n_baselines=3, batch_size=4), 1 + 3, 3),
     ]:
         counter = _Counter(cnn)
         try:

@@ -4,8 +4,10 @@
 where z_l is the output of a bias layer l (nn.Conv2d with a bias, nn.BatchNorm2d with its
 eval-mode effective bias beta - mean * gamma / sqrt(var + eps)), and psi min-max scales each
 (image, channel) map (eps 1e-7), resizes it bilinearly to the input and sums over channels.
-Resizing is linear, so the channels are summed before one resize (the same map, without a
-(B, C, H, W) tensor per layer). All gradients come from one torch.autograd.grad call.
+Resizing is linear, so the channels, and the layers of one resolution, are summed before one
+resize per resolution (the same map, without a (B, C, H, W) tensor per layer); each layer's
+term is formed in the backward as soon as its gradient exists. All gradients come from one
+torch.autograd.grad call.
 
 pytorch-grad-cam 1.5.7's definition (the oracle), which differs from the paper's code:
 - layers are found by exact type (Conv2d, BatchNorm2d): subclasses such as timm's
@@ -47,16 +49,43 @@ def effective_bias(layer: nn.Module) -> torch.Tensor:
     return layer.bias
 
 
-def channel_scaled_sum(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, C, h, w) -> (B, H, W): min-max each (image, channel) map, sum, resize bilinearly."""
+def channel_scaled(maps: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, h, w) nonnegative maps m (times a (C,) nonnegative `scale`) -> (B, h, w): min-max
+    each (image, channel) map and sum them.
+
+    Written as one weighted channel sum (a batched matrix-vector product),
+    sum_c (m_c - lo_c) w_c = sum_c w_c m_c - sum_c w_c lo_c with w_c = 1 / (hi_c - lo_c + eps),
+    so no shifted or scaled copy of the maps is made: hi_c - lo_c is the max of m_c - lo_c
+    (subtracting is monotone), and a scale s_c >= 0 scales lo_c and hi_c (s_c m_c is too)."""
     flat = maps.flatten(2)
-    lo = flat.amin(dim=2)[:, :, None, None]
-    shifted = maps - lo
-    hi = shifted.flatten(2).amax(dim=2)[:, :, None, None]
-    summed = (shifted / (hi + SCALE_EPS)).sum(dim=1, keepdim=True)
-    if tuple(summed.shape[-2:]) != tuple(size):
-        summed = F.interpolate(summed, size=size, mode="bilinear", align_corners=False)
-    return summed[:, 0]
+    lo, hi = flat.amin(dim=2), flat.amax(dim=2)  # (B, C); torch.aminmax is slower on the CPU
+    if scale is not None:
+        lo, hi = lo * scale, hi * scale
+    weight = 1 / (hi - lo + SCALE_EPS)
+    offset = (weight * lo).sum(dim=1)
+    if scale is not None:
+        weight = weight * scale
+    summed = torch.bmm(weight[:, None, :], flat).view(maps.shape[0], *maps.shape[2:])
+    return summed - offset[:, None, None]
+
+
+def resized_sum(parts: dict[tuple[int, int], torch.Tensor],
+                size: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W): the (B, h, w) maps of every resolution resized bilinearly and summed; resizing
+    is linear, so the maps of one resolution are summed before their one resize."""
+    total = None
+    for hw, part in parts.items():
+        if hw != tuple(size):
+            part = F.interpolate(part[:, None], size=size, mode="bilinear",
+                                 align_corners=False)[:, 0]
+        total = part if total is None else total + part
+    assert total is not None
+    return total
+
+
+def _add(parts: dict[tuple[int, int], torch.Tensor], part: torch.Tensor) -> None:
+    key = (part.shape[-2], part.shape[-1])
+    parts[key] = part if key not in parts else parts[key] + part
 
 
 @register_method("fullgrad")
@@ -80,12 +109,17 @@ class FullGrad(ExplainMethod):
             raise ConfigError("fullgrad explains CNNs (conv / BatchNorm bias-gradients); "
                               "on a ViT use a CAM method, chefer or an input-gradient method.")
         assert target is not None
-        grads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (effective bias, dy/dz_l)
+        # the channel-scaled bias-gradient maps, summed per resolution; each layer's is made in
+        # the backward, as soon as its gradient exists (which is then freed)
+        parts: dict[tuple[int, int], torch.Tensor] = {}
+
+        def on_grad(grad: torch.Tensor, bias: torch.Tensor) -> None:
+            _add(parts, channel_scaled(grad.detach().abs(), bias))
 
         def hook(layer: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            bias = effective_bias(layer).detach()
+            bias = effective_bias(layer).detach().abs()
             if out.requires_grad:
-                out.register_hook(lambda g, b=bias: grads.append((b, g.detach())))
+                out.register_hook(lambda g, b=bias: on_grad(g, b))
 
         handles = [layer.register_forward_hook(hook) for layer in bias_layers(model)]
         try:
@@ -97,8 +131,5 @@ class FullGrad(ExplainMethod):
         finally:
             for handle in handles:
                 handle.remove()
-        size = (images.shape[-2], images.shape[-1])
-        total = channel_scaled_sum((input_grad * images).abs(), size)
-        for bias, grad in grads:
-            total = total + channel_scaled_sum((bias.view(1, -1, 1, 1) * grad).abs(), size)
-        return total
+        _add(parts, channel_scaled((input_grad * images).abs()))
+        return resized_sum(parts, (images.shape[-2], images.shape[-1]))

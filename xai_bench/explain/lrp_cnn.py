@@ -106,6 +106,58 @@ def _params(layer: _Layer) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight * scale.view(-1, *([1] * (weight.dim() - 1))), shift
 
 
+# per conv / linear module: (its BatchNorm, the model state its merged / clamped weights were
+# made from, those weights), made again when a parameter or BatchNorm statistic changes
+_WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# per first layer: the flat rule's count of inputs per output, by input shape, dtype and device
+_FLAT_COUNTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _state(layer: _Layer) -> tuple[Any, ...]:
+    """What the layer's merged weights are made of (as the metrics' randomised-model cache sees
+    a model): each tensor (a weak reference: a new tensor at a reused address is not the old
+    one), its storage and the version counter every in-place write bumps (an optimiser step,
+    load_state_dict, nn.init; not writes through `.data`, which torch does not count).
+    Inference-mode tensors, which keep no counter, cannot take part in a backward anyway."""
+    bn = layer.bn
+    tensors = [layer.module.weight, layer.module.bias]
+    if bn is not None:
+        tensors += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+    return (bn.eps if bn is not None else None,
+            *((None, 0, 0) if t is None else (weakref.ref(t), t.data_ptr(), t._version)
+              for t in tensors))
+
+
+def _same_state(old: tuple[Any, ...], new: tuple[Any, ...]) -> bool:
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, weakref.ref) and isinstance(b, weakref.ref):
+            return a() is not None and a() is b()
+        return a == b
+    return len(old) == len(new) and all(same(a, b) for a, b in zip(old, new, strict=True))
+
+
+def _weight(layer: _Layer, name: str) -> torch.Tensor | None:
+    """The layer's merged weight or bias ("w", "b"), or their positive / negative parts ("w+",
+    "b+", "w-", "b-"), computed once per model state (the rules need them in every backward)."""
+    state = _state(layer)
+    entry = _WEIGHTS.get(layer.module)
+    if entry is None or entry[0] is not layer.bn or not _same_state(entry[1], state):
+        entry = (layer.bn, state, {})
+        _WEIGHTS[layer.module] = entry
+    parts: dict[str, torch.Tensor | None] = entry[2]
+
+    def get(key: str) -> torch.Tensor | None:
+        if key not in parts:
+            if key in ("w", "b"):
+                parts["w"], parts["b"] = _params(layer)
+            else:
+                base = get(key[0])
+                parts[key] = (None if base is None else
+                              base.clamp(min=0) if key[1] == "+" else base.clamp(max=0))
+        return parts[key]
+    return get(name)
+
+
 def _affine(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
             bias: torch.Tensor | None) -> torch.Tensor:
     if isinstance(module, nn.Linear):
@@ -113,14 +165,27 @@ def _affine(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
     return module._conv_forward(x, weight, bias)
 
 
-def _transposed(module: nn.Module, shape: torch.Size, weight: torch.Tensor,
+def _transposed(module: nn.Module, x: torch.Tensor, weight: torch.Tensor,
                 grad: torch.Tensor) -> torch.Tensor:
-    """W^T grad: the layer's vector-Jacobian product with the given weight."""
+    """W^T grad: the layer's vector-Jacobian product with the given weight, at input x (torch's
+    convolution backward, given the real input: an expanded placeholder, as
+    torch.nn.grad.conv2d_input passes, takes a slower path on the CPU)."""
     if isinstance(module, nn.Linear):
         return grad @ weight
-    conv_input = getattr(torch.nn.grad, f"conv{weight.dim() - 2}d_input")
-    return conv_input(shape, weight, grad, module.stride, module.padding, module.dilation,
-                      module.groups)
+    dims = weight.dim() - 2
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None, module.stride, module.padding, module.dilation, False,
+        [0] * dims, module.groups, [True, False, False])[0]
+
+
+def _flat_count(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(1, C_out, ...) how many inputs feed each output of the layer (the same for every
+    image), once per input shape."""
+    counts = _FLAT_COUNTS.setdefault(module, {})
+    key = (tuple(x.shape[1:]), tuple(weight.shape), x.dtype, x.device)
+    if key not in counts:
+        counts[key] = _affine(module, torch.ones_like(x[:1]), torch.ones_like(weight), None)
+    return counts[key]
 
 
 def _split_sign(x: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None,
@@ -138,37 +203,40 @@ def _split_sign(x: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None,
 def propagate(layer: _Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor,
               s: Settings) -> torch.Tensor:
     """The rules that recompute the layer (module docstring): the input relevance for a first
-    layer, otherwise g_x with x * g_x = the input relevance."""
+    layer, otherwise g_x with x * g_x = the input relevance. `relevance` may be overwritten."""
     mod, rule = layer.module, layer.rule
-    weight, bias = _params(layer)
-    pos_w = weight.clamp(min=0)
-    pos_b = None if bias is None else bias.clamp(min=0)
 
     def back(w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return _transposed(mod, x.shape, w, h)
+        return _transposed(mod, x, w, h)
 
     if rule == "flat":
-        ones = torch.ones_like(weight)
-        count = _affine(mod, torch.ones_like(x[:1]), ones, None)  # the same for every image
+        ones = torch.ones_like(_weight(layer, "w"))
+        count = _flat_count(mod, x, ones)
         return back(ones, relevance / stabilise(count, s.stabilizer))
-    neg_w = weight - pos_w
-    neg_b = None if bias is None else bias - pos_b
+    weight, bias = _weight(layer, "w"), _weight(layer, "b")
+    pos_w, pos_b = _weight(layer, "w+"), _weight(layer, "b+")
     if rule == "box":
+        neg_w, neg_b = _weight(layer, "w-"), _weight(layer, "b-")
         low = torch.as_tensor(s.low, dtype=x.dtype, device=x.device).expand_as(x)
         high = torch.as_tensor(s.high, dtype=x.dtype, device=x.device).expand_as(x)
         denom = (_affine(mod, x, weight, bias) - _affine(mod, low, pos_w, pos_b)
                  - _affine(mod, high, neg_w, neg_b))
         h = relevance / stabilise(denom, s.stabilizer)
         return x * back(weight, h) - low * back(pos_w, h) - high * back(neg_w, h)
-    signed = bool((x < 0).any())  # after a ReLU there are no negative inputs: less work
+    signed = bool(x.amin() < 0)  # after a ReLU there are no negative inputs: less work
     pos_x = x.clamp(min=0) if signed else x
-    neg_x = x.clamp(max=0)
     # the positive part of the layer's output, W+ x+ + b+ (the z+ denominator)
     plus = _affine(mod, pos_x, pos_w, pos_b)
+    if rule == "zplus" and not signed:  # plus >= 0: S(plus) = plus + s, in place
+        h = relevance.div_(plus.add_(s.stabilizer))
+        return _split_sign(x, back(pos_w, h), None, layer.first)
+    if signed:
+        neg_x = x.clamp(max=0)
+        neg_w, neg_b = _weight(layer, "w-"), _weight(layer, "b-")
+        assert neg_w is not None
     if rule == "zplus":
-        denom = plus + _affine(mod, neg_x, neg_w, None) if signed else plus
-        h = relevance / stabilise(denom, s.stabilizer)
-        return _split_sign(x, back(pos_w, h), back(neg_w, h) if signed else None, layer.first)
+        h = relevance / stabilise(plus + _affine(mod, neg_x, neg_w, None), s.stabilizer)
+        return _split_sign(x, back(pos_w, h), back(neg_w, h), layer.first)
     # gamma: A = W + gamma W+ weighs positive contributions, C = W + gamma W- negative ones
     if signed:
         up_w, down_w = weight + s.gamma * pos_w, weight + s.gamma * neg_w
@@ -198,13 +266,16 @@ class _Relevance(torch.autograd.Function):
                 settings: Settings) -> torch.Tensor:
         ctx.layer, ctx.settings = layer, settings
         ctx.save_for_backward(z, x if layer.x is not None else None)
+        ctx.set_materialize_grads(False)  # no gradient stays None: nothing to run below
         return z.clone()
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         layer, settings = ctx.layer, ctx.settings
+        if grad is None:  # a rule above sent the relevance past this layer (merged BatchNorm)
+            return None, None, None, None
         z, x = ctx.saved_tensors
-        if layer.merged:  # the BatchNorm's node carries the rule; its backward passes here
+        if layer.merged:  # the BatchNorm's epsilon rule ran; its backward passes here
             return grad, None, None, None
         if x is None:  # epsilon / norm; epsilon 0 is LRP-0, the plain gradient
             eps = settings.epsilon if layer.rule == "epsilon" else settings.stabilizer

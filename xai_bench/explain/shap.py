@@ -7,7 +7,8 @@ interpolation point alpha_k ~ U[0, 1) and Gaussian noise e_k; with x_k = x + e_k
   a = mean_k (x_k - b_k) * grad f_t(b_k + alpha_k (x_k - b_k)).
 DeepLiftSHAP (Lundberg & Lee 2017; captum's DeepLiftShap): the DeepLIFT attributions of x
 against each of its baselines, averaged (CNNs: the `deeplift` method's rules, through
-explain.deeplift.deeplift_attr; image-baseline pairs batched, `batch_size` pairs per pass).
+explain.deeplift.deeplift_sum: one forward of the images, then the image-baseline pairs batched,
+`batch_size` reference images per forward and backward).
 
 Baselines (`baselines` setting), per image, so maps never depend on the batch:
   zero     the constant 0 (the dataset mean of normalised images); one baseline
@@ -21,6 +22,7 @@ id, stream): the noise of sample k, alpha_k, the baseline index of sample k, uni
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xai_bench.explain.base import Passes, register_method
-from xai_bench.explain.deeplift import check_deeplift_model, deeplift_attr
+from xai_bench.explain.deeplift import check_deeplift_model, deeplift_sum
 from xai_bench.explain.gradients import PixelMethod, _selected, frozen_params
 from xai_bench.explain.noise_tunnel import (
     check_sampling,
@@ -166,20 +168,29 @@ class DeepLiftShap(BaselineDistribution):
     baselines; CNNs only. No random draws beyond the baselines themselves (uniform)."""
 
     models: ClassVar[tuple[str, ...]] = ("cnn",)
+    target_in_forward = True  # the images' forward (no graph) comes first and gives the target
 
     def passes(self, model: nn.Module, height: int, width: int) -> Passes:
-        """The target forward, then per baseline: the image forward (with the graph) and the
-        reference forward, one backward."""
-        return Passes(forwards=1 + 2 * self.n_baselines, backwards=self.n_baselines)
+        """One forward of the images (it resolves the target too), then per baseline one forward
+        of the reference (with the graph) and one backward (explain.deeplift)."""
+        return Passes(forwards=1 + self.n_baselines, backwards=self.n_baselines)
 
     def attribute(self, model: nn.Module, images: torch.Tensor,
                   target: torch.Tensor) -> torch.Tensor:
         check_deeplift_model(model, "deeplift_shap", "gradient_shap", "gradient_shap")
         x = images.detach()
         bases = self.baseline_images(x)
-        target = target.to(x.device)
-        total = torch.zeros_like(x)
-        for ks, rows in sample_chunks(self.n_baselines, x.shape[0], self.batch_size, x.device):
-            attr = deeplift_attr(model, x[rows], bases[rows, ks], target[rows])
-            total.index_add_(0, rows, attr.detach())
-        return total / self.n_baselines
+        return deeplift_sum(model, x, lambda: self.chunks(bases), target) / self.n_baselines
+
+    def chunks(self, bases: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+        """At most `batch_size` references per pass, in blocks of whole baselines (baseline k of
+        every image) or, when one baseline of every image is too many, of image ranges."""
+        batch, n = bases.shape[:2]
+        if self.batch_size >= batch:
+            per = self.batch_size // batch
+            for k in range(0, n, per):
+                yield slice(0, batch), bases[:, k:k + per].transpose(0, 1).flatten(0, 1)
+            return
+        for k in range(n):
+            for i in range(0, batch, self.batch_size):
+                yield slice(i, i + self.batch_size), bases[i:i + self.batch_size, k]
