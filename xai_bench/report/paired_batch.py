@@ -17,7 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xai_bench.stats.paired import PairedTest, bootstrap_rows, compare_rows, paired_test_seeds
+from xai_bench.stats.paired import (
+    PairedTest,
+    bootstrap_rows,
+    compare_rows,
+    paired_test_seeds,
+    seed_averages,
+)
 
 __all__ = ["bootstrap_intervals", "paired_tests", "seed_cell_scores"]
 
@@ -49,13 +55,7 @@ def _prepare(xs: Arrays, ys: Arrays) -> _Pair | None:
         return None
     a, b, both = a[:, keep], b[:, keep], both[:, keep]
     d = np.where(both, a - b, np.nan)
-    if d.shape[0] == 1:
-        image_d, image_a, image_b = d[0], a[0], b[0]
-    else:
-        count = both.sum(axis=0)
-        image_d = np.where(both, d, 0.0).sum(axis=0) / count
-        image_a = np.where(both, a, 0.0).sum(axis=0) / count
-        image_b = np.where(both, b, 0.0).sum(axis=0) / count
+    image_d, image_a, image_b = seed_averages(d, a, b, both)
     return _Pair(d, image_d, float(image_a.mean()), float(image_b.mean()))
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "paired_test",
     "paired_test_seeds",
     "rank_biserial",
+    "seed_averages",
 ]
 
 _CHUNK = 20_000_000  # float64 cells per bootstrap block (about 160 MB at most)
@@ -277,6 +278,16 @@ def hierarchical_bootstrap(diffs_per_seed: Sequence[np.ndarray], *, level: float
     return float(low[0]), float(high[0])
 
 
+def seed_averages(d: np.ndarray, a: np.ndarray, b: np.ndarray, both: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image, the mean over the seeds where both entries are scored of d = a - b, a and b
+    ((seeds, images) arrays; `both` marks the scored pairs): the image is the paired unit."""
+    if d.shape[0] == 1:
+        return d[0], a[0], b[0]
+    count = both.sum(axis=0)
+    return tuple(np.where(both, x, 0.0).sum(axis=0) / count for x in (d, a, b))  # type: ignore
+
+
 def paired_test_seeds(a_per_seed: Sequence[np.ndarray], b_per_seed: Sequence[np.ndarray], *,
                       binary: bool | None = None, level: float = 0.95, samples: int = 1000,
                       seed: int = 0) -> PairedTest:
@@ -310,13 +321,7 @@ def paired_test_seeds(a_per_seed: Sequence[np.ndarray], b_per_seed: Sequence[np.
         nan = math.nan
         return PairedTest("sign" if binary else "wilcoxon", 0, nan, nan, nan, nan, nan, 0.0, 1.0,
                           0.0, n_seeds)
-    if n_seeds == 1:
-        image_d, image_a, image_b = d[0], a[0], b[0]
-    else:
-        count = both.sum(axis=0)
-        image_d = np.where(both, d, 0.0).sum(axis=0) / count
-        image_a = np.where(both, a, 0.0).sum(axis=0) / count
-        image_b = np.where(both, b, 0.0).sum(axis=0) / count
+    image_d, image_a, image_b = seed_averages(d, a, b, both)
     stat, p, effect = compare_rows(image_d[None, :], bool(binary))
     low, high = bootstrap_rows(d[None], level=level, samples=samples, seed=seed)
     return PairedTest(
