@@ -17,12 +17,13 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 
 from xai_bench.models import load_checkpoint_safely
 from xai_bench.models.weights import state_dict_mismatch
 from xai_bench.modules import BestEpochTracker
-from xai_bench.modules.callbacks import AtomicCheckpointIO
+from xai_bench.modules.callbacks import AtomicCheckpointIO, NonFiniteLossError
 from xai_bench.modules.preflight import check_inputs
 from xai_bench.tracking import resolved_config
 from xai_bench.tracking.cluster import (
@@ -34,6 +35,7 @@ from xai_bench.tracking.cluster import (
     resume_mode,
     slurm_job,
 )
+from xai_bench.tracking.lineage import declare_training_inputs
 from xai_bench.tracking.records import TrainingRecord, clear_error
 from xai_bench.tracking.resolvers import register_resolvers
 from xai_bench.tracking.run_folder import (
@@ -43,6 +45,7 @@ from xai_bench.tracking.run_folder import (
     saved_checkpoints,
     start_attempt,
 )
+from xai_bench.tracking.search import optimized_value
 from xai_bench.tracking.task import task_wrapper
 from xai_bench.utils.errors import ConfigError, XaiBenchError
 from xai_bench.utils.instantiate import (
@@ -221,6 +224,7 @@ def _start_run(cfg: DictConfig, trainer: pl.Trainer, loggers: list, point: Resum
         log.info("run folder: %s, attempt %d%s", output_dir, attempt, slurm)
         if resumed_at:
             log.info("resuming from %s (epoch %s done)", point.checkpoint, resumed_at["epoch"])
+        declare_training_inputs(loggers, cfg.dataset, output_dir)  # W&B lineage: the dataset
     study_row = cfg.get("study_row")
     if study_row and study_row.optimizer != cfg.optimizer.name:
         log.warning(
@@ -312,10 +316,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _trial(cfg: DictConfig) -> dict[str, Any] | None:
+    """A search's trial: hyperparameters that make the loss diverge or fill the GPU end this
+    trial with the worst score (its error.txt says why), not the search."""
+    try:
+        return train(cfg)
+    except (NonFiniteLossError, torch.cuda.OutOfMemoryError) as err:
+        log.error("trial failed, the search goes on: %s", str(err).splitlines()[0])
+        return None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Returns the value of `optimized_metric` (set by hparams_search=...) to the sweeper."""
     silence_library_noise()
-    run_entry(train, cfg)
+    metric = cfg.get("optimized_metric")
+    return optimized_value(run_entry(_trial if metric else train, cfg), metric)
 
 
 if __name__ == "__main__":

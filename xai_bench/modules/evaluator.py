@@ -78,6 +78,11 @@ def _label_text(label: torch.Tensor) -> str:
 class ExplanationEvaluator(pl.LightningModule):
     """Runs every method on every batch and updates each method's metrics.
 
+    Each batch is loaded once for all the methods (and the baselines, which are methods too);
+    a method's scores do not depend on the others (its own logits, else one plain forward per
+    batch), so a job of several methods scores each as a job of that method alone would. The
+    predictions come from the first method's forward.
+
     Args:
         net: the trained classifier (frozen here).
         methods: name -> explain method (baselines included, they are methods too).
@@ -159,15 +164,16 @@ class ExplanationEvaluator(pl.LightningModule):
         images, labels, ids = batch["image"], batch["label"], batch["index"]
         masks, has_mask = batch.get("mask"), batch.get("has_mask")
         class_masks = batch.get("class_masks")  # only datasets with boxes.csv have them
-        logits: torch.Tensor | None = None
-        for position, (name, method) in enumerate(self.methods.items()):
+        plain: torch.Tensor | None = None  # one plain forward per batch, for the methods
+        for position, (name, method) in enumerate(self.methods.items()):  # that return no logits
             with torch.enable_grad():
                 explanation = method(self.net, images, labels=labels, ids=ids)
-                if explanation.logits is not None:
-                    logits = explanation.logits
-                elif logits is None:
-                    with torch.no_grad():
-                        logits = self.net(images)
+                logits = explanation.logits
+                if logits is None:
+                    if plain is None:
+                        with torch.no_grad():
+                            plain = self.net(images)
+                    logits = plain
                 context = EvalBatch(
                     images=images, labels=labels, ids=ids, maps=explanation.maps,
                     target=explanation.target, logits=logits, model=self.net, method=method,

@@ -38,6 +38,7 @@ from xai_bench.report.writers import (
     write_tex,
 )
 from xai_bench.tracking import resolved_config, write_config
+from xai_bench.tracking.lineage import declare_report_inputs
 from xai_bench.tracking.resolvers import register_resolvers
 from xai_bench.tracking.task import task_wrapper
 from xai_bench.utils.errors import ConfigError
@@ -155,6 +156,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(config)
     log_to_loggers(loggers, table, plots, trust, sig)
+    declare_report_inputs(loggers, [run.run_dir for run in scan.runs])  # W&B lineage
     log.info("%d evaluation runs, %d incomplete, %d meta-evaluations; report folder: %s",
              len(scan.runs), len(scan.incomplete), len(trust), out)
     print(f"Open the report: {files['html']}")

@@ -1,5 +1,9 @@
 """The evaluation runs of a sweep: every run folder below a folder, read through tracking's
-records, and the folders skipped with the reason (a failed, cancelled or unfinished job)."""
+records, and the folders skipped with the reason (a failed, cancelled or unfinished job).
+
+A folder of a job that explained several methods (methods=[...]) yields one EvalRun per
+method, each with the job's baselines, as separate single-method jobs' folders would: the
+tables, galleries and paired tests read them alike."""
 
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from xai_bench.tracking.records import (
 )
 from xai_bench.tracking.run_folder import CONFIG_FILE, run_of
 
-__all__ = ["EvalRun", "SkippedRun", "SweepScan", "collect_eval_runs", "read_eval_run", "scan_sweep"]
+__all__ = ["EvalRun", "SkippedRun", "SweepScan", "collect_eval_runs", "read_eval_run",
+           "read_eval_runs", "scan_sweep"]
 
 # folders that never hold evaluation runs (besides hidden ones: .hydra, .submitit)
 _PRUNE = {"wandb"}
@@ -122,37 +127,51 @@ def _failure(run_dir: Path) -> str:
     return "no metrics.json (the job failed, was cancelled or is still running)"
 
 
-def read_eval_run(run_dir: Path, cfg: dict[str, Any]) -> EvalRun | SkippedRun:
-    """An EvalRun from a folder whose config.yaml says task_name: evaluate, else why not."""
+def read_eval_runs(run_dir: Path, cfg: dict[str, Any]) -> list[EvalRun | SkippedRun]:
+    """One EvalRun per method explained in a folder whose config.yaml says task_name: evaluate
+    (a SkippedRun, with the reason, for a method without scores or for the whole folder)."""
     try:
         summary = EvaluationSummary.read(run_dir)
     except MissingRecordError:
-        return SkippedRun(run_dir, _failure(run_dir))
+        return [SkippedRun(run_dir, _failure(run_dir))]
     except RecordError:
-        return SkippedRun(run_dir, "unreadable metrics.json")
-    method = str(_get(cfg, "method.name") or summary.method or "")
-    scores = summary.scores(method)
-    if scores is None:
-        return SkippedRun(run_dir, f"metrics.json has no scores for its method {method!r}")
+        return [SkippedRun(run_dir, "unreadable metrics.json")]
+    methods = (list(summary.evaluated_methods)
+               or [str(_get(cfg, "method.name") or summary.method or "")])
     accuracy, best_epoch = _training_metrics(cfg, summary)
-    return EvalRun(
-        run_dir=run_dir,
-        dataset=str(_get(cfg, "dataset.name", "?")),
-        init=str(_get(cfg, "init.name", "?")),
-        method=method,
-        arch=str(_get(cfg, "model.arch", "?")),
-        metrics=scores.metrics,
-        baselines={b: summary.methods[b].metrics for b in summary.baselines
-                   if b in summary.methods and b != method},
-        accuracy=accuracy,
-        best_epoch=best_epoch,
-        group=_wandb_group(cfg, run_dir),
-        seed=cfg.get("seed"),
-        run_name=str(cfg.get("run_name") or run_dir.name),
-        checkpoint=str(summary.checkpoint or cfg.get("ckpt") or run_dir),
-        images=summary.images,
-        bootstrap=summary.bootstrap,
-    )
+    baselines = {b: summary.methods[b].metrics for b in summary.baselines
+                 if b in summary.methods and b not in methods}
+    found: list[EvalRun | SkippedRun] = []
+    for method in methods:
+        scores = summary.scores(method)
+        if scores is None:
+            failed = summary.failed_methods.get(method)
+            found.append(SkippedRun(run_dir, f"{method}: {failed}" if failed else
+                                    f"metrics.json has no scores for its method {method!r}"))
+            continue
+        found.append(EvalRun(
+            run_dir=run_dir,
+            dataset=str(_get(cfg, "dataset.name", "?")),
+            init=str(_get(cfg, "init.name", "?")),
+            method=method,
+            arch=str(_get(cfg, "model.arch", "?")),
+            metrics=scores.metrics,
+            baselines=dict(baselines),
+            accuracy=accuracy,
+            best_epoch=best_epoch,
+            group=_wandb_group(cfg, run_dir),
+            seed=cfg.get("seed"),
+            run_name=str(cfg.get("run_name") or run_dir.name),
+            checkpoint=str(summary.checkpoint or cfg.get("ckpt") or run_dir),
+            images=summary.images,
+            bootstrap=summary.bootstrap,
+        ))
+    return found
+
+
+def read_eval_run(run_dir: Path, cfg: dict[str, Any]) -> EvalRun | SkippedRun:
+    """The first record of read_eval_runs (the only one of a single-method folder)."""
+    return read_eval_runs(run_dir, cfg)[0]
 
 
 def _walk(root: Path, exclude: Sequence[Path]) -> Iterable[tuple[Path, list[str]]]:
@@ -184,11 +203,11 @@ def scan_sweep(root: str | Path, exclude: Sequence[Path] = ()) -> SweepScan:
             scan.other.append(SkippedRun(
                 folder, f"task_name: {task}" if cfg is not None else "unreadable config.yaml"))
         elif task == "evaluate":
-            result = read_eval_run(folder, cfg)
-            if isinstance(result, EvalRun):
-                scan.runs.append(result)
-            else:
-                scan.incomplete.append(result)
+            for result in read_eval_runs(folder, cfg):
+                if isinstance(result, EvalRun):
+                    scan.runs.append(result)
+                else:
+                    scan.incomplete.append(result)
     return scan
 
 

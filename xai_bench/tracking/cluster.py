@@ -3,7 +3,10 @@
 A SLURM job that is preempted or reaches its time limit is requeued by the submitit launcher and
 runs again in the same run folder (same sweep folder, same job number). `jobs.jsonl` gets one
 line per attempt that started, and training resumes from `checkpoints/last.ckpt` (written at
-every epoch end), so an interruption loses at most the epoch in progress.
+every epoch end), so an interruption loses at most the epoch in progress. The attempt logs to the
+W&B run of its run folder (xai_bench.tracking.lineage.run_id_for: the id found in <run>/wandb/,
+resume "allow"), so online it continues the first attempt's run; offline each attempt writes its
+own offline-run-<time>-<id> folder, which `wandb sync` appends to that run.
 
 `resume` (train.yaml) decides what an attempt continues from:
 - true (default): checkpoints/last.ckpt; when it is unreadable (a truncated file from a crash or

@@ -199,7 +199,13 @@ class MethodScores:
 @dataclass
 class EvaluationSummary:
     """<run>/metrics.json of an evaluation run: classification scores and counts of the images,
-    the bootstrap settings, per method its MethodScores, and what was evaluated."""
+    the bootstrap settings, per method its MethodScores, and what was evaluated.
+
+    `evaluated_methods`: the methods the job explained (one, or several with methods=[...]);
+    `method` names the one of a single-method job (null with several); `methods` also holds
+    the baselines. `failed_methods`: name -> why a method has no scores (every map NaN), when
+    the job's other methods do (files written before several methods per job have neither:
+    their `method` is the one)."""
 
     classification: dict[str, dict[str, Any]] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
@@ -209,7 +215,9 @@ class EvaluationSummary:
     training_run: str | None = None
     split: str | None = None
     method: str | None = None
+    evaluated_methods: list[str] = field(default_factory=list)
     baselines: list[str] = field(default_factory=list)
+    failed_methods: dict[str, str] = field(default_factory=dict)
     world_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -244,7 +252,10 @@ class EvaluationSummary:
         }
         for key in ("classification", "counts", "bootstrap"):
             known[key] = _dict(known.get(key))
-        known["baselines"] = [str(b) for b in known.get("baselines") or []]
+        for key in ("baselines", "evaluated_methods"):
+            known[key] = [str(b) for b in known.get(key) or []]
+        known["failed_methods"] = {str(k): str(v)
+                                   for k, v in _dict(known.get("failed_methods")).items()}
         return cls(**known, methods=methods, extra=extra)
 
     def write(self, folder: str | Path) -> Path:
