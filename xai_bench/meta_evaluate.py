@@ -170,7 +170,7 @@ def meta_evaluate(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     settings = settings_of(cfg.meta)
     device = _device(str(cfg.get("device", "auto")))
-    methods = build_methods(list(cfg.methods or []))
+    methods = build_methods(list(cfg.get("methods") or []))
     factories = {str(key): hydra.utils.instantiate(node)
                  for key, node in (cfg.get("metric") or {}).items()}
     if not factories:
@@ -223,8 +223,23 @@ def method_alias(argv: list[str]) -> list[str]:
             for arg in argv]
 
 
+def unknown_methods(argv: list[str]) -> list[str]:
+    """The names in `methods=[...]` that are not conf/method/ options (Hydra would refuse them
+    with a traceback-like message of its `methods` group; this says it in one line)."""
+    group = Path(__file__).resolve().parents[1] / "conf" / "methods"
+    known = {p.stem for p in group.glob("*.yaml")}
+    names = [n.strip() for arg in argv if arg.startswith("methods=")
+             for n in arg[len("methods="):].strip("[]").split(",") if n.strip()]
+    return [n for n in names if known and n not in known]
+
+
 def main() -> None:
     sys.argv = method_alias(sys.argv)
+    unknown = unknown_methods(sys.argv[1:])
+    if unknown:
+        print(f"\nerror: method {unknown[0]!r} is not a conf/method/ option "
+              "(e.g. attention, chefer, gradcam, random).", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 
