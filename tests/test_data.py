@@ -162,11 +162,11 @@ def _flip_pipeline() -> A.Compose:
 
 def test_flip_keeps_mask_and_box_aligned() -> None:
     s = generate_synthetic(20, 32, seed=2, positive_fraction=1.0, shortcut=SHORTCUT)
-    ds = SyntheticDataset(s, _flip_pipeline(), return_shortcut_mask=True)
+    ds = SyntheticDataset(s, _flip_pipeline())
     for i in range(4):
         item = ds[i]
         np.testing.assert_array_equal(item["mask"].numpy(), s.masks[i][:, ::-1])
-        np.testing.assert_array_equal(item["shortcut_mask"].numpy(), s.shortcut_masks[i][:, ::-1])
+        np.testing.assert_array_equal(item["marker_mask"].numpy(), s.shortcut_masks[i][:, ::-1])
         x0, y0, x1, y1 = s.boxes[i]
         assert item["box"].tolist() == [32 - x1, y0, 32 - x0, y1]
         expected = (s.images[i][:, ::-1] / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
@@ -192,7 +192,11 @@ def test_default_transforms() -> None:
 
 
 def _check_batch(batch: dict, size: int) -> None:
-    assert set(batch) == KEYS
+    if "marker_mask" in batch:  # the synthetic set's samples also carry the marker's pixels
+        n = batch["label"].shape[0]
+        assert batch["marker_mask"].dtype == torch.uint8
+        assert batch["marker_mask"].shape == (n, size, size)
+    assert set(batch) - {"marker_mask"} == KEYS
     n = batch["label"].shape[0]
     assert batch["image"].dtype == torch.float32 and batch["image"].shape == (n, 3, size, size)
     assert batch["label"].dtype == torch.int64 and batch["label"].shape == (n,)

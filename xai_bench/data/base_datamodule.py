@@ -111,8 +111,18 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def _dataset(self, split: str) -> Dataset:
         if split not in self.datasets:
-            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+            stage = {"train": "fit", "val": "validate", "test": "test"}.get(split)
+            if stage is None:  # an extra evaluation split (eval_splits): built on its own
+                self.check()
+                self.datasets[split] = self._build(split)
+            else:
+                self.setup(stage)
         return self.datasets[split]
+
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        """The splits an evaluation may explain (a generated dataset may add its own)."""
+        return ("roi", "test", "val")
 
     def _distributed_shard(self) -> tuple[int, int] | None:
         """(world size, rank) while a distributed trainer drives this module (and leaves the
@@ -221,8 +231,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         """Unshuffled loader over the images an evaluation explains: roi (test images with a
         ROI mask), test or val; the first `max_images` of them when given. Batches carry
         "index", the image's row in its split (roi: in the test split)."""
-        if split not in ("roi", "test", "val"):
-            raise ConfigError(f"evaluation split must be one of roi, test, val; got {split!r}.")
+        if split not in self.eval_splits:
+            raise ConfigError(f"evaluation split must be one of {', '.join(self.eval_splits)} "
+                              f"for dataset {self.name}; got {split!r}.")
         dataset = self._dataset("test" if split == "roi" else split)
         rows = np.arange(len(dataset))  # type: ignore[arg-type]
         if split == "roi":

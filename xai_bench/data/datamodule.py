@@ -31,7 +31,9 @@ class SyntheticDataModule(ClassificationDataModule):
     """The procedural lesion dataset (xai_bench.data.synthetic), generated in `setup`.
 
     The data depend only on `data_seed` (never the training seed), so a seed sweep trains on
-    the same images. Generated splits are cached on the module.
+    the same images. Generated splits are cached on the module. With a marker planted
+    (`shortcut`), the evaluation may also explain the `decorrelated` split (`num_decorrelated`
+    images).
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class SyntheticDataModule(ClassificationDataModule):
         num_train: int = 2000,
         num_val: int = 500,
         num_test: int = 500,
+        num_decorrelated: int = 400,
         data_seed: int = 1234,
         positive_fraction: float = 0.5,
         shortcut: Mapping[str, Any] | None = None,
@@ -57,7 +60,8 @@ class SyntheticDataModule(ClassificationDataModule):
         if num_classes != 2:
             raise ConfigError("the synthetic dataset is binary (normal vs lesion): "
                               f"num_classes must be 2, got {num_classes}.")
-        check_positive(num_train=num_train, num_val=num_val, num_test=num_test)
+        check_positive(num_train=num_train, num_val=num_val, num_test=num_test,
+                       num_decorrelated=num_decorrelated)
         if isinstance(img_size, int) and img_size < 16:
             raise ConfigError(
                 f"dataset.img_size must be >= 16 px for the synthetic dataset; got {img_size}.")
@@ -70,8 +74,10 @@ class SyntheticDataModule(ClassificationDataModule):
             name, num_classes, img_size, class_names, batch_size, num_workers, pin_memory,
             transforms, shuffle_seed, low_data, pair_unlabeled,
         )
-        parse_shortcut(shortcut, self.img_size)  # fail at construction, not in setup
-        self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test)}
+        # fail at construction, not in setup
+        self.marker = parse_shortcut(shortcut, self.img_size) is not None
+        self.sizes = {"train": int(num_train), "val": int(num_val), "test": int(num_test),
+                      "decorrelated": int(num_decorrelated)}
         self.data_seed = int(data_seed)
         self.positive_fraction = float(positive_fraction)
         self.shortcut = dict(shortcut) if shortcut is not None else None
@@ -86,8 +92,15 @@ class SyntheticDataModule(ClassificationDataModule):
                 split_seed(self.data_seed, split),
                 positive_fraction=self.positive_fraction,
                 shortcut=self.shortcut,
+                decorrelated=split == "decorrelated",
             )
         return self.samples[split]
+
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        """With a planted marker, also `decorrelated`: lesion and marker set against each other
+        in a balanced 2 x 2 design (docs/known-truth.md)."""
+        return (*super().eval_splits, *(("decorrelated",) if self.marker else ()))
 
     def _build(self, split: str) -> Dataset:
         transform = self.train_transform if split == "train" else self.eval_transform

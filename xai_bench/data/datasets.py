@@ -66,19 +66,14 @@ __all__ = [
 class SyntheticDataset(Dataset):
     """Wraps generated samples; boxes are recomputed after the transform so flips stay correct.
 
-    With `return_shortcut_mask`, samples also carry "shortcut_mask" (uint8 (H, W)), the planted
-    marker's pixels transformed like the lesion mask, for checking whether a map finds it.
+    Samples also carry "marker_mask" (uint8 (H, W)), the planted marker's pixels (all zero
+    without one) transformed like the lesion mask: the known-truth metrics score a map on it
+    (docs/known-truth.md).
     """
 
-    def __init__(
-        self,
-        samples: SyntheticSamples,
-        transform: Transform | None = None,
-        return_shortcut_mask: bool = False,
-    ) -> None:
+    def __init__(self, samples: SyntheticSamples, transform: Transform | None = None) -> None:
         self.samples = samples
         self.transform = transform
-        self.return_shortcut_mask = return_shortcut_mask
         self.has_mask = samples.masks.reshape(len(samples), -1).any(axis=1)
 
     def __len__(self) -> int:
@@ -90,15 +85,11 @@ class SyntheticDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         s = self.samples
-        mask = s.masks[index]
-        if self.return_shortcut_mask:
-            mask = np.stack([mask, s.shortcut_masks[index]], axis=-1)
+        mask = np.stack([s.masks[index], s.shortcut_masks[index]], axis=-1)
         image, mask, _ = apply_transform(self.transform, s.images[index], mask)
-        extra = {}
-        if self.return_shortcut_mask:
-            mask, extra["shortcut_mask"] = mask[..., 0].contiguous(), mask[..., 1].contiguous()
-        sample = make_sample(image, mask, int(s.labels[index]), bool(self.has_mask[index]), index)
-        return {**sample, **extra}
+        sample = make_sample(image, mask[..., 0].contiguous(), int(s.labels[index]),
+                             bool(self.has_mask[index]), index)
+        return {**sample, "marker_mask": mask[..., 1].contiguous()}
 
 
 def _read_image(path: Path) -> np.ndarray:

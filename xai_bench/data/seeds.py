@@ -13,7 +13,7 @@ from torch.utils.data import Subset, get_worker_info
 
 from xai_bench.data.label_table import SPLITS
 
-__all__ = ["mixed_seed", "seed_worker", "split_seed"]
+__all__ = ["EXTRA_SPLITS", "mixed_seed", "seed_worker", "split_seed"]
 
 
 def mixed_seed(*parts: int) -> int:
@@ -21,9 +21,14 @@ def mixed_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(1)[0])
 
 
+# the generated datasets' extra evaluation splits (the synthetic set's decorrelated split)
+EXTRA_SPLITS: tuple[str, ...] = ("decorrelated",)
+
+
 def split_seed(data_seed: int, split: str) -> int:
-    """A distinct, well-mixed generator seed per split, so train/val/test never share images."""
-    state = np.random.SeedSequence([int(data_seed), SPLITS.index(split)]).generate_state(1)
+    """A distinct, well-mixed generator seed per split, so no two splits share images."""
+    index = (*SPLITS, *EXTRA_SPLITS).index(split)
+    state = np.random.SeedSequence([int(data_seed), index]).generate_state(1)
     return int(state[0])
 
 

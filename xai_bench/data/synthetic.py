@@ -1,8 +1,13 @@
 """A procedural endoscopy-like binary dataset whose ground-truth ROI is known exactly.
 
 Real medical datasets cannot be downloaded here and their ROI masks are few and noisy; this set
-runs anywhere and every positive image carries its exact lesion mask, so localisation metrics
-can be checked against ground truth. An optional planted "marker" gives a known shortcut.
+runs anywhere and every lesion image carries its exact lesion mask, so localisation metrics
+can be checked against ground truth. An optional planted "marker" gives a known shortcut, with a
+known decision rule (docs/known-truth.md): the label follows the lesion (`rule: lesion`, the
+marker planted at random), the marker (`rule: marker`, lesions in both classes at equal odds) or
+the lesion with the marker agreeing at `strength` (`rule: both`). The decorrelated split puts
+lesion and marker in a balanced 2 x 2 design, so that half its images set the two cues against
+each other: which one a trained model follows there is what it relies on.
 
 Sample i depends only on (seed, i): its generator comes from ``SeedSequence(seed,
 spawn_key=(i,))``. Growing the dataset never changes existing samples, and the splits of a
@@ -20,7 +25,7 @@ import numpy as np
 
 from xai_bench.utils.errors import ConfigError
 
-__all__ = ["ShortcutSpec", "SyntheticSamples", "generate_synthetic", "masks_to_boxes",
+__all__ = ["RULES", "ShortcutSpec", "SyntheticSamples", "generate_synthetic", "masks_to_boxes",
            "parse_shortcut"]
 
 # Smooth-noise fields: (name, grid nodes per side). Grid sizes are fixed, so one seed gives the
@@ -63,6 +68,8 @@ _P = {name: i for i, name in enumerate(_PARAM_NAMES)}
 _PIXEL_NOISE = 0.012
 _MARKER_RGB = np.array([250, 250, 246], dtype=np.uint8)
 _CORNERS = ("corner", "top_left", "top_right", "bottom_left", "bottom_right")
+# what decides the label when a marker is planted (module docstring)
+RULES = ("both", "lesion", "marker")
 
 
 @dataclass(frozen=True)
@@ -71,10 +78,11 @@ class SyntheticSamples:
 
     images: np.ndarray  # uint8 (N, H, W, 3)
     labels: np.ndarray  # int64 (N,)
-    masks: np.ndarray  # uint8 (N, H, W), 1 = lesion; all zero for class 0
+    masks: np.ndarray  # uint8 (N, H, W), 1 = lesion; all zero without a lesion
     boxes: np.ndarray  # int64 (N, 4) x0, y0, x1, y1 (exclusive) of the mask; -1 when empty
     shortcut_masks: np.ndarray  # uint8 (N, H, W), 1 = planted marker pixel
     markers: np.ndarray  # bool (N,), whether the marker was planted
+    lesions: np.ndarray  # bool (N,), whether the image has a lesion (= labels unless rule marker)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -91,6 +99,7 @@ class ShortcutSpec:
     strength: float
     size: int
     position: str
+    rule: str = "both"
 
 
 def parse_shortcut(shortcut: Mapping[str, Any] | None, img_size: int) -> ShortcutSpec | None:
@@ -98,9 +107,9 @@ def parse_shortcut(shortcut: Mapping[str, Any] | None, img_size: int) -> Shortcu
     if shortcut is None:
         return None
     if not isinstance(shortcut, Mapping):
-        raise ConfigError(
-            f"shortcut must be a mapping (enabled, strength, size, position); got {shortcut!r}.")
-    known = {"enabled", "strength", "size", "position"}
+        raise ConfigError(f"shortcut must be a mapping (enabled, rule, strength, size, position); "
+                          f"got {shortcut!r}.")
+    known = {"enabled", "strength", "size", "position", "rule"}
     unknown = sorted(str(k) for k in shortcut if k not in known)
     if unknown:
         raise ConfigError(f"shortcut has unknown keys {unknown}; expected {sorted(known)}.")
@@ -109,6 +118,10 @@ def parse_shortcut(shortcut: Mapping[str, Any] | None, img_size: int) -> Shortcu
     strength = float(shortcut.get("strength", 0.9))
     size = int(shortcut.get("size", 6))
     position = str(shortcut.get("position", "corner"))
+    rule = str(shortcut.get("rule", "both"))
+    if rule not in RULES:
+        raise ConfigError(f"shortcut.rule must be one of {list(RULES)} (what decides the label: "
+                          f"lesion and marker, the lesion alone, the marker alone); got {rule!r}.")
     if not 0.0 <= strength <= 1.0:
         raise ConfigError(
             f"shortcut.strength must lie in [0, 1] (P(marker | lesion)); got {strength}.")
@@ -117,7 +130,7 @@ def parse_shortcut(shortcut: Mapping[str, Any] | None, img_size: int) -> Shortcu
             f"shortcut.size must be between 1 and img_size/2 = {img_size // 2} px; got {size}.")
     if position not in _CORNERS:
         raise ConfigError(f"shortcut.position must be one of {list(_CORNERS)}; got {position!r}.")
-    return ShortcutSpec(strength=strength, size=size, position=position)
+    return ShortcutSpec(strength=strength, size=size, position=position, rule=rule)
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
@@ -186,15 +199,15 @@ class _Renderer:
         return np.matmul(np.matmul(mat, grid), mat.T)
 
     def render(
-        self, params: np.ndarray, normals: np.ndarray, noise: np.ndarray, positive_fraction: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """-> (float images (n, H, W, 3) in [0, 1], lesion masks bool (n, H, W), labels)."""
+        self, params: np.ndarray, normals: np.ndarray, noise: np.ndarray, lesions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """-> (float images (n, H, W, 3) in [0, 1], lesion masks bool (n, H, W)); a lesion is
+        painted where `lesions` (bool (n,)) says."""
 
         def p(name: str) -> np.ndarray:
             return params[:, _P[name], None, None]
 
         x, y = self.x, self.y
-        labels = params[:, _P["label"]] < positive_fraction
 
         # Mucosa: a pink/red base colour, multi-octave texture, low-frequency tint and light.
         hue = _lerp(p("hue"), -1.0, 1.0)
@@ -239,7 +252,7 @@ class _Renderer:
 
         img = np.stack(chans, axis=-1)
         masks = np.zeros((len(params), self.size, self.size), dtype=bool)
-        pos = np.flatnonzero(labels)
+        pos = np.flatnonzero(lesions)
         if pos.size:
             img[pos], masks[pos] = self._lesion(img[pos], params[pos], normals[pos], bright[pos])
 
@@ -252,7 +265,7 @@ class _Renderer:
         img = img * (1.0 - spec) + 0.98 * spec
         # luminance grain
         img += (_PIXEL_NOISE * 2.0 * np.sqrt(3.0, dtype=np.float32)) * (noise - 0.5)[..., None]
-        return np.clip(img, 0.0, 1.0), masks, labels
+        return np.clip(img, 0.0, 1.0), masks
 
     def _lesion(
         self, img: np.ndarray, params: np.ndarray, normals: np.ndarray, bright: np.ndarray
@@ -294,18 +307,52 @@ class _Renderer:
         return img, mask
 
 
+def _presence(
+    u_label: np.ndarray, u_marker: np.ndarray, index: np.ndarray, positive_fraction: float,
+    spec: ShortcutSpec | None, decorrelated: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lesion, marker, label) per sample from its two uniforms (or, decorrelated, its index).
+
+    The lesion and (rule both) the marker use the uniforms they always did, so the data of a
+    config that existed before the rules is unchanged. Decorrelated: sample i has a lesion when
+    i is odd and a marker when i // 2 is odd (every 4 consecutive samples hold the 4 cells, so
+    any prefix is balanced), labelled by the rule.
+    """
+    if decorrelated:
+        lesion, marker = index % 2 == 1, (index // 2) % 2 == 1
+        label = marker if spec is not None and spec.rule == "marker" else lesion
+        return lesion, marker, label
+    if spec is None:
+        lesion = u_label < positive_fraction
+        return lesion, np.zeros_like(lesion), lesion
+    if spec.rule == "marker":
+        marker = u_label < positive_fraction
+        return u_marker < 0.5, marker, marker
+    lesion = u_label < positive_fraction
+    if spec.rule == "lesion":
+        return lesion, u_marker < 0.5, lesion
+    return lesion, u_marker < np.where(lesion, spec.strength, 1.0 - spec.strength), lesion
+
+
 def generate_synthetic(
     n: int,
     img_size: int,
     seed: int,
     positive_fraction: float = 0.5,
     shortcut: Mapping[str, Any] | None = None,
+    decorrelated: bool = False,
 ) -> SyntheticSamples:
-    """Generate `n` samples; sample i depends only on (seed, i, img_size, positive_fraction).
+    """Generate `n` samples; sample i depends only on (seed, i, img_size, positive_fraction,
+    shortcut, decorrelated).
 
-    Class 1 (probability `positive_fraction`) has a lesion, whose pixels are the mask. With
-    `shortcut.enabled`, a bright square marker appears at a fixed corner with probability
-    `strength` on class 1 and `1 - strength` on class 0; the rest of the image is unchanged.
+    Without a shortcut, class 1 (probability `positive_fraction`) has a lesion, whose pixels are
+    the mask. With `shortcut.enabled`, a bright square marker appears at a fixed corner and
+    `shortcut.rule` decides the label (the module docstring): both (the default) = the lesion,
+    the marker planted with probability `strength` on class 1 and `1 - strength` on class 0;
+    lesion = the lesion, the marker at odds 1/2 whatever the class; marker = the marker (class 1
+    with probability `positive_fraction`), a lesion at odds 1/2 whatever the class.
+    `decorrelated` (needs a shortcut): lesion and marker in a balanced 2 x 2 design,
+    independent of each other, labelled by the rule.
     """
     if int(n) < 0:
         raise ConfigError(f"number of synthetic samples must be >= 0; got {n}.")
@@ -315,31 +362,34 @@ def generate_synthetic(
         raise ConfigError(f"positive_fraction must lie in [0, 1]; got {positive_fraction}.")
     n, size = int(n), int(img_size)
     spec = parse_shortcut(shortcut, size)
+    if decorrelated and spec is None:
+        raise ConfigError("the decorrelated split sets the lesion against the marker: it needs "
+                          "dataset.shortcut.enabled=true.")
 
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     masks = np.empty((n, size, size), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int64)
-    marker_u = np.empty(n, dtype=np.float32)
+    markers = np.empty(n, dtype=bool)
+    lesions = np.empty(n, dtype=bool)
     renderer = _Renderer(size)
     chunk = max(1, (1 << 20) // (size * size))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         draws = [_draw(int(seed), i, size) for i in range(start, stop)]
         params = np.stack([d[0] for d in draws])
-        img, mask, lab = renderer.render(
-            params, np.stack([d[1] for d in draws]), np.stack([d[2] for d in draws]),
-            float(positive_fraction),
-        )
+        lesion, marker, label = _presence(
+            params[:, _P["label"]], params[:, _P["marker"]], np.arange(start, stop),
+            float(positive_fraction), spec, decorrelated)
+        img, mask = renderer.render(
+            params, np.stack([d[1] for d in draws]), np.stack([d[2] for d in draws]), lesion)
         images[start:stop] = (img * 255.0 + 0.5).astype(np.uint8)
         masks[start:stop] = mask
-        labels[start:stop] = lab
-        marker_u[start:stop] = params[:, _P["marker"]]
+        labels[start:stop] = label
+        markers[start:stop] = marker
+        lesions[start:stop] = lesion
 
     shortcut_masks = np.zeros((n, size, size), dtype=np.uint8)
-    markers = np.zeros(n, dtype=bool)
     if spec is not None:
-        p_marker = np.where(labels == 1, spec.strength, 1.0 - spec.strength)
-        markers = marker_u < p_marker
         margin = max(1, round(0.03 * size))
         top = spec.position in ("corner", "top_left", "top_right")
         left = spec.position in ("corner", "top_left", "bottom_left")
@@ -348,6 +398,7 @@ def generate_synthetic(
         window = (markers, slice(y0, y0 + spec.size), slice(x0, x0 + spec.size))
         shortcut_masks[window] = 1
         images[window] = _MARKER_RGB
+        masks[window] = 0  # the marker hides the lesion beneath it: the two regions never overlap
     return SyntheticSamples(
         images=images,
         labels=labels,
@@ -355,4 +406,5 @@ def generate_synthetic(
         boxes=masks_to_boxes(masks),
         shortcut_masks=shortcut_masks,
         markers=markers,
+        lesions=lesions,
     )
