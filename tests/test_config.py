@@ -187,6 +187,30 @@ def test_study_train_sweeps_the_16_grid_rows(compose_cfg) -> None:
     assert float(cfg.optimizer.lr) == pytest.approx(float(rows[("duke", "mae")]["lr"]))
 
 
+def test_known_truth_sweeps_rules_models_and_seeds(compose_cfg) -> None:
+    """experiment=known_truth: 4 decision rules x ViT / CNN x 2 seeds, each run named by its
+    condition (one dict-valued sweep axis keeps the rule and its strength together)."""
+    from xai_bench.tracking.resolvers import register_resolvers
+
+    register_resolvers()
+    jobs = _sweep_jobs(compose_cfg("experiment=known_truth").hydra.sweeper.params)
+    assert len(jobs) == 16
+    seen = set()
+    for job in jobs:
+        cfg = compose_cfg("experiment=known_truth", *job)
+        shortcut = cfg.dataset.shortcut
+        assert shortcut.enabled and cfg.dataset.num_decorrelated == 400
+        seen.add((shortcut.rule, float(shortcut.strength) if shortcut.rule == "both" else None,
+                  cfg.model.arch, cfg.seed))
+        assert cfg.run_name.startswith(f"synthetic-{cfg.model.arch}-")
+    assert {(rule, strength) for rule, strength, _, _ in seen} == {
+        ("lesion", None), ("both", 0.98), ("both", 1.0), ("marker", None)}
+    assert {arch for _, _, arch, _ in seen} == {"vit_tiny_patch16_224", "resnet10t"}
+    assert len(seen) == 16
+    names = {compose_cfg("experiment=known_truth", *job).run_name for job in jobs}
+    assert len(names) == 16 and "synthetic-resnet10t-both0.98-s2" in names
+
+
 @pytest.fixture
 def resolvers() -> None:
     from xai_bench.tracking.resolvers import register_resolvers

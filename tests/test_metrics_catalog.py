@@ -111,9 +111,12 @@ def _data(n: int = BATCH, seed: int = 0) -> dict[str, torch.Tensor]:
         masks[i, top:top + SIZE // 3, left:left + SIZE // 3] = 1
     class_masks = torch.zeros(n, CLASSES, SIZE, SIZE)
     class_masks[:, 0] = masks
+    # a planted marker (the synthetic dataset's) in the corner of every other image
+    marker_masks = torch.zeros(n, SIZE, SIZE)
+    marker_masks[::2, 1:4, 1:4] = 1
     return {"images": torch.randn(n, 3, SIZE, SIZE, generator=gen),
             "ids": torch.arange(n) * 7,
-            "masks": masks, "class_masks": class_masks}
+            "masks": masks, "class_masks": class_masks, "marker_masks": marker_masks}
 
 
 def _batch(model: nn.Module, method: Any, data: dict[str, torch.Tensor],
@@ -129,6 +132,7 @@ def _batch(model: nn.Module, method: Any, data: dict[str, torch.Tensor],
         masks=data["masks"] if with_masks else None,
         has_mask=torch.ones(len(data["ids"]), dtype=torch.bool) if with_masks else None,
         class_masks=data["class_masks"] if with_masks else None,
+        marker_masks=data["marker_masks"] if with_masks else None,
     )
 
 
@@ -163,7 +167,8 @@ def test_declared_needs_and_cost_are_what_the_metric_does(name: str) -> None:
         assert counted.explanations == 0, name
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if {"mask", "class_masks"} & METRICS[n].needs])
+@pytest.mark.parametrize("name", [n for n in NAMES
+                                  if {"mask", "class_masks", "marker_mask"} & METRICS[n].needs])
 def test_a_metric_that_needs_masks_refuses_a_batch_without(name: str) -> None:
     model = _net()
     batch = _batch(model, build_method("gradcam"), _data(), with_masks=False)
@@ -254,21 +259,26 @@ def test_two_processes_give_the_one_process_table(tmp_path: Path) -> None:
                                        atol=1e-6, msg=f"{name} {column}")
 
 
+# metrics that need what `metric=all`'s datasets lack: boxes.csv, the synthetic planted marker
+NOT_IN_ALL = {"wsl_iou", "marker_share"}
+
+
 def test_metric_all_builds_every_metric_but_the_box_one() -> None:
-    """`metric=all` composes every family config: each registered metric (wsl_iou aside: it
-    needs boxes.csv) is built by at least one entry."""
+    """`metric=all` composes every family config: each registered metric (wsl_iou and
+    marker_share aside: they need boxes.csv, a planted marker) is built by at least one
+    entry."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("evaluate", overrides=["metric=all"])
     names = {entry["name"] for entry in cfg.metric.values() if entry and "name" in entry}
-    assert names == set(NAMES) - {"wsl_iou"}
+    assert names == set(NAMES) - NOT_IN_ALL
 
 
 @pytest.mark.slow
 def test_evaluate_metric_all_from_the_command_line(finished_run: Path, tmp_path: Path) -> None:
     """`python -m xai_bench.evaluate metric=all` on a tiny trained run: every metric of the
-    catalogue (wsl_iou aside) has its columns in metrics.json, with a better direction where
+    catalogue (NOT_IN_ALL aside) has its columns in metrics.json, with a better direction where
     its class declares one, for the method and the baselines."""
     from conftest import run_cli
 
@@ -282,7 +292,7 @@ def test_evaluate_metric_all_from_the_command_line(finished_run: Path, tmp_path:
     summary = EvaluationSummary.read(out)
     assert set(summary.methods) == {"gradcam", "random", "centre", "uniform"}
     columns = summary.methods["gradcam"].metrics
-    keys = {name for name in NAMES if name != "wsl_iou"}
+    keys = set(NAMES) - NOT_IN_ALL
     for name in keys:
         key = "mprt" if name == "parameter_randomisation" else name
         assert any(c == key or c.startswith((f"{key}@", f"{key}/")) for c in columns), name

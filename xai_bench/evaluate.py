@@ -11,7 +11,14 @@ method of the job.
 Several methods: Hydra reads a list for a config group (`method=[a,b]`) as one node merged from
 all of them (b's settings over a's), so the list is the `methods` group (conf/methods/: each
 option puts conf/method/<name>.yaml under methods.<name>); `method=[...]` on the command line
-is rewritten to it (`method_list_alias`).
+is rewritten to it (`method_list_alias`). With `skip_inapplicable=true`, a selected method that
+does not explain the checkpoint's model kind (ViT or CNN) is left out and recorded in
+metrics.json's skipped_methods, so one method list serves a sweep over both kinds.
+
+Known truth (docs/known-truth.md): on the synthetic dataset trained with a planted marker,
+`split=decorrelated` sets lesion and marker against each other; metrics.json then also holds the
+model's reliance on the marker (`known_truth`), and metric=known_truth scores the maps against
+both regions.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +36,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xai_bench.explain import build_method
+from xai_bench.explain.vit_geometry import is_vit
+from xai_bench.metrics.base import HOW_TO_MARKER
 from xai_bench.models import load_checkpoint_safely
 from xai_bench.modules.evaluator import ExplanationEvaluator, check_precision
 from xai_bench.modules.trained_run import RUN_SECTIONS, build_datamodule, load_network
@@ -114,6 +124,33 @@ def _methods(cfg: DictConfig, selected: dict[str, DictConfig]) -> dict[str, Any]
     return methods
 
 
+def model_kind(net: Any) -> str:
+    """The kind of model an explanation method declares it explains (ExplainMethod.models)."""
+    return "vit" if is_vit(net) else "cnn"
+
+
+def inapplicable_methods(methods: Mapping[str, Any], names: Iterable[str],
+                         kind: str) -> dict[str, str]:
+    """name -> why, for each of `names` whose method does not explain `kind` models (its
+    `models`); a method that declares no kinds is taken to explain every model."""
+    out = {}
+    for name in names:
+        kinds = tuple(getattr(methods[name], "models", None) or (kind,))
+        if kind not in kinds:
+            out[name] = f"explains {'/'.join(kinds)} models only; the checkpoint is a {kind}"
+    return out
+
+
+def check_marker_metrics(metrics: Mapping[str, Any], datamodule: Any) -> None:
+    """Refuse, before any job starts, metrics that score the planted marker (`needs`
+    marker_mask) on a dataset that plants none (only the synthetic dataset with
+    dataset.shortcut.enabled=true does: its `marker`)."""
+    needing = [key for key, factory in metrics.items() if factory(key=key).requires_marker]
+    if needing and not getattr(datamodule, "marker", False):
+        raise ConfigError(f"the known-truth metrics ({', '.join(needing)}) need the planted "
+                          f"marker, and this dataset has none: {HOW_TO_MARKER}.")
+
+
 def _table_cell(value: Any) -> Any:
     return None if value == "" else value  # W&B tables type-check columns: a gap is None
 
@@ -154,6 +191,15 @@ def _log_to_loggers(loggers: list, summary: EvaluationSummary, rows: list[dict[s
 
 def _print_summary(summary: EvaluationSummary) -> None:
     lines = [f"accuracy {summary.accuracy:.3f} on {summary.images} images"]
+    truth = summary.known_truth
+    if summary.reliance is not None:
+        reliance, agree = truth["reliance"], truth.get("agree_accuracy", {})
+        lines.append(
+            f"reliance on the marker {reliance['value']:.3f} "
+            f"[{reliance['ci_low']:.3f}, {reliance['ci_high']:.3f}] on "
+            f"{truth.get('counts', {}).get('conflict', reliance.get('n'))} conflict images "
+            f"(0 = the lesion only, 1 = the marker only); accuracy where the cues agree "
+            f"{agree.get('value', float('nan')):.3f}")
     for method, entry in summary.methods.items():
         scores = ", ".join(
             f"{name} {stats['value']:.3f}" for name, stats in entry.metrics.items()
@@ -183,8 +229,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # read once, safely
     net = load_network(run_cfg.model, checkpoint, load_checkpoint_safely(checkpoint))
     methods = _methods(cfg, selected)
+    skipped = (inapplicable_methods(methods, selected, model_kind(net))
+               if cfg.get("skip_inapplicable", False) else {})
+    for name, why in skipped.items():
+        log.info("skip_inapplicable: %s left out (%s)", name, why)
+        del methods[name]
+    if not methods:
+        raise ConfigError(f"nothing to evaluate: every selected method was left out "
+                          f"({'; '.join(f'{n} {w}' for n, w in skipped.items())}) and "
+                          "baselines=[] names no baseline.")
+    ran = [name for name in selected if name not in skipped]
     metrics = {str(key): hydra.utils.instantiate(node)
                for key, node in (cfg.get("metric") or {}).items()}
+    check_marker_metrics(metrics, datamodule)
     loader = datamodule.eval_dataloader(cfg.split, cfg.get("max_images"))
     ids = list(getattr(loader.dataset, "indices", range(len(loader.dataset))))
     output_dir = Path(cfg.paths.output_dir)
@@ -226,11 +283,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     summary.checkpoint = str(checkpoint.resolve())
     summary.training_run = str(run_of(checkpoint.resolve()))
     summary.split = cfg.split
-    summary.method = next(iter(selected)) if len(selected) == 1 else None
-    summary.evaluated_methods = list(selected)
+    summary.method = ran[0] if len(ran) == 1 else None
+    summary.evaluated_methods = ran
     summary.baselines = [m for m in methods if m not in selected]
     summary.world_size = trainer.world_size
-    all_nan, partial = drop_failed_methods(summary, list(selected))
+    summary.skipped_methods = skipped
+    all_nan, partial = drop_failed_methods(summary, ran)
     if trainer.is_global_zero:
         rows = per_image_rows(module.results, image_name)
         write_per_image_csv(rows, output_dir / "per_image.csv")

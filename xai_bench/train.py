@@ -25,6 +25,7 @@ from xai_bench.models.weights import state_dict_mismatch
 from xai_bench.modules import BestEpochTracker
 from xai_bench.modules.callbacks import AtomicCheckpointIO, NonFiniteLossError
 from xai_bench.modules.preflight import check_inputs
+from xai_bench.modules.reliance import measure_reliance
 from xai_bench.tracking import resolved_config
 from xai_bench.tracking.cluster import (
     RESUMABLE_KEYS,
@@ -269,10 +270,16 @@ def _finish_run(metrics: dict[str, Any], output_dir: Path, loggers: list) -> Non
     if metrics["best_epoch"] is not None:
         for logger in loggers:
             logger.log_metrics({"best_epoch": metrics["best_epoch"]})
-    summary_line = ", ".join(
-        f"{split} acc {metrics[split]['acc']:.3f}"
-        for split in ("val", "test") if metrics.get(split, {}).get("acc") is not None
-    )
+    reliance = metrics.get("known_truth")
+    if reliance:
+        for logger in loggers:
+            logger.log_metrics({f"known_truth/{name}": stats["value"]
+                                for name, stats in reliance.items() if name != "counts"})
+    parts = [f"{split} acc {metrics[split]['acc']:.3f}"
+             for split in ("val", "test") if metrics.get(split, {}).get("acc") is not None]
+    if reliance:
+        parts.append(f"reliance on the marker {reliance['reliance']['value']:.3f}")
+    summary_line = ", ".join(parts)
     log.info("done (best epoch %s%s). Run folder: %s", metrics["best_epoch"],
              f"; {summary_line}" if summary_line else "", output_dir)
 
@@ -311,6 +318,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics = _run_summary(cfg, trainer, resumed_at)
     if cfg.get("test"):
         metrics.update(_test_best(trainer, module, datamodule, metrics["best_checkpoint"]))
+        # the best checkpoint's weights are loaded by the test: its reliance on the marker
+        if trainer.is_global_zero and (reliance := measure_reliance(module, datamodule)):
+            metrics["known_truth"] = reliance
     if trainer.is_global_zero:
         _finish_run(metrics, output_dir, loggers)
     return metrics

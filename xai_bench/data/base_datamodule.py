@@ -119,6 +119,13 @@ class ClassificationDataModule(pl.LightningDataModule):
                 self.setup(stage)
         return self.datasets[split]
 
+    def split_dataset(self, split: str) -> Dataset:
+        """The whole dataset of `split` (train, val, test or one of `eval_splits`), built on
+        first use: for code that reads a split outside a trainer's (possibly sharded) loader."""
+        if split not in ("train", "val", "test", *self.eval_splits):
+            raise ConfigError(f"dataset {self.name} has no split {split!r}.")
+        return self._dataset("test" if split == "roi" else split)
+
     @property
     def eval_splits(self) -> tuple[str, ...]:
         """The splits an evaluation may explain (a generated dataset may add its own)."""

@@ -1,4 +1,5 @@
-"""Evaluation metrics: localisation, faithfulness and sanity, as per-image torchmetrics Metrics.
+"""Evaluation metrics: localisation, faithfulness, sanity and known truth, as per-image torchmetrics
+Metrics.
 
 `functional/` holds the batched score functions; the Metric classes here keep per-image rows
 keyed by image id (exact under DDP) and are built by name from `conf/metric/` configs.
@@ -14,6 +15,7 @@ from xai_bench.metrics import randomisation as _randomisation  # noqa: F401  (re
 from xai_bench.metrics import robustness as _robustness  # noqa: F401  (registration)
 from xai_bench.metrics.aggregate import bootstrap_summary, nanmean_aggregate
 from xai_bench.metrics.base import METRICS, EvalBatch, ImageMetric, build_metric, register_metric
+from xai_bench.metrics.known_truth import ModelReliance  # registers marker_share too
 from xai_bench.metrics.predictions import MapStats, PredictionTable
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "EvalBatch",
     "ImageMetric",
     "MapStats",
+    "ModelReliance",
     "PredictionTable",
     "bootstrap_summary",
     "build_metric",

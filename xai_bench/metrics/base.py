@@ -22,12 +22,16 @@ from xai_bench.explain.base import ExplainMethod
 from xai_bench.metrics.aggregate import nanmean_aggregate
 from xai_bench.utils.errors import ConfigError
 
-__all__ = ["METRICS", "NEEDS", "Cost", "EvalBatch", "ImageMetric", "build_metric", "check_choice",
-           "register_metric"]
+__all__ = ["HOW_TO_MARKER", "METRICS", "NEEDS", "Cost", "EvalBatch", "ImageMetric", "build_metric",
+           "check_choice", "register_metric"]
 
 # what a metric may need beyond the maps, images, labels and logits of a batch: the ROI mask,
-# per-class boxes, the model (it runs it again), the explanation method (it explains again)
-NEEDS = ("mask", "class_masks", "model", "method")
+# per-class boxes, the model (it runs it again), the explanation method (it explains again),
+# the planted marker of the synthetic dataset (docs/known-truth.md)
+NEEDS = ("mask", "class_masks", "model", "method", "marker_mask")
+# where the planted marker comes from: the fix every "needs marker_mask" error names
+HOW_TO_MARKER = ("evaluate the synthetic dataset trained with dataset.shortcut.enabled=true on "
+                 "split=decorrelated")
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,9 @@ class EvalBatch:
     masks: torch.Tensor | None = None  # (B, H, W) ROI, nonzero = inside
     has_mask: torch.Tensor | None = None  # (B,) bool: the image has a ROI annotation
     class_masks: torch.Tensor | None = None  # (B, K, H, W) per-class boxes (boxes.csv) or None
+    # (B, H, W) the synthetic dataset's planted marker, nonzero = marker pixel (all zero on an
+    # image without one); None for a dataset that plants none
+    marker_masks: torch.Tensor | None = None
     mean: Sequence[float] = (0.485, 0.456, 0.406)  # input normalisation (for HAAS)
     std: Sequence[float] = (0.229, 0.224, 0.225)
 
@@ -91,15 +98,16 @@ class ImageMetric(Metric):
 
     Subclasses set `columns` in __init__ (before calling `_add_columns`) and may override
     `aggregate` (default: NaN-aware mean of every column). Each declares what it `needs`
-    (a subset of NEEDS: the evaluation refuses a dataset without masks before it starts) and
-    what it costs (`cost`: model passes per image). Like torchmetrics,
-    a metric declares `higher_is_better` (None: no better direction); one whose aggregated
-    columns differ (deletion vs insertion) overrides `column_higher_is_better`. The evaluation
-    summary records it per column, and the report marks the best method with it.
+    (a subset of NEEDS: the evaluation refuses a dataset without masks, or without a planted
+    marker, before it starts; an instance may change its class's `needs`) and what it costs
+    (`cost`: model passes per image). Like torchmetrics, a metric declares `higher_is_better`
+    (None: no better direction); one whose aggregated columns differ (deletion vs insertion)
+    overrides `column_higher_is_better`. The evaluation summary records it per column, and the
+    report marks the best method with it.
     """
 
     full_state_update: ClassVar[bool] = False
-    needs: ClassVar[frozenset[str]] = frozenset()
+    needs: frozenset[str] = frozenset()
     higher_is_better: bool | None = None
 
     def __init__(self, key: str, **kwargs: Any) -> None:
@@ -116,6 +124,10 @@ class ImageMetric(Metric):
     @property
     def requires_mask(self) -> bool:
         return "mask" in self.needs
+
+    @property
+    def requires_marker(self) -> bool:
+        return "marker_mask" in self.needs
 
     def cost(self, model: nn.Module, height: int, width: int) -> Cost:
         """Model passes per image on `model` at this input size (map-only metrics: none). A

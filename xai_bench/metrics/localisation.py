@@ -5,6 +5,10 @@ annotation is an EMPTY mask count as misses (score 0), as in the reference study
 `empty_mask: skip` to leave them out instead (`auc` always does: its ROC curve is undefined
 without ROI pixels). Maps with NaNs score NaN.
 
+`mask: marker` scores the same metrics against the synthetic dataset's planted marker instead
+of the ROI (docs/known-truth.md): an image without a marker scores NaN, whatever `empty_mask`
+says, since a missing marker is no annotation of it.
+
 `wsl_iou` (ATCON, docs/atcon.md) judges the map against the boxes of the class it explains
 (a multi-label dataset's boxes.csv, the batch's "class_masks"), not against the ROI mask.
 """
@@ -16,12 +20,20 @@ from typing import Any
 
 import torch
 
-from xai_bench.metrics.base import EvalBatch, ImageMetric, check_choice, register_metric
+from xai_bench.metrics.base import (
+    HOW_TO_MARKER,
+    EvalBatch,
+    ImageMetric,
+    check_choice,
+    register_metric,
+)
 from xai_bench.metrics.functional import localisation as F_loc
 from xai_bench.metrics.functional import localisation_ranking as F_rank
 from xai_bench.utils.errors import ConfigError
 
 EMPTY_MASK = ("miss", "skip")
+# what a mask metric scores against: the ROI annotation, or the planted marker
+MASKS = ("roi", "marker")
 
 
 def _flag(value: Any, what: str) -> bool:
@@ -31,27 +43,46 @@ def _flag(value: Any, what: str) -> bool:
 
 
 class _MaskMetric(ImageMetric):
+    """Scores each map against a mask: the ROI (`mask: roi`) or the planted marker
+    (`mask: marker`, module docstring); `needs` says which, per instance."""
+
     needs = frozenset({"mask"})
     higher_is_better = True  # more of the map on the ROI
 
-    def __init__(self, key: str, empty_mask: str = "miss", **kwargs: Any) -> None:
+    def __init__(self, key: str, empty_mask: str = "miss", mask: str = "roi",
+                 **kwargs: Any) -> None:
         super().__init__(key, **kwargs)
         self.empty_mask = check_choice(empty_mask, EMPTY_MASK, f"{key}.empty_mask")
+        self.mask = check_choice(mask, MASKS, f"{key}.mask")
+        if self.mask == "marker":
+            self.needs = frozenset({"marker_mask"})
 
     def mask_scores(self, maps: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+    def _masks(self, batch: EvalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bool (B, H, W) masks, bool (B,) images whose score is undefined)."""
+        device = batch.maps.device
+        if self.mask == "marker":
+            if batch.marker_masks is None:
+                raise ConfigError(f"metric {self.key} (mask: marker) needs the planted marker's "
+                                  f"masks, and the batch has none: {HOW_TO_MARKER}.")
+            masks = batch.marker_masks.to(device) > 0
+            return masks, ~masks.flatten(1).any(dim=1)
         if batch.masks is None:
             raise ConfigError(f"metric {self.key} needs ROI masks; "
                               "evaluate on split=roi or a dataset with masks/.")
-        masks = batch.masks.to(batch.maps.device) > 0
-        scores = self.mask_scores(batch.maps.float(), masks)
-        undefined = torch.zeros(masks.shape[0], dtype=torch.bool, device=masks.device)
+        masks = batch.masks.to(device) > 0
+        undefined = torch.zeros(masks.shape[0], dtype=torch.bool, device=device)
         if batch.has_mask is not None:
-            undefined |= ~batch.has_mask.to(masks.device).bool()
+            undefined |= ~batch.has_mask.to(device).bool()
         if self.empty_mask == "skip":
             undefined |= ~masks.flatten(1).any(dim=1)
+        return masks, undefined
+
+    def score(self, batch: EvalBatch) -> dict[str, torch.Tensor]:
+        masks, undefined = self._masks(batch)
+        scores = self.mask_scores(batch.maps.float(), masks)
         return {k: v.float().masked_fill(undefined, float("nan")) for k, v in scores.items()}
 
 

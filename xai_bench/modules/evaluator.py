@@ -25,6 +25,7 @@ from torch import nn
 
 from xai_bench.explain.base import ExplainMethod, autocast_off
 from xai_bench.metrics.base import EvalBatch, ImageMetric
+from xai_bench.metrics.known_truth import ModelReliance
 from xai_bench.metrics.predictions import MapStats, PredictionTable
 from xai_bench.report.overlays import denormalize, save_overlay
 from xai_bench.utils.errors import ConfigError
@@ -68,6 +69,18 @@ class tf32_disabled:  # noqa: N801 - used as a context manager, reads like a fun
             self.saved = None
 
 
+def _outlined(context: EvalBatch, row: int) -> torch.Tensor | None:
+    """What an overlay outlines: the image's ROI (when annotated), with the planted marker
+    added where the image has one, so a map on the marker shows against its outline."""
+    mask = None
+    if context.masks is not None and (context.has_mask is None or bool(context.has_mask[row])):
+        mask = context.masks[row] > 0
+    if context.marker_masks is not None and bool((context.marker_masks[row] > 0).any()):
+        marker = context.marker_masks[row] > 0
+        mask = marker if mask is None else mask | marker.to(mask.device)
+    return mask
+
+
 def _label_text(label: torch.Tensor) -> str:
     """A class index, or a multi-hot row as its ";"-separated classes (as in labels.csv)."""
     if label.ndim == 0:
@@ -81,7 +94,8 @@ class ExplanationEvaluator(pl.LightningModule):
     Each batch is loaded once for all the methods (and the baselines, which are methods too);
     a method's scores do not depend on the others (its own logits, else one plain forward per
     batch), so a job of several methods scores each as a job of that method alone would. The
-    predictions come from the first method's forward.
+    predictions, and the model's reliance on the synthetic dataset's planted marker
+    (ModelReliance, docs/known-truth.md), come from the first method's forward.
 
     Args:
         net: the trained classifier (frozen here).
@@ -122,6 +136,7 @@ class ExplanationEvaluator(pl.LightningModule):
         )
         self.map_stats = nn.ModuleDict({name: MapStats() for name in self.methods})
         self.predictions = PredictionTable(num_classes=num_classes, multilabel=multilabel)
+        self.reliance = ModelReliance()
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         self.overlay_ids = {int(i) for i in overlay_ids}
         self.overlay_dir = Path(overlay_dir) if overlay_dir is not None else None
@@ -135,6 +150,11 @@ class ExplanationEvaluator(pl.LightningModule):
     @property
     def requires_mask(self) -> bool:
         return any(m.requires_mask for per in self.method_metrics.values() for m in per.values())
+
+    @property
+    def requires_marker(self) -> bool:
+        return any(m.requires_marker for per in self.method_metrics.values()
+                   for m in per.values())
 
     def setup(self, stage: str) -> None:
         """Refuse half-precision weights before the strategy converts them (module docstring)."""
@@ -164,6 +184,7 @@ class ExplanationEvaluator(pl.LightningModule):
         images, labels, ids = batch["image"], batch["label"], batch["index"]
         masks, has_mask = batch.get("mask"), batch.get("has_mask")
         class_masks = batch.get("class_masks")  # only datasets with boxes.csv have them
+        marker_masks = batch.get("marker_mask")  # only the synthetic dataset plants a marker
         plain: torch.Tensor | None = None  # one plain forward per batch, for the methods
         for position, (name, method) in enumerate(self.methods.items()):  # that return no logits
             with torch.enable_grad():
@@ -177,11 +198,12 @@ class ExplanationEvaluator(pl.LightningModule):
                 context = EvalBatch(
                     images=images, labels=labels, ids=ids, maps=explanation.maps,
                     target=explanation.target, logits=logits, model=self.net, method=method,
-                    masks=masks, has_mask=has_mask,
-                    class_masks=class_masks, mean=self.mean, std=self.std,
+                    masks=masks, has_mask=has_mask, class_masks=class_masks,
+                    marker_masks=marker_masks, mean=self.mean, std=self.std,
                 )
                 if position == 0:  # predictions once per image, from the first method's forward
                     self.predictions.update(context)
+                    self.reliance.update(context)
                 self.map_stats[name].update(context)
                 for metric in self.method_metrics[name].values():
                     metric.update(context)
@@ -193,8 +215,7 @@ class ExplanationEvaluator(pl.LightningModule):
         for row, image_id in enumerate(context.ids.tolist()):
             if image_id not in self.overlay_ids:
                 continue
-            mask = (context.masks[row]
-                    if context.masks is not None and bool(context.has_mask[row]) else None)
+            mask = _outlined(context, row)
             label, target = _label_text(context.labels[row]), int(context.target[row])
             pred = int(context.predicted[row])
             name = self.image_names(image_id) if self.image_names else str(image_id)
@@ -210,6 +231,7 @@ class ExplanationEvaluator(pl.LightningModule):
         """Gather every metric's per-image rows from all ranks (collective: all ranks call it)."""
         self.results = {
             "predictions": self.predictions.compute(),
+            "reliance": self.reliance.compute(),
             "methods": {
                 name: {
                     "maps": self.map_stats[name].compute(),

@@ -5,7 +5,8 @@ reference study's table (xai_bench.report.study), written as report.csv/.md/.tex
 (xai_bench.report.writers) and index.html with plots and overlay galleries
 (xai_bench.report.html) in `out` (default <sweep>/report), and logged to W&B (job_type report).
 The significance section (xai_bench.report.significance) tests the runs' per-image records and
-decides the table's dagger.
+decides the table's dagger; the known-truth section (xai_bench.report.known_truth) appears when
+the runs measured a model's reliance on a planted marker (docs/known-truth.md).
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xai_bench.report.html import copy_galleries, write_html, write_plots
+from xai_bench.report.known_truth import (
+    TABLE_METRICS,
+    KnownTruth,
+    analyse_known_truth,
+    has_known_truth,
+)
+from xai_bench.report.known_truth_writers import write_known_truth_figure
 from xai_bench.report.significance import Significance, analyse, apply_dagger, settings_from
 from xai_bench.report.significance_writers import write_cd_figures
 from xai_bench.report.study import (
@@ -118,6 +126,36 @@ def significance_or_none(cfg: DictConfig, scan: SweepScan, table: StudyTable,
     return significance
 
 
+def table_metrics(cfg: DictConfig, scan: SweepScan) -> list[str]:
+    """`metrics`; for a known-truth sweep that scores none of them (its evaluations score the
+    maps against the lesion and the marker: lesion_pointing_game, ...), those columns."""
+    metrics = [cfg.metrics] if isinstance(cfg.metrics, str) else list(cfg.metrics)
+    present = {metric for run in scan.runs for metric in run.metrics}
+    if has_known_truth(scan.runs) and not present & set(metrics):
+        fallback = [metric for metric in TABLE_METRICS if metric in present]
+        if fallback:
+            log.info("metrics=%s: none in these known-truth evaluations; the tables show %s",
+                     metrics, fallback)
+            return fallback
+    return metrics
+
+
+def known_truth_or_none(cfg: DictConfig, scan: SweepScan, out: Path) -> KnownTruth | None:
+    """The known-truth section when a run measured its model's reliance on the marker (its
+    alpha, interval level and seed are the significance section's), its figure under
+    <out>/assets/known_truth/."""
+    node = cfg.get("significance")
+    settings = settings_from(OmegaConf.to_container(node) if OmegaConf.is_config(node) else node)
+    known = analyse_known_truth(scan.runs, alpha=settings.alpha, level=settings.level,
+                                seed=settings.seed)
+    if known is None:
+        return None
+    write_known_truth_figure(known, out)
+    log.info("known truth: %d models, %d methods%s", len(known.models), len(known.methods),
+             f" ({known.message})" if known.message else "")
+    return known
+
+
 @task_wrapper
 def report(cfg: DictConfig) -> dict[str, Any]:
     """Collect, aggregate, write the files and the page, log to W&B; returns the written paths."""
@@ -127,18 +165,19 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     scan = scan_or_fail(str(cfg.sweep), out)
     if cfg.get("print_config", True):
         print_config_tree(cfg)
-    metrics = [cfg.metrics] if isinstance(cfg.metrics, str) else list(cfg.metrics)
-    table = study_table(scan.runs, metrics=metrics, compare=cfg.get("compare"),
+    table = study_table(scan.runs, metrics=table_metrics(cfg, scan), compare=cfg.get("compare"),
                         compare_iou=str(cfg.get("compare_iou", "mean")))
     facts = sweep_facts(scan, table)
     trust = trust_or_warn(scan, cfg.get("meta_evaluations"))
     digits = int(cfg.get("digits", 2))
     sig = significance_or_none(cfg, scan, table, out)
+    known = known_truth_or_none(cfg, scan, out)
     files = {
-        "csv": write_csv(table, out / "report.csv", sig),
+        "csv": write_csv(table, out / "report.csv", sig, known),
         "md": write_markdown(table, facts, out / "report.md", scan.incomplete, digits, trust,
-                             sig),
-        "tex": write_tex(table, facts, out / "report.tex", scan.incomplete, digits, trust, sig),
+                             sig, known),
+        "tex": write_tex(table, facts, out / "report.tex", scan.incomplete, digits, trust, sig,
+                         known),
     }
     trust_csv = write_trust_csv(trust, out / "trust.csv")
     if trust_csv is not None:
@@ -146,7 +185,9 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     plots = write_plots(table, out)
     galleries = copy_galleries(scan.runs, table, out, int(cfg.get("galleries") or 0))
     files["html"] = write_html(table, facts, out, plots, galleries, scan.incomplete, digits,
-                               trust, sig)
+                               trust, sig, known)
+    if known is not None and known.figure is not None:
+        files["known_truth"] = known.figure
 
     with open_dict(cfg):  # the W&B group: the evaluation runs' own, unless one was given
         cfg.group = cfg.get("group") or common_group(scan.runs)
@@ -155,7 +196,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_loggers(cfg.get("logger"))
     for logger in loggers:
         logger.log_hyperparams(config)
-    log_to_loggers(loggers, table, plots, trust, sig)
+    log_to_loggers(loggers, table, plots, trust, sig, known)
     declare_report_inputs(loggers, [run.run_dir for run in scan.runs])  # W&B lineage
     log.info("%d evaluation runs, %d incomplete, %d meta-evaluations; report folder: %s",
              len(scan.runs), len(scan.incomplete), len(trust), out)

@@ -50,6 +50,14 @@ class EvalRun:
     checkpoint: str = ""
     images: int | None = None
     bootstrap: dict[str, Any] = field(default_factory=dict)
+    # the known-truth benchmark (docs/known-truth.md): the split explained, metrics.json's
+    # known_truth block (the model's reliance on the planted marker; None for an ordinary
+    # evaluation), the training condition (dataset.shortcut.rule / strength) and training seed
+    split: str | None = None
+    known_truth: dict[str, Any] | None = None
+    shortcut_rule: str | None = None
+    shortcut_strength: float | None = None
+    train_seed: int | None = None
 
     def overlays(self, method: str) -> list[Path]:
         """The overlay PNGs this run drew for `method` (itself or a baseline), in id order."""
@@ -108,6 +116,38 @@ def _training_metrics(cfg: dict[str, Any],
     return None, None
 
 
+def _training_seed(cfg: dict[str, Any], summary: EvaluationSummary) -> int | None:
+    """The seed of the training run evaluated (an evaluation's own `seed` draws its baselines),
+    when its config.yaml is reachable."""
+    for folder in _training_run_candidates(cfg, summary):
+        train_cfg = read_plain_config(folder)
+        if train_cfg is not None:
+            seed = train_cfg.get("seed")
+            return int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None
+    return None
+
+
+def _known_truth(summary: EvaluationSummary) -> dict[str, Any] | None:
+    """metrics.json's known_truth block (a field of the record, or an extra key of files written
+    before it was one); None when absent."""
+    block = getattr(summary, "known_truth", None) or summary.extra.get("known_truth")
+    return dict(block) if isinstance(block, dict) and block else None
+
+
+def _shortcut(cfg: dict[str, Any]) -> tuple[str | None, float | None]:
+    """(rule, strength) of the planted marker (dataset.shortcut, the training run's); None when
+    the config has no such section. Without `rule` (older configs) the label decided: both."""
+    node = _get(cfg, "dataset.shortcut")
+    if not isinstance(node, dict):
+        return None, None
+    strength = node.get("strength")
+    try:
+        value = float(strength) if strength is not None else None
+    except (TypeError, ValueError):
+        value = None
+    return str(node.get("rule") or "both"), value
+
+
 def _wandb_group(cfg: dict[str, Any], run_dir: Path) -> str | None:
     """The run's W&B group. The report puts it into its own config (its W&B logger's group),
     where a string holding `${...}` would be evaluated (`${oc.create:...}` builds a `_target_`):
@@ -139,6 +179,9 @@ def read_eval_runs(run_dir: Path, cfg: dict[str, Any]) -> list[EvalRun | Skipped
     methods = (list(summary.evaluated_methods)
                or [str(_get(cfg, "method.name") or summary.method or "")])
     accuracy, best_epoch = _training_metrics(cfg, summary)
+    known_truth = _known_truth(summary)
+    rule, strength = _shortcut(cfg) if known_truth is not None else (None, None)
+    train_seed = _training_seed(cfg, summary) if known_truth is not None else None
     baselines = {b: summary.methods[b].metrics for b in summary.baselines
                  if b in summary.methods and b not in methods}
     found: list[EvalRun | SkippedRun] = []
@@ -165,6 +208,11 @@ def read_eval_runs(run_dir: Path, cfg: dict[str, Any]) -> list[EvalRun | Skipped
             checkpoint=str(summary.checkpoint or cfg.get("ckpt") or run_dir),
             images=summary.images,
             bootstrap=summary.bootstrap,
+            split=summary.split,
+            known_truth=known_truth,
+            shortcut_rule=rule,
+            shortcut_strength=strength,
+            train_seed=train_seed,
         ))
     return found
 

@@ -1,7 +1,8 @@
 """The study as a static web page: index.html with the tables, the significance section (with
-its critical-difference diagrams), bar plots per dataset and overlay galleries, in one
-self-contained folder (images copied under assets/, relative links only), so it can be zipped,
-copied off a cluster or opened from disk. No JavaScript."""
+its critical-difference diagrams), the known-truth section (with its figure), bar plots per
+dataset and overlay galleries, in one self-contained folder (images copied under assets/,
+relative links only), so it can be zipped, copied off a cluster or opened from disk. No
+JavaScript."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from xai_bench.report.known_truth import KnownTruth  # noqa: E402
+from xai_bench.report.known_truth_writers import known_truth_html  # noqa: E402
 from xai_bench.report.significance import Significance  # noqa: E402
 from xai_bench.report.significance_writers import significance_html  # noqa: E402
 from xai_bench.report.study import Cell, EvalRun, SkippedRun, StudyTable  # noqa: E402
@@ -262,9 +265,11 @@ def write_html(table: StudyTable, facts: Sequence[tuple[str, str]], out: Path,
                galleries: dict[tuple[str, str], dict[str, list[GalleryImage]]],
                incomplete: Sequence[SkippedRun] = (), digits: int = 2,
                trust: Sequence[TrustedModel] = (),
-               significance: Significance | None = None) -> Path:
+               significance: Significance | None = None,
+               known_truth: KnownTruth | None = None) -> Path:
     """<out>/index.html; `plots`: dataset -> PNG below `out`; `trust`: the meta-evaluations;
-    `significance`: the tests (its CD diagrams already written below `out`)."""
+    `significance`: the tests (its CD diagrams already written below `out`); `known_truth`:
+    the known-truth section (its figure already written below `out`)."""
     lines = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>Interpretability study report</title>", f"<style>{CSS}</style></head><body>",
              "<h1>Interpretability study report</h1>", '<dl class="facts">']
@@ -276,6 +281,7 @@ def write_html(table: StudyTable, facts: Sequence[tuple[str, str]], out: Path,
         lines += _html_table(table, metric, digits)
     lines += trust_html(trust, out, digits)
     lines += significance_html(significance, table, out, metric_title, digits)
+    lines += known_truth_html(known_truth, out, digits)
     lines += ["<h2>Notes</h2>", "<ul>",
               *(f"<li>{html.escape(n)}</li>" for n in footnotes(table, incomplete)), "</ul>"]
     lines.append("<h2>Plots</h2>")

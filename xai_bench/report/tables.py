@@ -1,5 +1,11 @@
 """Results of an evaluation as files: metrics.json (aggregates with bootstrap intervals) and
-per_image.csv (one row per image x method with every score)."""
+per_image.csv (one row per image x method with every score).
+
+An evaluation whose images set the synthetic dataset's lesion against its planted marker (at
+least one conflict image, e.g. split=decorrelated, docs/known-truth.md) also gets the model's
+reliance on the marker (`known_truth` in metrics.json; lesion, marker, follows_marker in
+per_image.csv); any other evaluation's files are as they were.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +19,12 @@ import torch
 
 from xai_bench.metrics.aggregate import bootstrap_summary
 from xai_bench.metrics.base import ImageMetric
+from xai_bench.metrics.known_truth import RELIANCE_COLUMNS, ModelReliance
 from xai_bench.metrics.predictions import MapStats, PredictionTable, class_set_texts
 from xai_bench.tracking.run_folder import atomic_open
 
-__all__ = ["flat_scalars", "per_image_rows", "summarise", "write_per_image_csv"]
+__all__ = ["flat_scalars", "known_truth_summary", "per_image_rows", "summarise",
+           "write_per_image_csv"]
 
 PREDICTION_COLUMNS = ("label", "pred", "prob", "correct", "has_mask", "empty_mask")
 MAP_COLUMNS = ("target", "constant_map", "nan_map")
@@ -24,6 +32,33 @@ MAP_COLUMNS = ("target", "constant_map", "nan_map")
 
 def _scores(table: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in table.items() if k != "id"}
+
+
+def _reliance(results: Mapping[str, Any]) -> Mapping[str, torch.Tensor] | None:
+    """The evaluation's ModelReliance table when it has a conflict image, else None. A dataset
+    that plants no marker still gives every image an empty marker mask: without one image
+    that has a marker, no image sets lesion against marker."""
+    table = results.get("reliance")
+    if not table or "lesion" not in table:
+        return None
+    lesion, marker = table["lesion"], table["marker"]
+    conflict = lesion.isfinite() & marker.isfinite() & (lesion != marker)
+    return table if bool(conflict.any()) and bool((marker == 1).any()) else None
+
+
+def known_truth_summary(table: Mapping[str, torch.Tensor], samples: int = 1000,
+                        level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """metrics.json's `known_truth`: reliance, agree_accuracy and conflict_images with their
+    bootstrap intervals (over images, as every other aggregate), and the image counts."""
+    lesion, marker = table["lesion"], table["marker"]
+    known = lesion.isfinite() & marker.isfinite()
+    counts = {"conflict": int((known & (lesion != marker)).sum()),
+              "agree": int((known & (lesion == marker)).sum())}
+    out: dict[str, Any] = bootstrap_summary(_scores(table), ModelReliance().aggregate, samples,
+                                            level, seed)
+    # n: the images each number is computed on (bootstrap_summary counts every image)
+    out["reliance"]["n"], out["agree_accuracy"]["n"] = counts["conflict"], counts["agree"]
+    return {**out, "counts": counts}
 
 
 def summarise(
@@ -35,7 +70,8 @@ def summarise(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The metrics.json body: per method, every metric's value with its bootstrap interval
-    and the number of images it is defined on, plus the counts that explain missing scores."""
+    and the number of images it is defined on, plus the counts that explain missing scores
+    (and `known_truth` when the images set lesion against marker: module docstring)."""
     predictions = results["predictions"]
     summary: dict[str, Any] = {
         "classification": bootstrap_summary(
@@ -52,6 +88,9 @@ def summarise(
         "bootstrap": {"samples": samples, "level": level, "seed": seed},
         "methods": {},
     }
+    reliance = _reliance(results)
+    if reliance is not None:
+        summary["known_truth"] = known_truth_summary(reliance, samples, level, seed)
     for method, per_method in results["methods"].items():
         maps = per_method["maps"]
         entry: dict[str, Any] = {"metrics": {}, "counts": {}}
@@ -78,7 +117,8 @@ def _cell(value: float) -> float | int | str:
 
 def per_image_rows(results: Mapping[str, Any],
                    image_name: Callable[[int], str] | None = None) -> list[dict[str, Any]]:
-    """One row per image x method: id, image, prediction columns, map columns, every score."""
+    """One row per image x method: id, image, prediction columns (and lesion, marker,
+    follows_marker when the images set lesion against marker), map columns, every score."""
     predictions = results["predictions"]
     ids = predictions["id"].tolist()
     base = {
@@ -86,6 +126,10 @@ def per_image_rows(results: Mapping[str, Any],
                    **{c: _cell(float(predictions[c][row])) for c in PREDICTION_COLUMNS}}
         for row, image_id in enumerate(ids)
     }
+    reliance = _reliance(results)
+    if reliance is not None:
+        for row, image_id in enumerate(reliance["id"].tolist()):
+            base[image_id].update({c: _cell(float(reliance[c][row])) for c in RELIANCE_COLUMNS})
     for column in ("label", "pred"):  # multi-label: the sets as labels.csv writes them ("3;7")
         texts = class_set_texts(predictions, f"{column}_set")
         for image_id, text in zip(ids, texts or (), strict=False):

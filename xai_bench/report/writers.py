@@ -10,6 +10,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from xai_bench.report.known_truth import KnownTruth
+from xai_bench.report.known_truth_writers import (
+    KNOWN_TRUTH_COLUMNS,
+    KNOWN_TRUTH_MODEL_COLUMNS,
+    known_truth_markdown,
+    known_truth_rows,
+    known_truth_tex,
+    log_known_truth,
+)
 from xai_bench.report.significance import Significance
 from xai_bench.report.significance_writers import (
     PAIRED_COLUMNS,
@@ -44,9 +53,11 @@ __all__ = [
 TABLE_COLUMNS = ("dataset", "init", "method", "kind", "metric", "value", "sd", "ci_low",
                  "ci_high", "interval_rule", "n", "n_runs", "runs_min", "runs_max", "best",
                  "beats_random", "published", "delta", "accuracy", "beats_random_rule")
-# report.csv: the table's cells (section "table") and the tests (section paired, paired_seed,
-# friedman, nemenyi, agreement: xai_bench.report.significance.significance_rows) in one file
-LONG_COLUMNS = tuple(dict.fromkeys((*TABLE_COLUMNS, "section", *PAIRED_COLUMNS, *RANK_COLUMNS)))
+# report.csv: the table's cells (section "table"), the tests (section paired, paired_seed,
+# friedman, nemenyi, agreement: xai_bench.report.significance.significance_rows) and the
+# known-truth section (known_truth, known_truth_models) in one file
+LONG_COLUMNS = tuple(dict.fromkeys((*TABLE_COLUMNS, "section", *PAIRED_COLUMNS, *RANK_COLUMNS,
+                                    *KNOWN_TRUTH_COLUMNS, *KNOWN_TRUTH_MODEL_COLUMNS)))
 DAGGER = "\u2020"
 MISSING = "\u2013"
 PLUS_MINUS = "\u00b1"
@@ -99,10 +110,13 @@ def _csv_value(value: Any) -> Any:
 
 
 def write_csv(table: StudyTable, path: str | Path,
-              significance: Significance | None = None) -> Path:
-    """The table's cells, then every test (docs/report.md lists the columns per section)."""
+              significance: Significance | None = None,
+              known_truth: KnownTruth | None = None) -> Path:
+    """The table's cells, then every test, then the known-truth section (docs/report.md lists
+    the columns per section)."""
     path = Path(path)
-    rows = long_rows(table) + (significance_rows(significance) if significance else [])
+    rows = (long_rows(table) + (significance_rows(significance) if significance else [])
+            + known_truth_rows(known_truth))
     with atomic_open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=LONG_COLUMNS, restval="")
         writer.writeheader()
@@ -246,13 +260,15 @@ def markdown_table(table: StudyTable, metric: str, digits: int = 2) -> list[str]
 def write_markdown(table: StudyTable, facts: Sequence[tuple[str, str]], path: str | Path,
                    incomplete: Sequence[SkippedRun] = (), digits: int = 2,
                    trust: Sequence[TrustedModel] = (),
-                   significance: Significance | None = None) -> Path:
+                   significance: Significance | None = None,
+                   known_truth: KnownTruth | None = None) -> Path:
     lines = ["# Interpretability study report", ""]
     lines += [f"- **{_md_escape(label)}**: {_md_escape(text)}" for label, text in facts]
     for metric in table.metrics:
         lines += ["", f"## {metric_title(metric)}", "", *markdown_table(table, metric, digits)]
     lines += trust_markdown(trust, digits)
     lines += significance_markdown(significance, table, metric_title, digits)
+    lines += known_truth_markdown(known_truth, digits)
     lines += ["", "## Notes", ""] + [f"- {_md_escape(n)}" for n in footnotes(table, incomplete)]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -319,15 +335,17 @@ def tex_table(table: StudyTable, metric: str, digits: int = 2) -> list[str]:
 def write_tex(table: StudyTable, facts: Sequence[tuple[str, str]], path: str | Path,
               incomplete: Sequence[SkippedRun] = (), digits: int = 2,
               trust: Sequence[TrustedModel] = (),
-              significance: Significance | None = None) -> Path:
+              significance: Significance | None = None,
+              known_truth: KnownTruth | None = None) -> Path:
     lines = ["% Interpretability study report: one booktabs table per metric; \\input{} it in a",
              "% document with \\usepackage{booktabs} (and graphicx and tikz for the "
-             "significance section).",
+             "significance and known-truth sections).",
              *(f"% {tex_escape(label)}: {tex_escape(text)}" for label, text in facts), ""]
     for metric in table.metrics:
         lines += tex_table(table, metric, digits)
     lines += trust_tex(trust, tex_escape, digits)
     lines += significance_tex(significance, table, tex_escape, metric_title, digits)
+    lines += known_truth_tex(known_truth, tex_escape, digits)
     lines += [f"% {tex_escape(n)}" for n in footnotes(table, incomplete)]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -354,10 +372,12 @@ def wide_rows(table: StudyTable, metric: str) -> tuple[list[str], list[list[Any]
 
 def log_to_loggers(loggers: Sequence[Any], table: StudyTable, plots: dict[str, Path],
                    trust: Sequence[TrustedModel] = (),
-                   significance: Significance | None = None) -> None:
+                   significance: Significance | None = None,
+                   known_truth: KnownTruth | None = None) -> None:
     """The long table (key report/table: the cells), one wide table per metric
-    (report/<metric>), the meta-evaluation's verdicts (report/trust), the plots (report/plots)
-    and the significance section's tables and CD diagrams to every logger that takes them."""
+    (report/<metric>), the meta-evaluation's verdicts (report/trust), the plots (report/plots),
+    the significance section's tables and CD diagrams and the known-truth section's tables and
+    figure to every logger that takes them."""
     rows = long_rows(table)
     for logger in loggers:
         if hasattr(logger, "log_table"):
@@ -373,3 +393,4 @@ def log_to_loggers(loggers: Sequence[Any], table: StudyTable, plots: dict[str, P
             logger.log_image(key="report/plots", images=[str(p) for p in plots.values()],
                              caption=list(plots))
     log_significance(loggers, significance)
+    log_known_truth(loggers, known_truth)

@@ -1,7 +1,9 @@
 """Statistics for the report: paired tests between methods on the same images, rankings across
-the study grid, agreement between metrics (numpy / scipy only; docs/statistics.md)."""
+the study grid, agreement between metrics, rank correlation across models (numpy / scipy only;
+docs/statistics.md, docs/known-truth.md)."""
 
 from xai_bench.stats.agreement import block_tau, ranking_agreement
+from xai_bench.stats.correlation import SpearmanInterval, spearman_interval
 from xai_bench.stats.paired import (
     PairedTest,
     hierarchical_bootstrap,
@@ -25,6 +27,7 @@ __all__ = [
     "FriedmanStats",
     "PairedTest",
     "RankTest",
+    "SpearmanInterval",
     "block_tau",
     "critical_difference",
     "friedman_from_avg_ranks",
@@ -38,4 +41,5 @@ __all__ = [
     "paired_test_seeds",
     "rank_biserial",
     "ranking_agreement",
+    "spearman_interval",
 ]

@@ -145,11 +145,14 @@ class TrainingRecord:
     slurm_job: dict[str, str] | None = None
     val: dict[str, Any] | None = None
     test: dict[str, Any] | None = None
+    # the best checkpoint's reliance on the synthetic marker (docs/known-truth.md): a run whose
+    # dataset has a decorrelated split
+    known_truth: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        for split in ("val", "test"):  # written only by a run that tested
+        for split in ("val", "test", "known_truth"):  # written only by a run that tested
             if data[split] is None:
                 del data[split]
         return {**data, **self.extra}
@@ -205,7 +208,9 @@ class EvaluationSummary:
     `method` names the one of a single-method job (null with several); `methods` also holds
     the baselines. `failed_methods`: name -> why a method has no scores (every map NaN), when
     the job's other methods do (files written before several methods per job have neither:
-    their `method` is the one)."""
+    their `method` is the one). `known_truth`: the model's reliance on the synthetic dataset's
+    planted marker (reliance, agree_accuracy, conflict_images with their intervals, and
+    counts), present only when the images set lesion against marker (docs/known-truth.md)."""
 
     classification: dict[str, dict[str, Any]] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
@@ -218,7 +223,10 @@ class EvaluationSummary:
     evaluated_methods: list[str] = field(default_factory=list)
     baselines: list[str] = field(default_factory=list)
     failed_methods: dict[str, str] = field(default_factory=dict)
+    # name -> why a selected method was not run (skip_inapplicable: it does not explain the model)
+    skipped_methods: dict[str, str] = field(default_factory=dict)
     world_size: int | None = None
+    known_truth: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -230,6 +238,11 @@ class EvaluationSummary:
     def accuracy(self) -> float | None:
         return self.classification.get("accuracy", {}).get("value")
 
+    @property
+    def reliance(self) -> float | None:
+        """The model's reliance on the planted marker (None without known truth)."""
+        return self.known_truth.get("reliance", {}).get("value")
+
     def scores(self, method: str) -> MethodScores | None:
         return self.methods.get(method)
 
@@ -240,6 +253,8 @@ class EvaluationSummary:
             if f.name not in ("extra", "methods")
         }
         data["methods"] = {name: asdict(scores) for name, scores in self.methods.items()}
+        if not data["known_truth"]:  # an ordinary evaluation's file stays as it was
+            del data["known_truth"]
         return {**data, **self.extra}
 
     @classmethod
@@ -250,12 +265,12 @@ class EvaluationSummary:
             for name, entry in _dict(known.pop("methods", None)).items()
             if isinstance(entry, Mapping)
         }
-        for key in ("classification", "counts", "bootstrap"):
+        for key in ("classification", "counts", "bootstrap", "known_truth"):
             known[key] = _dict(known.get(key))
         for key in ("baselines", "evaluated_methods"):
             known[key] = [str(b) for b in known.get(key) or []]
-        known["failed_methods"] = {str(k): str(v)
-                                   for k, v in _dict(known.get("failed_methods")).items()}
+        for key in ("failed_methods", "skipped_methods"):
+            known[key] = {str(k): str(v) for k, v in _dict(known.get(key)).items()}
         return cls(**known, methods=methods, extra=extra)
 
     def write(self, folder: str | Path) -> Path:

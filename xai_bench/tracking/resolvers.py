@@ -26,7 +26,7 @@ from xai_bench.tracking.run_folder import find_run_config, load_run_config, reso
 from xai_bench.tracking.sweeps import sweep_group, sweep_values
 from xai_bench.tracking.trusted_config import check_run_config, trusted_container
 from xai_bench.utils.errors import ConfigError
-from xai_bench.utils.resolvers import concat, slurm_gpus
+from xai_bench.utils.resolvers import concat, shortcut_label, slurm_gpus
 
 __all__ = ["NO_CHECKPOINT", "register_resolvers", "training_config"]
 
@@ -82,5 +82,6 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("xai.concat", concat, replace=True)
     OmegaConf.register_new_resolver("run", _run_value, replace=True)
     OmegaConf.register_new_resolver("xai.slurm_gpus", slurm_gpus, replace=True)
+    OmegaConf.register_new_resolver("xai.shortcut_label", shortcut_label, replace=True)
     OmegaConf.register_new_resolver("xai.sweep_group", sweep_group, replace=True)
     OmegaConf.register_new_resolver("xai.train_runs", sweep_values, replace=True)

@@ -3,6 +3,8 @@ them with the run-folder ones:
 
   ${xai.concat:${a},${b}}   concatenate lists, dropping repeats (W&B tags: fixed + user's)
   ${xai.slurm_gpus:ACC,N}   GPUs per SLURM node: N, or 0 when the trainer runs on the CPU
+  ${xai.shortcut_label:${dataset.shortcut}}   the synthetic task's decision rule for run names:
+                            lesion | marker | both0.98 | none (docs/known-truth.md)
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from omegaconf import ListConfig
 
 from xai_bench.utils.errors import ConfigError
 
-__all__ = ["concat", "slurm_gpus"]
+__all__ = ["concat", "shortcut_label", "slurm_gpus"]
 
 
 def concat(*lists: Any) -> list[Any]:
@@ -33,3 +35,11 @@ def slurm_gpus(accelerator: str, devices: Any) -> int:
             "launcher's tasks_per_node and gpus_per_node)."
         )
     return devices
+
+
+def shortcut_label(shortcut: Any) -> str:
+    """`none` without a planted marker, else its rule, rule both with its strength."""
+    if not shortcut or not shortcut.get("enabled", False):
+        return "none"
+    rule = str(shortcut.get("rule", "both"))
+    return f"both{float(shortcut.get('strength', 0.9))}" if rule == "both" else rule
