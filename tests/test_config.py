@@ -204,11 +204,11 @@ def test_known_truth_sweeps_rules_models_and_seeds(compose_cfg) -> None:
                   cfg.model.arch, cfg.seed))
         assert cfg.run_name.startswith(f"synthetic-{cfg.model.arch}-")
     assert {(rule, strength) for rule, strength, _, _ in seen} == {
-        ("lesion", None), ("both", 0.98), ("both", 1.0), ("marker", None)}
+        ("lesion", None), ("both", 0.99), ("both", 1.0), ("marker", None)}
     assert {arch for _, _, arch, _ in seen} == {"vit_tiny_patch16_224", "resnet10t"}
     assert len(seen) == 16
     names = {compose_cfg("experiment=known_truth", *job).run_name for job in jobs}
-    assert len(names) == 16 and "synthetic-resnet10t-both0.98-s2" in names
+    assert len(names) == 16 and "synthetic-resnet10t-both0.99-s2" in names
 
 
 @pytest.fixture
