@@ -1,7 +1,7 @@
 """The report's known-truth section, on hand-made run folders with a planted truth: six models
 whose reliance on the marker is 0, 0.2, 0.5, 0.8, 1, 1 (ViT and CNN, trained with rule lesion,
 both or marker); gradcam's marker share rises with the reliance (faithful), attention's stays
-at 0.05 on the ViTs (plausible, not faithful), hirescam's sits above 0.5 everywhere without
+at 0.05 on the ViTs (plausible, not faithful), hirescam's sits above 2/3 everywhere without
 following the reliance (partly faithful), the baselines stay low. The section ranks and judges
 them, writes its figure, csv rows, md / html / tex and W&B tables, says when there are too few
 models, flags a baseline that comes out faithful, and is absent without known truth."""
@@ -39,6 +39,7 @@ from xai_bench.report.writers import (
     write_tex,
 )
 from xai_bench.tracking.wandb_offline import offline_run_dirs, read_offline_run
+from xai_bench.utils.errors import ConfigError
 
 IMAGES = 30  # with both cues (marker_share defined)
 SINGLE = 10  # one cue only: marker_share empty
@@ -53,7 +54,7 @@ MODELS = (
     ("vit_tiny_patch16_224", "marker", 0.9, 3, 1.0),
     ("resnet34", "marker", 0.9, 3, 1.0),
 )
-HIRESCAM = (0.75, 0.6, 0.72, 0.55, 0.7, 0.65)  # above 0.5, not following the reliance
+HIRESCAM = (0.85, 0.7, 0.82, 0.72, 0.8, 0.78)  # above 2/3, not following the reliance
 
 
 def _means(index: int, reliance: float, vit: bool, tracking_baseline: bool
@@ -181,8 +182,9 @@ def test_models_and_their_reliance(known) -> None:
 
 
 def test_ranking_and_verdicts(known) -> None:
-    assert [(e.name, e.rank) for e in known.methods] == [("gradcam", 1), ("attention", 2),
-                                                         ("hirescam", 3)]
+    # by verdict first (faithful, partly, plausible), then rho
+    assert [(e.name, e.rank) for e in known.methods] == [("gradcam", 1), ("hirescam", 2),
+                                                         ("attention", 3)]
     verdicts = {e.name: e.verdict for e in known.entries}
     assert verdicts == {"gradcam": FAITHFUL, "attention": PLAUSIBLE, "hirescam": PARTLY,
                         "random": PLAUSIBLE, "centre": PLAUSIBLE, "uniform": PLAUSIBLE}
@@ -270,7 +272,12 @@ def test_a_model_without_marker_shares_is_left_out_and_said(tmp_path: Path) -> N
         writer.writeheader()
         writer.writerows(rows)
     known = analyse_known_truth(scan_sweep(root).runs, samples=200)
-    assert len(known.models) == 6 and known.entry("gradcam").pooled.n == 5
+    gradcam = known.entry("gradcam")
+    # 5 models keep a share: 3 ViTs, and 2 CNNs, too few for a rho of their own, so the
+    # stratified "all" is the ViTs' alone
+    assert len(known.models) == 6 and gradcam.correlations["cnn"].n == 2
+    assert not gradcam.correlations["cnn"].defined
+    assert gradcam.pooled.n == 3 and gradcam.pooled == gradcam.correlations["vit"]
     assert ("No marker_share (an evaluation without metric=[known_truth]): centre on 1 of 6 "
             "models, gradcam on 1 of 6 models") in known.notes[0]
 
@@ -324,7 +331,7 @@ def test_files_figure_and_logged_tables(sweep: Path, known, tmp_path: Path) -> N
     assert "## Known truth" in md and "### Ranking by faithfulness" in md
     assert "![Marker share against reliance](assets/known_truth/known_truth.png)" in md
     ranking = md.split("### Ranking by faithfulness")[1].split("![")[0]
-    assert ranking.index("| 1 | gradcam | faithful |") < ranking.index("| 3 | hirescam |")
+    assert ranking.index("| 1 | gradcam | faithful |") < ranking.index("| 2 | hirescam |")
     assert "random (baseline)" in ranking
     html_text = files["html"].read_text()
     assert "<h2>Known truth</h2>" in html_text
@@ -377,3 +384,16 @@ def test_cli_writes_the_section_and_the_wandb_tables(tmp_path: Path) -> None:
     tables = {p.name.rsplit("_", 2)[0]: json.loads(p.read_text())["data"]
               for p in run_dir.rglob("*.table.json")}
     assert len(tables["known_truth"]) == sum(r["section"] == "known_truth" for r in rows)
+
+
+def test_flag_share_is_a_setting_and_checked(sweep: Path) -> None:
+    """The bar a map's marker share must clear to flag a marker-only model is a setting: at 0.9
+    the hand-made hirescam (near 0.8 there) no longer flags, gradcam (near 0.9) partly; a bar
+    outside [0.5, 1) is refused."""
+    runs = scan_sweep(sweep).runs
+    strict = analyse_known_truth(runs, samples=100, flag_share=0.9)
+    assert strict.flag_share == 0.9
+    assert strict.entry("hirescam").flag.fraction < 0.1
+    assert not strict.entry("hirescam").flag.flagged
+    with pytest.raises(ConfigError, match="flag_share must lie in"):
+        analyse_known_truth(runs, flag_share=0.3)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from xai_bench.stats import spearman_interval
+from xai_bench.stats import spearman_interval, stratified_spearman_interval
 from xai_bench.stats.correlation import EXACT_MAX_N
 from xai_bench.utils.errors import ConfigError
 
@@ -152,3 +152,62 @@ def test_permutation_test_holds_its_level_under_independence(n: int) -> None:
     rejected = [spearman_interval(rng.normal(size=n), rng.normal(size=n), samples=0,
                                   seed=i).p_value < 0.05 for i in range(800)]
     assert float(np.mean(rejected)) == pytest.approx(size, abs=3 * math.sqrt(size * 0.95 / 800))
+
+
+# --- stratified: within model kinds ---------------------------------------------------------
+
+
+def test_stratified_ignores_an_offset_between_strata() -> None:
+    """Two kinds whose y sits at different levels: pooled, the offset reads as noise; within
+    each kind the order is perfect, so the stratified rho is 1 (weighted mean of 1 and 1)."""
+    x = np.array([0.0, 0.3, 0.6, 1.0, 0.0, 0.3, 0.6, 1.0])
+    y = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])  # the second kind 0.5 higher
+    strata = np.array(["vit"] * 4 + ["cnn"] * 4)
+    pooled = spearman_interval(x, y, samples=200)
+    result = stratified_spearman_interval(x, y, strata, samples=200)
+    assert pooled.rho < 0.5
+    assert result.rho == pytest.approx(1.0) and result.n == 8 and result.above_zero
+    # exact: 4! x 4! = 576 combinations, one of which reaches rho = 1
+    assert result.exact and result.p_value == pytest.approx(1 / 576)
+
+
+def test_stratified_rho_weights_the_strata_by_their_pairs_and_p_is_enumerated() -> None:
+    rng = np.random.default_rng(5)
+    xa, ya, xb, yb = rng.normal(size=5), rng.normal(size=5), rng.normal(size=3), rng.normal(size=3)
+    rho_a = stats.spearmanr(xa, ya).statistic
+    rho_b = stats.spearmanr(xb, yb).statistic
+    result = stratified_spearman_interval(np.r_[xa, xb], np.r_[ya, yb],
+                                          np.array([0] * 5 + [1] * 3), samples=100)
+    assert result.rho == pytest.approx((5 * rho_a + 3 * rho_b) / 8, abs=1e-12)
+    # every combination of a permutation within a and one within b
+    null = [(5 * stats.spearmanr(xa, ya[list(pa)]).statistic
+             + 3 * stats.spearmanr(xb, yb[list(pb)]).statistic) / 8
+            for pa in itertools.permutations(range(5)) for pb in itertools.permutations(range(3))]
+    assert result.exact
+    assert result.p_value == pytest.approx(np.mean(np.array(null) >= result.rho - 1e-12))
+
+
+def test_stratified_falls_back_to_one_stratum_or_the_pooled_pairs() -> None:
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=7), rng.normal(size=7)
+    strata = np.array(["a"] * 5 + ["b"] * 2)  # b: too few for a rho of its own
+    alone = stratified_spearman_interval(x, y, strata, samples=100)
+    assert alone == spearman_interval(x[:5], y[:5], samples=100)
+    tiny = stratified_spearman_interval(x[:4], y[:4], np.array(["a", "a", "b", "b"]),
+                                        samples=100)
+    assert tiny == spearman_interval(x[:4], y[:4], samples=100)  # none usable: pooled
+
+
+def test_stratified_monte_carlo_p_is_calibrated() -> None:
+    """Above 8! combinations of within-strata permutations (here 6! x 6! = 518,400) the p is
+    Monte Carlo: under independence it rejects at most about 5% (120 draws: <= 12% allows for
+    their binomial spread)."""
+    rng = np.random.default_rng(7)
+    strata = np.array([0] * 6 + [1] * 6)
+    rejections = []
+    for _ in range(120):
+        x, y = rng.normal(size=12), rng.normal(size=12)
+        result = stratified_spearman_interval(x, y, strata, samples=0)
+        assert not result.exact
+        rejections.append(result.p_value < 0.05)
+    assert 0.0 <= np.mean(rejections) <= 0.12

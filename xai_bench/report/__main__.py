@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xai_bench.report.html import copy_galleries, write_html, write_plots
 from xai_bench.report.known_truth import (
+    FLAG_SHARE,
     TABLE_METRICS,
     KnownTruth,
     analyse_known_truth,
@@ -146,8 +147,9 @@ def known_truth_or_none(cfg: DictConfig, scan: SweepScan, out: Path) -> KnownTru
     <out>/assets/known_truth/."""
     node = cfg.get("significance")
     settings = settings_from(OmegaConf.to_container(node) if OmegaConf.is_config(node) else node)
+    flag_share = float((cfg.get("known_truth") or {}).get("flag_share", FLAG_SHARE))
     known = analyse_known_truth(scan.runs, alpha=settings.alpha, level=settings.level,
-                                seed=settings.seed)
+                                seed=settings.seed, flag_share=flag_share)
     if known is None:
         return None
     write_known_truth_figure(known, out)

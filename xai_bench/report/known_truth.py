@@ -10,7 +10,8 @@ model does is plausible but unfaithful (Adebayo et al., ICLR 2022, "Post hoc exp
 ineffective for detecting unknown spurious correlation"; Kim et al. 2021, "Sanity simulations
 for saliency methods"). Per method and baseline: Spearman's rho between its per-model mean
 marker_share and the reliance (xai_bench.stats.correlation) for ViT, CNN and all models; whether
-it flags the marker-only models (marker_share > 0.5 on most images, a one-sided sign test,
+it flags the marker-only models (marker_share > flag_share, 2/3 by default: the marker at least
+twice as bright per pixel as the lesion, on most images, a one-sided sign test,
 Holm-corrected); the contrast between marker-only and lesion-only models; a verdict and the
 ranking. docs/known-truth.md explains each; known_truth_writers writes it.
 """
@@ -28,9 +29,14 @@ import numpy as np
 
 from xai_bench.report.eval_runs import EvalRun
 from xai_bench.report.significance import _read_per_image
-from xai_bench.stats.correlation import SpearmanInterval, spearman_interval
+from xai_bench.stats.correlation import (
+    SpearmanInterval,
+    spearman_interval,
+    stratified_spearman_interval,
+)
 from xai_bench.stats.paired import compare_rows, holm
 from xai_bench.tracking.run_folder import run_of
+from xai_bench.utils.errors import ConfigError
 
 __all__ = ["FAITHFUL", "GROUPS", "NOT_JUDGED", "PARTLY", "PLAUSIBLE", "SHARE", "TABLE_METRICS",
            "Estimate", "Flag", "KnownTruth", "KnownTruthEntry", "KnownTruthModel",
@@ -38,6 +44,9 @@ __all__ = ["FAITHFUL", "GROUPS", "NOT_JUDGED", "PARTLY", "PLAUSIBLE", "SHARE", "
            "models_sentence", "summary_sentences"]
 
 SHARE = "marker_share"
+# a map singles the marker out on an image when its marker share exceeds this: the marker at
+# least twice as bright per pixel as the lesion (a share just above 0.5 is no visible flag)
+FLAG_SHARE = 2 / 3
 # the report's tables for a known-truth sweep when `metrics` names none of its columns
 # (conf/metric/known_truth.yaml)
 TABLE_METRICS = ("lesion_pointing_game", "marker_pointing_game", "lesion_mass", "marker_mass")
@@ -47,6 +56,7 @@ FAITHFUL = "faithful"
 PLAUSIBLE = "plausible, not faithful"
 PARTLY = "partly faithful"
 NOT_JUDGED = "not judged"
+VERDICT_ORDER = (FAITHFUL, PARTLY, NOT_JUDGED, PLAUSIBLE)  # the ranking's order
 MIN_MODELS = 3
 NEEDS_MODELS = f"the correlation with reliance needs at least {MIN_MODELS} models"
 # architectures read as transformers (timm names); every other one is a CNN
@@ -129,20 +139,21 @@ class KnownTruthModel:
 
 @dataclass(frozen=True)
 class Flag:
-    """Is the entry's map brighter on the marker than on the lesion (per pixel), on the models
-    trained to read only the marker? `fraction`: of the (model, image) pairs with both cues,
-    those with marker_share > 0.5; the test: per image the share of those models where it is,
-    one-sided mid-p sign test of its majority (images the unit, as the significance section
-    pairs seeds)."""
+    """Does the entry's map single the marker out (marker share above `threshold`: 2/3 = at
+    least twice as bright per pixel as the lesion), on the models trained to read only the
+    marker? `fraction`: of the (model, image) pairs with both cues, those above it; the test:
+    per image the share of those models where it is, one-sided mid-p sign test of its majority
+    (images the unit, as the significance section pairs seeds)."""
 
     fraction: float
     images: int
     models: int
-    above: int  # images where most marker-only models' maps favour the marker
-    below: int  # images where most favour the lesion (ties dropped)
+    above: int  # images where most marker-only models' maps single the marker out
+    below: int  # images where most do not (ties dropped)
     p_value: float
     p_holm: float = math.nan
     flagged: bool = False
+    threshold: float = FLAG_SHARE
 
 
 @dataclass
@@ -179,6 +190,7 @@ class KnownTruth:
     notes: list[str] = field(default_factory=list)
     message: str | None = None  # why there is no correlation (too few models)
     figure: Path | None = None  # written by known_truth_writers.write_known_truth_figure
+    flag_share: float = FLAG_SHARE  # the marker share above which a map singles the marker out
 
     @property
     def methods(self) -> list[KnownTruthEntry]:
@@ -279,16 +291,20 @@ _RULE_ORDER = {"lesion": 0, "both": 1, "marker": 2}
 def _correlations(models: Sequence[KnownTruthModel], entry: str, level: float, samples: int,
                   seed: int) -> dict[str, SpearmanInterval]:
     """rho of the entry's mean marker share with the reliance, per model kind it was evaluated
-    on, and over all of them."""
+    on, and over all of them: within each kind, then averaged (stratified by kind: a ViT's and
+    a CNN's maps may sit at different levels, which a pooled ranking would read as noise)."""
     scored = [m for m in models if entry in m.shares and m.reliance.finite]
     out = {}
     for group in GROUPS:
         chosen = scored if group == "all" else [m for m in scored if m.kind == group]
         if group != "all" and not chosen:
             continue
-        out[group] = spearman_interval(np.array([m.reliance.value for m in chosen]),
-                                       np.array([m.shares[entry].value for m in chosen]),
-                                       level=level, samples=samples, seed=seed)
+        x = np.array([m.reliance.value for m in chosen])
+        y = np.array([m.shares[entry].value for m in chosen])
+        out[group] = (stratified_spearman_interval(x, y, np.array([m.kind for m in chosen]),
+                                                   level=level, samples=samples, seed=seed)
+                      if group == "all" else
+                      spearman_interval(x, y, level=level, samples=samples, seed=seed))
     return out
 
 
@@ -303,7 +319,7 @@ def _one_sided_sign(d: np.ndarray) -> float:
     return two_sided / 2 if (d > 0).sum() > (d < 0).sum() else 1.0 - two_sided / 2
 
 
-def _flag(models: Sequence[KnownTruthModel], entry: str) -> Flag | None:
+def _flag(models: Sequence[KnownTruthModel], entry: str, flag_share: float) -> Flag | None:
     """The flag test on the marker-only models with per-image records of the entry."""
     chosen = [m for m in models if m.rule == "marker" and entry in m.per_image]
     by_image: dict[str, list[float]] = {}
@@ -314,13 +330,14 @@ def _flag(models: Sequence[KnownTruthModel], entry: str) -> Flag | None:
     if not by_image:
         return None
     pairs = np.concatenate([np.array(v) for v in by_image.values()])
-    # per image: the share of models whose map favours the marker (a tie at 0.5 counts half)
-    votes = np.array([np.mean(np.where(np.array(v) > 0.5, 1.0, np.where(np.array(v) < 0.5,
-                                                                        0.0, 0.5)))
+    # per image: the share of models whose map singles the marker out (a tie counts half)
+    votes = np.array([np.mean(np.where(np.array(v) > flag_share, 1.0,
+                                       np.where(np.array(v) < flag_share, 0.0, 0.5)))
                       for v in by_image.values()])
     d = votes - 0.5
-    return Flag(fraction=float(np.mean(pairs > 0.5)), images=len(by_image), models=len(chosen),
-                above=int((d > 0).sum()), below=int((d < 0).sum()), p_value=_one_sided_sign(d))
+    return Flag(fraction=float(np.mean(pairs > flag_share)), images=len(by_image),
+                models=len(chosen), above=int((d > 0).sum()), below=int((d < 0).sum()),
+                p_value=_one_sided_sign(d), threshold=flag_share)
 
 
 def _contrast(models: Sequence[KnownTruthModel], entry: str) -> float | None:
@@ -343,8 +360,9 @@ def _verdict(entry: KnownTruthEntry, alpha: float) -> tuple[str, str]:
     if entry.flag is None:
         return NOT_JUDGED, "no model trained with rule=marker has per-image marker shares"
     if not entry.flag.flagged:
-        return PLAUSIBLE, ("on the marker-only models its relevance stays on the lesion "
-                           f"(marker share > 0.5 on {entry.flag.fraction:.0%} of images, "
+        return PLAUSIBLE, ("on the marker-only models its map does not single the marker out "
+                           f"(marker share > {entry.flag.threshold:.2g} on "
+                           f"{entry.flag.fraction:.0%} of images, "
                            f"corrected p {_p(entry.flag.p_holm)})")
     if rho is None or not rho.defined:
         why = rho.reason if rho is not None else "no model"
@@ -363,10 +381,15 @@ def _p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _rank_key(entry: KnownTruthEntry) -> tuple[float, float, str]:
+def _rank_key(entry: KnownTruthEntry) -> tuple[int, float, float, str]:
+    """Faithful first, then partly faithful, not judged, plausible; within a verdict by the
+    pooled rho, then the contrast (a method that tracks the reliance without ever singling the
+    marker out does not outrank one that does both)."""
     rho = entry.pooled.rho if entry.pooled is not None else math.nan
     contrast = entry.contrast if entry.contrast is not None else math.nan
-    return (-rho if math.isfinite(rho) else math.inf,
+    return (VERDICT_ORDER.index(entry.verdict) if entry.verdict in VERDICT_ORDER
+            else len(VERDICT_ORDER),
+            -rho if math.isfinite(rho) else math.inf,
             -contrast if math.isfinite(contrast) else math.inf, entry.name)
 
 
@@ -388,8 +411,12 @@ def _model_notes(models: Sequence[KnownTruthModel]) -> list[str]:
 
 
 def analyse_known_truth(runs: Sequence[EvalRun], *, alpha: float = 0.05, level: float = 0.95,
-                        samples: int = 2000, seed: int = 0) -> KnownTruth | None:
+                        samples: int = 2000, seed: int = 0,
+                        flag_share: float = FLAG_SHARE) -> KnownTruth | None:
     """The section from the runs with a known_truth block; None when there is none."""
+    if not 0.5 <= flag_share < 1.0:
+        raise ConfigError(f"known_truth.flag_share must lie in [0.5, 1) (the marker share above "
+                          f"which a map singles the marker out); got {flag_share}.")
     if not has_known_truth(runs):
         return None
     models, notes = collect_models(runs)
@@ -398,7 +425,7 @@ def analyse_known_truth(runs: Sequence[EvalRun], *, alpha: float = 0.05, level: 
     baselines = [b for b in dict.fromkeys(b for r in kt_runs for b in r.baselines)
                  if b not in methods]
     entries = [KnownTruthEntry(name, kind, _correlations(models, name, level, samples, seed),
-                               _flag(models, name), _contrast(models, name))
+                               _flag(models, name, flag_share), _contrast(models, name))
                for kind, names in (("method", methods), ("baseline", baselines))
                for name in names]
     tested = [e for e in entries if e.flag is not None]
@@ -407,7 +434,8 @@ def analyse_known_truth(runs: Sequence[EvalRun], *, alpha: float = 0.05, level: 
         flag = entry.flag
         assert flag is not None
         entry.flag = Flag(flag.fraction, flag.images, flag.models, flag.above, flag.below,
-                          flag.p_value, float(p), flag.fraction > 0.5 and float(p) < alpha)
+                          flag.p_value, float(p), flag.fraction > 0.5 and float(p) < alpha,
+                          flag.threshold)
     for entry in entries:
         entry.verdict, entry.reason = _verdict(entry, alpha)
     ranked = sorted((e for e in entries if e.kind == "method"), key=_rank_key)
@@ -421,7 +449,7 @@ def analyse_known_truth(runs: Sequence[EvalRun], *, alpha: float = 0.05, level: 
         notes.append(f"Models of {len(datasets)} datasets ({', '.join(datasets)}) are pooled.")
     notes += _model_notes(models)
     return KnownTruth(models, ranked + [e for e in entries if e.kind == "baseline"], alpha,
-                      level, samples, notes, message)
+                      level, samples, notes, message, flag_share=flag_share)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,8 +495,9 @@ def summary_sentences(kt: KnownTruth) -> list[str]:
         out.append("No method is faithful here: none both tracks the reliance and flags the "
                    "marker-only models.")
     if by_verdict[PLAUSIBLE]:
-        out.append("Stay on the lesion whatever the model reads (plausible, not faithful: "
-                   "they would hide a shortcut): " + _names(by_verdict[PLAUSIBLE]) + ".")
+        out.append("Do not single the marker out even where the model reads only the marker "
+                   "(plausible, not faithful: they would hide a shortcut): "
+                   + _names(by_verdict[PLAUSIBLE]) + ".")
     if by_verdict[PARTLY]:
         out.append("Partly faithful (flag the marker-only models, but do not track the "
                    f"reliance with confidence): {_names(by_verdict[PARTLY], True)}.")

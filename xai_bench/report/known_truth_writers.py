@@ -64,14 +64,16 @@ def intro(kt: KnownTruth) -> str:
             f"between its mean marker share (relevance per pixel on the marker / on marker + "
             f"lesion; 0.5 = equally bright) and the reliance, across models "
             f"[{kt.level:.0%} bootstrap interval over models], one-sided permutation p; flag: "
-            f"on the marker-only models, the fraction of images whose map is brighter on the "
-            f"marker than on the lesion, one-sided sign test, Holm-corrected over the "
+            f"on the marker-only models, the fraction of images whose map singles the marker "
+            f"out (marker share > {kt.flag_share:.2g}: the marker at least "
+            f"{kt.flag_share / (1 - kt.flag_share):.2g} times as bright per pixel as the "
+            f"lesion), one-sided sign test, Holm-corrected over the "
             f"methods and baselines (bold: flagged, fraction > 0.5 and corrected p < "
             f"{kt.alpha:g}); contrast: mean marker share on marker-only minus lesion-only "
             f"models. Faithful = rho's interval above 0 (and permutation p < {kt.alpha:g}) and "
-            f"flagged; plausible, not faithful = "
-            f"not flagged (the map stays on the lesion); partly faithful otherwise. Baselines "
-            f"are reference rows and must not come out faithful.")
+            f"flagged; plausible, not faithful = not flagged (the map does not single the "
+            f"marker out); partly faithful otherwise. Baselines are reference rows and must not "
+            f"come out faithful.")
 
 
 def _num(value: float | None, digits: int = 2, sign: bool = False) -> str:

@@ -3,7 +3,11 @@ the study grid, agreement between metrics, rank correlation across models (numpy
 docs/statistics.md, docs/known-truth.md)."""
 
 from xai_bench.stats.agreement import block_tau, ranking_agreement
-from xai_bench.stats.correlation import SpearmanInterval, spearman_interval
+from xai_bench.stats.correlation import (
+    SpearmanInterval,
+    spearman_interval,
+    stratified_spearman_interval,
+)
 from xai_bench.stats.paired import (
     PairedTest,
     hierarchical_bootstrap,
@@ -42,4 +46,5 @@ __all__ = [
     "rank_biserial",
     "ranking_agreement",
     "spearman_interval",
+    "stratified_spearman_interval",
 ]
