@@ -20,15 +20,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from xai_bench.report.known_truth import (  # noqa: E402
+from xai_bench.report.known_truth import _p, summary_sentences  # noqa: E402
+from xai_bench.report.known_truth_models import (  # noqa: E402
     GROUP_TITLES,
     GROUPS,
     SHARE,
     Estimate,
     KnownTruth,
     KnownTruthEntry,
-    _p,
-    summary_sentences,
 )
 from xai_bench.report.significance_writers import _plain  # noqa: E402
 from xai_bench.tracking.run_folder import atomic_open  # noqa: E402
