@@ -516,3 +516,24 @@ def test_training_run_records_its_reliance(tmp_path: Path) -> None:
     assert truth is not None and truth["counts"] == {"conflict": 16, "agree": 16}
     assert 0.0 <= truth["reliance"]["value"] <= 1.0
     assert "reliance on the marker" in proc.stdout + proc.stderr
+
+
+def test_an_evaluation_of_one_image_is_summarised() -> None:
+    """max_images=1: torchmetrics squeezes a one-element compute() result to a 0-d tensor; the
+    evaluator keeps every per-image table 1-d, so the summary and the rows still come out
+    (this raised IndexError in bootstrap_summary before)."""
+    data = _data()
+    net = MarkerReader(_window(data), *data.input_normalization())
+    methods = {"saliency": build_method("saliency")}
+    module = ExplanationEvaluator(net, methods, _known_truth_metrics(), num_classes=2)
+    trainer = pl.Trainer(inference_mode=False, accelerator="cpu", devices=1, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False)
+    trainer.test(module, dataloaders=data.eval_dataloader("decorrelated", max_images=1),
+                 verbose=False)
+    summary = summarise(module.results, {m: module.metric_objects(m) for m in methods},
+                        num_classes=2, samples=50)
+    assert summary["counts"]["images"] == 1
+    assert summary["classification"]["accuracy"]["n"] == 1
+    rows = per_image_rows(module.results)
+    assert [row["id"] for row in rows] == [0]
