@@ -519,9 +519,9 @@ def test_training_run_records_its_reliance(tmp_path: Path) -> None:
 
 
 def test_an_evaluation_of_one_image_is_summarised() -> None:
-    """max_images=1: torchmetrics squeezes a one-element compute() result to a 0-d tensor; the
-    evaluator keeps every per-image table 1-d, so the summary and the rows still come out
-    (this raised IndexError in bootstrap_summary before)."""
+    """max_images=1: torchmetrics squeezes a one-element compute() result to a 0-d tensor;
+    ImageMetric gives every per-image column back as (1,), so the summary and the rows still
+    come out (this raised IndexError in bootstrap_summary before)."""
     data = _data()
     net = MarkerReader(_window(data), *data.input_normalization())
     methods = {"saliency": build_method("saliency")}

@@ -9,6 +9,7 @@ aggregated from it, does not depend on how images were spread over ranks or batc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -174,6 +175,21 @@ class ImageMetric(Metric):
         keep = torch.ones_like(ids, dtype=torch.bool)
         keep[1:] = ids[1:] != ids[:-1]
         return ids[keep], [dim_zero_cat(getattr(self, name))[order][keep] for name in states]
+
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        """torchmetrics squeezes a one-element compute() result to a 0-d tensor: a per-image
+        table of one image (max_images=1) gets its columns back as (1,)."""
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(compute)
+        def per_image(*args: Any, **kwargs: Any) -> Any:
+            table = wrapped(*args, **kwargs)
+            if not isinstance(table, dict):
+                return table
+            return {k: v.reshape(1) if isinstance(v, torch.Tensor) and v.ndim == 0 else v
+                    for k, v in table.items()}
+
+        return per_image
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Per-image table {"id": (N,), column: (N,)}: gathered, de-duplicated, sorted by id."""

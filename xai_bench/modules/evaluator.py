@@ -88,13 +88,6 @@ def _label_text(label: torch.Tensor) -> str:
     return ";".join(str(c) for c in torch.nonzero(label > 0).flatten().tolist())
 
 
-def _per_image(table: Mapping[str, Any]) -> dict[str, Any]:
-    """A metric's per-image table with every column 1-d: torchmetrics squeezes a one-element
-    compute() result to a 0-d tensor, which an evaluation of one image (max_images=1) gets."""
-    return {key: value.reshape(1) if isinstance(value, torch.Tensor) and value.ndim == 0
-            else value for key, value in table.items()}
-
-
 class ExplanationEvaluator(pl.LightningModule):
     """Runs every method on every batch and updates each method's metrics.
 
@@ -157,11 +150,6 @@ class ExplanationEvaluator(pl.LightningModule):
     @property
     def requires_mask(self) -> bool:
         return any(m.requires_mask for per in self.method_metrics.values() for m in per.values())
-
-    @property
-    def requires_marker(self) -> bool:
-        return any(m.requires_marker for per in self.method_metrics.values()
-                   for m in per.values())
 
     def setup(self, stage: str) -> None:
         """Refuse half-precision weights before the strategy converts them (module docstring)."""
@@ -237,12 +225,12 @@ class ExplanationEvaluator(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         """Gather every metric's per-image rows from all ranks (collective: all ranks call it)."""
         self.results = {
-            "predictions": _per_image(self.predictions.compute()),
-            "reliance": _per_image(self.reliance.compute()),
+            "predictions": self.predictions.compute(),
+            "reliance": self.reliance.compute(),
             "methods": {
                 name: {
-                    "maps": _per_image(self.map_stats[name].compute()),
-                    "metrics": {key: _per_image(metric.compute())
+                    "maps": self.map_stats[name].compute(),
+                    "metrics": {key: metric.compute()
                                 for key, metric in self.method_metrics[name].items()},
                 }
                 for name in self.methods

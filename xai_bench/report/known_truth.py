@@ -46,6 +46,7 @@ from xai_bench.report.known_truth_models import (
     has_known_truth,
     model_kind,
 )
+from xai_bench.report.significance_writers import format_p
 from xai_bench.stats.correlation import (
     SpearmanInterval,
     spearman_interval,
@@ -138,7 +139,7 @@ def _verdict(entry: KnownTruthEntry, alpha: float) -> tuple[str, str]:
         return PLAUSIBLE, ("on the marker-only models its map does not single the marker out "
                            f"(marker share > {entry.flag.threshold:.2g} on "
                            f"{entry.flag.fraction:.0%} of images, "
-                           f"corrected p {_p(entry.flag.p_holm)})")
+                           f"corrected p {format_p(entry.flag.p_holm)})")
     if rho is None or not rho.defined:
         why = rho.reason if rho is not None else "no model"
         return NOT_JUDGED, f"flags the marker-only models, but no correlation: {why}"
@@ -147,13 +148,7 @@ def _verdict(entry: KnownTruthEntry, alpha: float) -> tuple[str, str]:
                           "permutation p < alpha) and it flags the marker-only models")
     return PARTLY, ("flags the marker-only models, but its marker share does not track the "
                     "reliance across models with confidence (rho interval reaches 0 or "
-                    f"permutation p {_p(rho.p_value)})")
-
-
-def _p(p: float) -> str:
-    if not math.isfinite(p):
-        return "\u2013"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+                    f"permutation p {format_p(rho.p_value)})")
 
 
 def _rank_key(entry: KnownTruthEntry) -> tuple[int, float, float, str]:

@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from xai_bench.report.known_truth import _p, summary_sentences  # noqa: E402
+from xai_bench.report.known_truth import summary_sentences  # noqa: E402
 from xai_bench.report.known_truth_models import (  # noqa: E402
     GROUP_TITLES,
     GROUPS,
@@ -29,7 +29,7 @@ from xai_bench.report.known_truth_models import (  # noqa: E402
     KnownTruth,
     KnownTruthEntry,
 )
-from xai_bench.report.significance_writers import _plain  # noqa: E402
+from xai_bench.report.significance_writers import MISSING, _plain, format_p  # noqa: E402
 from xai_bench.tracking.run_folder import atomic_open  # noqa: E402
 
 __all__ = ["FIGURE", "KNOWN_TRUTH_COLUMNS", "KNOWN_TRUTH_MODEL_COLUMNS", "TITLE",
@@ -38,7 +38,6 @@ __all__ = ["FIGURE", "KNOWN_TRUTH_COLUMNS", "KNOWN_TRUTH_MODEL_COLUMNS", "TITLE"
 
 TITLE = "Known truth"
 FIGURE = Path("assets", "known_truth", "known_truth.png")
-MISSING = "\u2013"
 # report.csv's columns of the section (writers.LONG_COLUMNS joins them to the table's):
 # known_truth: one row per method or baseline x model group (vit, cnn, all)
 KNOWN_TRUTH_COLUMNS = ("section", "method", "kind", "group", "metric", "test", "value",
@@ -97,14 +96,14 @@ def _rho(entry: KnownTruthEntry, group: str, digits: int) -> str:
         return f"{MISSING} (n {r.n})"
     interval = (f" [{_num(r.ci_low, digits, True)}, {_num(r.ci_high, digits, True)}]"
                 if math.isfinite(r.ci_low) else "")
-    return f"{_num(r.rho, digits, True)}{interval}, p {_p(r.p_value)} (n {r.n})"
+    return f"{_num(r.rho, digits, True)}{interval}, p {format_p(r.p_value)} (n {r.n})"
 
 
 def _flag(entry: KnownTruthEntry) -> tuple[str, bool]:
     f = entry.flag
     if f is None:
         return MISSING, False
-    return f"{f.fraction:.0%} (p {_p(f.p_holm)})", f.flagged
+    return f"{f.fraction:.0%} (p {format_p(f.p_holm)})", f.flagged
 
 
 TABLE_HEADER = ("rank", "method", "verdict", *(f"rho {GROUP_TITLES[g]}" for g in GROUPS),

@@ -55,7 +55,8 @@ def intro(significance: Significance) -> str:
             f"rankings. How to read them: docs/statistics.md.")
 
 
-def _p(p: float, less: str = "<") -> str:
+def format_p(p: float, less: str = "<") -> str:
+    """A p-value for a table cell: 3 decimals, "<0.001" below, a dash when undefined."""
     if math.isnan(p):
         return MISSING
     return f"{less}0.001" if p < 0.001 else f"{p:.3f}"
@@ -135,7 +136,8 @@ def _ranking_sentence(significance: Significance, metric: str) -> str:
     best = order[0]
     close = [r.methods[i] for i in order[1:] if r.avg_ranks[i] - r.avg_ranks[best] < r.cd]
     verdict = "differ" if r.p_value < r.alpha else "do not differ significantly"
-    text = (f"Across {r.n_blocks} grid rows the ranks {verdict} (Friedman p {_p(r.p_value)}); "
+    text = (f"Across {r.n_blocks} grid rows the ranks {verdict} "
+            f"(Friedman p {format_p(r.p_value)}); "
             f"best average rank: {r.methods[best]} ({r.avg_ranks[best]:.2f}), within the "
             f"critical difference ({r.cd:.2f}) of it: {', '.join(close) if close else 'none'}.")
     if ranking.left_out:
@@ -200,7 +202,7 @@ def pairwise_matrix(significance: Significance, table: StudyTable, metric: str, 
                     continue
                 c, flipped = found
                 sign = -1.0 if flipped else 1.0
-                cells.append((f"{sign * c.test.mean_diff:+.{digits}f} (p {_p(c.p_holm)}, "
+                cells.append((f"{sign * c.test.mean_diff:+.{digits}f} (p {format_p(c.p_holm)}, "
                               f"r {sign * c.test.effect_size:+.2f})", c.significant))
             rows.append((row[0], row[1], method, cells))
     return columns, rows
